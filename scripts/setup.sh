@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 / Raspberry Pi OS Bookworm machine:
+# the Debian packages the agent and its tests need (installed only when missing,
+# with sudo when not root), then a .venv with the package and its dev tools.
+# Called by `make demo` and `make test`; safe to run again at any time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# mosquitto: the tests and the demo start private brokers; libsystemd-dev,
+# pkg-config and gcc build systemd-python; python3-venv/python3-dev make the venv.
+debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev)
+
+missing=()
+for pkg in "${debian_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The Debian mosquitto package starts a system broker on port 1883; the agent's
+# tests never use it (each starts its own on a free port), so it is left alone.
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: $python is older than 3.11; set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+# Reinstall only when the dependency list changed since the last install.
+stamp=.venv/.installed-pyproject
+if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    cp pyproject.toml "$stamp"
+fi
