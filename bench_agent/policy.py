@@ -1,0 +1,785 @@
+"""The power-management policy: what each output (USB ports, Wi-Fi) should be, and why.
+
+A pure function. ``decide(cfg, inputs, state)`` reads no clock, does no I/O and
+starts no thread: the time, the readings, the overrides and the previous state are
+all arguments, and the new state and one :class:`Decision` per output come back.
+The controller owns the GPIO outputs, calls ``decide`` once per sample and acts.
+
+Outputs are named: every key of ``PolicyConfig.ports`` is a USB port ("usb1",
+"usb2", ...) and ``"wifi"`` is the hotspot.
+
+Priority, highest first; the first layer that has an opinion decides:
+
+1. **Safety** (only ever switches OFF).
+   - Per-port over-current: a port trips after ``trip_samples`` consecutive samples
+     above ``trip_amps``, or at once on one sample above ``hard_trip_amps``
+     (a shorted cable must not wait for N samples). A tripped port stays off for
+     ``cooldown_s`` and is then retried. The ``latch_after_trips``-th trip latches
+     it off until :func:`reset_fault`; trips are forgotten after the port has gone
+     ``trip_forget_s`` without a trip, so a phone that trips once a month never
+     latches a port. Reasons ``overcurrent_trip`` (the tick it trips),
+     ``cooldown``, ``overcurrent_latched``.
+   - Over-temperature sheds every load (USB and Wi-Fi) when the enclosure is above
+     ``shed_above_c`` or the CPU above ``cpu_shed_above_c``, and resumes only when
+     every known temperature is below its resume level (hysteresis). Reason
+     ``over_temperature``.
+2. **Battery protection** with hysteresis (only ever switches OFF): Wi-Fi goes off
+   when the state of charge falls below ``wifi_off_below_pct`` and comes back only
+   above ``wifi_on_above_pct``; the USB ports likewise with the ``usb_*`` levels.
+   Wi-Fi is shed first (``usb_off_below_pct < wifi_off_below_pct``) because phone
+   charging is the service people rely on in an emergency. Reason ``battery_low``.
+3. **Manual overrides** (on or off, optionally expiring, from the CLI or city ops).
+   They never beat layers 1-2. An expired override is ignored and reported once as
+   an ``override_expired`` event; the controller, which owns the override store,
+   removes it. Reasons ``override_on``, ``override_off``.
+4. **Schedules** per output, in the bench's local time; a window may cross
+   midnight; an empty window list means always. Reasons ``schedule_on``,
+   ``schedule_off``.
+5. **Default** per output (``True`` when not configured: the bench exists to
+   serve). Reason ``default``.
+
+Unknown readings (``None`` or NaN, e.g. a sensor that stopped answering):
+- unknown state of charge keeps the previous battery-protection flags: a load that
+  was shed stays shed and one that was on stays on. Switching everything off on a
+  flaky battery sensor would punish the public for a sensor fault; switching shed
+  loads back on could flatten a battery we already know was low.
+- an unknown port current neither counts towards nor resets the consecutive-sample
+  count (a missed sample does not prove the fault has gone).
+- unknown temperatures keep the previous over-temperature flag; with one sensor
+  known, that one decides.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, time
+from types import MappingProxyType
+from typing import Any, Final
+
+WIFI: Final = "wifi"
+"""The name of the Wi-Fi hotspot output; every other output is a USB port."""
+
+_OUTPUT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+# Stable reason codes (published in MQTT `event` / `state` payloads: never rename).
+OVERCURRENT_TRIP: Final = "overcurrent_trip"
+OVERCURRENT_LATCHED: Final = "overcurrent_latched"
+COOLDOWN: Final = "cooldown"
+OVER_TEMPERATURE: Final = "over_temperature"
+BATTERY_LOW: Final = "battery_low"
+OVERRIDE_ON: Final = "override_on"
+OVERRIDE_OFF: Final = "override_off"
+SCHEDULE_ON: Final = "schedule_on"
+SCHEDULE_OFF: Final = "schedule_off"
+DEFAULT: Final = "default"
+
+# Stable event kinds.
+EVENT_TRIP: Final = "overcurrent_trip"
+EVENT_LATCH: Final = "overcurrent_latched"
+EVENT_OVERRIDE_EXPIRED: Final = "override_expired"
+EVENT_FAULT_RESET: Final = "fault_reset"
+EVENT_BATTERY_SHED: Final = "battery_shed"
+EVENT_BATTERY_RESTORED: Final = "battery_restored"
+EVENT_TEMPERATURE_SHED: Final = "over_temperature"
+EVENT_TEMPERATURE_RESTORED: Final = "temperature_restored"
+
+
+def _check(ok: bool, name: str, problem: str, value: object) -> None:
+    """Raise ValueError("name: problem (got value)"); the config loader prefixes file and key."""
+    if not ok:
+        raise ValueError(f"{name}: {problem} (got {value!r})")
+
+
+def _finite(name: str, value: float) -> None:
+    _check(
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+        name,
+        "must be a finite number",
+        value,
+    )
+
+
+def _known(value: float | None) -> float | None:
+    """A sensor value, or None when it is missing or not a finite number."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class PortLimits:
+    """Over-current protection of one USB port."""
+
+    trip_amps: float  # A; sustained current above this trips after trip_samples samples
+    hard_trip_amps: float  # A; one sample above this trips at once
+    trip_samples: int  # consecutive samples above trip_amps that trip the port
+    cooldown_s: float  # s the port stays off after a trip before it is retried
+    latch_after_trips: int  # the K-th trip (within trip_forget_s) latches the port off
+    trip_forget_s: float = 3600.0  # s without a trip after which the trip count is cleared
+
+    def __post_init__(self) -> None:
+        for name in ("trip_amps", "hard_trip_amps", "cooldown_s", "trip_forget_s"):
+            _finite(name, getattr(self, name))
+        _check(self.trip_amps > 0, "trip_amps", "must be > 0", self.trip_amps)
+        _check(
+            self.hard_trip_amps > self.trip_amps,
+            "hard_trip_amps",
+            f"must be above trip_amps ({self.trip_amps})",
+            self.hard_trip_amps,
+        )
+        for name in ("trip_samples", "latch_after_trips"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                name,
+                "must be an integer >= 1",
+                value,
+            )
+        _check(self.cooldown_s >= 0, "cooldown_s", "must be >= 0", self.cooldown_s)
+        _check(self.trip_forget_s > 0, "trip_forget_s", "must be > 0", self.trip_forget_s)
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryThresholds:
+    """State-of-charge levels, in %, for battery-protection load shedding."""
+
+    wifi_off_below_pct: float
+    wifi_on_above_pct: float
+    usb_off_below_pct: float
+    usb_on_above_pct: float
+
+    def __post_init__(self) -> None:
+        for name in (
+            "wifi_off_below_pct",
+            "wifi_on_above_pct",
+            "usb_off_below_pct",
+            "usb_on_above_pct",
+        ):
+            value = getattr(self, name)
+            _finite(name, value)
+            _check(0.0 <= value <= 100.0, name, "must be between 0 and 100", value)
+        _check(
+            self.wifi_off_below_pct < self.wifi_on_above_pct,
+            "wifi_on_above_pct",
+            f"must be above wifi_off_below_pct ({self.wifi_off_below_pct})",
+            self.wifi_on_above_pct,
+        )
+        _check(
+            self.usb_off_below_pct < self.usb_on_above_pct,
+            "usb_on_above_pct",
+            f"must be above usb_off_below_pct ({self.usb_off_below_pct})",
+            self.usb_on_above_pct,
+        )
+        _check(
+            self.usb_off_below_pct < self.wifi_off_below_pct,
+            "usb_off_below_pct",
+            f"must be below wifi_off_below_pct ({self.wifi_off_below_pct}): Wi-Fi is shed first",
+            self.usb_off_below_pct,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TemperatureLimits:
+    """Over-temperature load shedding, in °C, with hysteresis.
+
+    The CPU limits default to the Pi's own throttling region (it throttles from
+    80-85 °C); shedding the USB loads lowers the heat dissipated in the box.
+    """
+
+    shed_above_c: float  # enclosure
+    resume_below_c: float  # enclosure
+    cpu_shed_above_c: float = 80.0
+    cpu_resume_below_c: float = 70.0
+
+    def __post_init__(self) -> None:
+        for name in ("shed_above_c", "resume_below_c", "cpu_shed_above_c", "cpu_resume_below_c"):
+            _finite(name, getattr(self, name))
+        _check(
+            self.resume_below_c < self.shed_above_c,
+            "resume_below_c",
+            f"must be below shed_above_c ({self.shed_above_c})",
+            self.resume_below_c,
+        )
+        _check(
+            self.cpu_resume_below_c < self.cpu_shed_above_c,
+            "cpu_resume_below_c",
+            f"must be below cpu_shed_above_c ({self.cpu_shed_above_c})",
+            self.cpu_resume_below_c,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When an output should be on, in the bench's local wall-clock time.
+
+    ``windows`` are ``(start, end)`` pairs, start inclusive, end exclusive. A window
+    whose end is before its start crosses midnight (22:00-02:00 is on from 22:00 to
+    02:00 the next morning). An empty tuple means always on (on the allowed days).
+    ``weekdays`` (0 = Monday ... 6 = Sunday) is the day a window STARTS on: the
+    after-midnight part of a Friday 22:00-02:00 window is on Saturday morning.
+    """
+
+    windows: tuple[tuple[time, time], ...] = ()
+    weekdays: frozenset[int] = frozenset(range(7))
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.windows, tuple), "windows", "must be a tuple", self.windows)
+        for i, window in enumerate(self.windows):
+            name = f"windows[{i}]"
+            _check(
+                isinstance(window, tuple) and len(window) == 2,
+                name,
+                "must be a (start, end) pair",
+                window,
+            )
+            start, end = window
+            for t in (start, end):
+                _check(isinstance(t, time), name, "start and end must be datetime.time", t)
+                _check(t.tzinfo is None, name, "times are local wall-clock, no tzinfo", t)
+            _check(start != end, name, "start equals end: empty or whole day is ambiguous", window)
+        object.__setattr__(self, "weekdays", frozenset(self.weekdays))
+        _check(bool(self.weekdays), "weekdays", "must not be empty", self.weekdays)
+        _check(
+            all(isinstance(d, int) and 0 <= d <= 6 for d in self.weekdays),
+            "weekdays",
+            "must be integers 0 (Monday) .. 6 (Sunday)",
+            sorted(self.weekdays),
+        )
+
+    def is_active(self, now_local: datetime) -> bool:
+        """Whether the output is scheduled on at ``now_local`` (wall clock of its tzinfo)."""
+        t = now_local.time().replace(tzinfo=None)
+        today = now_local.weekday()
+        yesterday = (today - 1) % 7
+        if not self.windows:
+            return today in self.weekdays
+        for start, end in self.windows:
+            if start < end:
+                if start <= t < end and today in self.weekdays:
+                    return True
+            elif (t >= start and today in self.weekdays) or (
+                t < end and yesterday in self.weekdays
+            ):
+                return True
+        return False
+
+    def describe(self) -> str:
+        """The windows as text, e.g. "06:00-09:00, 22:00-02:00"."""
+        if not self.windows:
+            return "always"
+        return ", ".join(f"{s:%H:%M}-{e:%H:%M}" for s, e in self.windows)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Everything the policy needs from the configuration. Mappings are copied read-only."""
+
+    ports: Mapping[str, PortLimits]
+    battery: BatteryThresholds
+    temperature: TemperatureLimits
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
+    defaults: Mapping[str, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("ports", "schedules", "defaults"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        for port, limits in self.ports.items():
+            _check(
+                isinstance(port, str) and _OUTPUT_NAME.fullmatch(port) is not None,
+                "ports",
+                "port names are [a-z0-9][a-z0-9_-]{0,31}",
+                port,
+            )
+            _check(port != WIFI, "ports", f"{WIFI!r} is the hotspot, not a USB port", port)
+            _check(isinstance(limits, PortLimits), f"ports.{port}", "must be PortLimits", limits)
+        _check(
+            isinstance(self.battery, BatteryThresholds),
+            "battery",
+            "must be BatteryThresholds",
+            self.battery,
+        )
+        _check(
+            isinstance(self.temperature, TemperatureLimits),
+            "temperature",
+            "must be TemperatureLimits",
+            self.temperature,
+        )
+        outputs = set(self.outputs)
+        for output, schedule in self.schedules.items():
+            _check(output in outputs, "schedules", "unknown output", output)
+            _check(
+                isinstance(schedule, Schedule), f"schedules.{output}", "must be Schedule", schedule
+            )
+        for output, on in self.defaults.items():
+            _check(output in outputs, "defaults", "unknown output", output)
+            _check(isinstance(on, bool), f"defaults.{output}", "must be true or false", on)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Every output the policy decides: the USB ports, then "wifi"."""
+        return (*self.ports, WIFI)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A manual override of one output. ``state`` None means "auto" (no override)."""
+
+    state: bool | None
+    expires_mono_s: float | None  # monotonic s at which it ends; None = until cancelled
+    source: str  # who set it, e.g. "cli", "mqtt:ops-42"
+
+    def expired(self, mono_s: float) -> bool:
+        return self.expires_mono_s is not None and mono_s >= self.expires_mono_s
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInputs:
+    """One sample's worth of everything the policy looks at.
+
+    Sensor values may be None or NaN (unknown). ``now_local`` must be timezone-aware,
+    in the bench's timezone; ``mono_s`` is a monotonic clock in s (cooldowns and
+    override expiry use it, so a wall-clock jump cannot shorten them).
+    """
+
+    now_local: datetime
+    mono_s: float
+    soc_pct: float | None
+    port_amps: Mapping[str, float | None]
+    enclosure_c: float | None
+    cpu_c: float | None
+    overrides: Mapping[str, Override] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.now_local, datetime) and self.now_local.utcoffset() is not None,
+            "now_local",
+            "must be a timezone-aware datetime",
+            self.now_local,
+        )
+        _finite("mono_s", self.mono_s)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True, slots=True)
+class PortFault:
+    """Over-current bookkeeping of one port."""
+
+    consecutive_over: int = 0  # samples in a row above trip_amps
+    trips: int = 0  # trips not yet forgotten
+    cooldown_until_mono_s: float | None = None  # off until this monotonic time, then retried
+    last_trip_mono_s: float | None = None
+    latched: bool = False  # off until reset_fault()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyEvent:
+    """Something the controller should publish as an MQTT event (kind is a stable code)."""
+
+    kind: str
+    output: str | None  # None for events about the whole bench
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one output should be, a stable reason code, and a human detail."""
+
+    on: bool
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What the policy remembers between samples. ``PolicyState()`` is the start state.
+
+    ``events`` are those raised by the call that produced this state (the next call
+    replaces them): the controller publishes them right after ``decide``.
+    """
+
+    ports: Mapping[str, PortFault] = field(default_factory=dict)
+    wifi_battery_shed: bool = False
+    usb_battery_shed: bool = False
+    over_temperature: bool = False
+    outputs: Mapping[str, bool] = field(default_factory=dict)
+    events: tuple[PolicyEvent, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ports", MappingProxyType(dict(self.ports)))
+        object.__setattr__(self, "outputs", MappingProxyType(dict(self.outputs)))
+
+    def port(self, name: str) -> PortFault:
+        return self.ports.get(name, PortFault())
+
+    @property
+    def latched_ports(self) -> tuple[str, ...]:
+        return tuple(sorted(p for p, f in self.ports.items() if f.latched))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for persistence across restarts (latched faults survive a reboot).
+
+        Monotonic times mean nothing after a reboot, so a pending cooldown is stored as
+        a flag and restarted in full by :meth:`from_dict`.
+        """
+        return {
+            "v": 1,
+            "ports": {
+                p: {
+                    "trips": f.trips,
+                    "latched": f.latched,
+                    "cooling_down": f.cooldown_until_mono_s is not None,
+                }
+                for p, f in self.ports.items()
+            },
+            "wifi_battery_shed": self.wifi_battery_shed,
+            "usb_battery_shed": self.usb_battery_shed,
+            "over_temperature": self.over_temperature,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], cfg: PolicyConfig, mono_s: float) -> PolicyState:
+        """Restore :meth:`to_dict`'s output; ports no longer configured are dropped.
+
+        Raises ValueError on data that is not what ``to_dict`` writes.
+        """
+        _check(isinstance(data, Mapping) and data.get("v") == 1, "v", "unknown version", data)
+        ports: dict[str, PortFault] = {}
+        raw_ports = data.get("ports", {})
+        _check(isinstance(raw_ports, Mapping), "ports", "must be an object", raw_ports)
+        for port, raw in raw_ports.items():
+            if port not in cfg.ports:
+                continue
+            _check(isinstance(raw, Mapping), f"ports.{port}", "must be an object", raw)
+            trips, latched, cooling = raw.get("trips"), raw.get("latched"), raw.get("cooling_down")
+            _check(
+                isinstance(trips, int) and not isinstance(trips, bool) and trips >= 0,
+                f"ports.{port}.trips",
+                "must be an integer >= 0",
+                trips,
+            )
+            _check(isinstance(latched, bool), f"ports.{port}.latched", "must be bool", latched)
+            _check(isinstance(cooling, bool), f"ports.{port}.cooling_down", "must be bool", cooling)
+            ports[port] = PortFault(
+                trips=trips,
+                latched=latched,
+                # Keep counting towards the latch: the restart does not prove the fault gone.
+                last_trip_mono_s=mono_s if trips else None,
+                cooldown_until_mono_s=mono_s + cfg.ports[port].cooldown_s if cooling else None,
+            )
+        flags = {}
+        for name in ("wifi_battery_shed", "usb_battery_shed", "over_temperature"):
+            value = data.get(name, False)
+            _check(isinstance(value, bool), name, "must be bool", value)
+            flags[name] = value
+        return cls(ports=ports, **flags)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def _update_temperature(
+    limits: TemperatureLimits, enclosure_c: float | None, cpu_c: float | None, was_hot: bool
+) -> tuple[bool, str]:
+    """The new over-temperature flag and the readings as text."""
+    readings = [
+        (name, value, shed, resume)
+        for name, value, shed, resume in (
+            ("enclosure", enclosure_c, limits.shed_above_c, limits.resume_below_c),
+            ("cpu", cpu_c, limits.cpu_shed_above_c, limits.cpu_resume_below_c),
+        )
+        if value is not None
+    ]
+    if not readings:
+        return was_hot, "temperature unknown"
+    too_hot = [f"{n} {v:.1f} °C > {s:.1f} °C" for n, v, s, _ in readings if v > s]
+    if too_hot:
+        return True, "; ".join(too_hot)
+    if was_hot:
+        still_warm = [
+            f"{n} {v:.1f} °C, resume below {r:.1f} °C" for n, v, _, r in readings if v >= r
+        ]
+        if still_warm:
+            return True, "; ".join(still_warm)
+        return False, "; ".join(f"{n} {v:.1f} °C" for n, v, _, _ in readings)
+    return False, "; ".join(f"{n} {v:.1f} °C" for n, v, _, _ in readings)
+
+
+def _update_battery(
+    soc: float | None, off_below: float, on_above: float, was_shed: bool
+) -> tuple[bool, str]:
+    """The new battery-protection flag for one class of load and why."""
+    if soc is None:
+        verb = "kept off" if was_shed else "kept on"
+        return was_shed, f"battery unknown; {verb} (off below {off_below:.1f}%)"
+    if soc < off_below:
+        return True, f"battery {soc:.1f}% < {off_below:.1f}%"
+    if was_shed and soc <= on_above:
+        return True, f"battery {soc:.1f}%, back on above {on_above:.1f}%"
+    return False, f"battery {soc:.1f}%"
+
+
+def _held_off(
+    name: str, limits: PortLimits, mono_s: float, fault: PortFault
+) -> tuple[PortFault, Decision | None]:
+    """A latched or cooling-down port stays off; otherwise the fault with stale parts aged out."""
+    if fault.latched:
+        detail = f"{name} latched off after {fault.trips} over-current trips; reset the fault"
+        return replace(fault, consecutive_over=0), Decision(False, OVERCURRENT_LATCHED, detail)
+    if fault.cooldown_until_mono_s is not None:
+        if mono_s < fault.cooldown_until_mono_s:
+            left = math.ceil(fault.cooldown_until_mono_s - mono_s)
+            detail = (
+                f"{name} over-current trip {fault.trips} of {limits.latch_after_trips}; "
+                f"retry in {left} s"
+            )
+            return replace(fault, consecutive_over=0), Decision(False, COOLDOWN, detail)
+        fault = replace(fault, cooldown_until_mono_s=None)
+    if (
+        fault.trips
+        and fault.last_trip_mono_s is not None
+        and mono_s - fault.last_trip_mono_s >= limits.trip_forget_s
+    ):
+        fault = replace(fault, trips=0, last_trip_mono_s=None)
+    return fault, None
+
+
+def _update_port(
+    name: str, limits: PortLimits, amps: float | None, mono_s: float, fault: PortFault
+) -> tuple[PortFault, Decision | None, list[PolicyEvent]]:
+    """Advance one port's over-current state; a Decision when safety forces it off."""
+    fault, held = _held_off(name, limits, mono_s, fault)
+    if held is not None or amps is None:
+        return fault, held, []
+    if amps > limits.hard_trip_amps:
+        why = f"{name} {amps:.2f} A > hard limit {limits.hard_trip_amps:.2f} A"
+    elif amps > limits.trip_amps and fault.consecutive_over + 1 >= limits.trip_samples:
+        over = fault.consecutive_over + 1
+        why = f"{name} {amps:.2f} A > {limits.trip_amps:.2f} A for {over} samples"
+    else:
+        over = fault.consecutive_over + 1 if amps > limits.trip_amps else 0
+        return replace(fault, consecutive_over=over), None, []
+
+    trips = fault.trips + 1
+    events = [PolicyEvent(EVENT_TRIP, name, f"{why}; trip {trips} of {limits.latch_after_trips}")]
+    if trips >= limits.latch_after_trips:
+        detail = f"{why}; latched off after {trips} trips, reset the fault"
+        events.append(PolicyEvent(EVENT_LATCH, name, detail))
+        new = PortFault(trips=trips, last_trip_mono_s=mono_s, latched=True)
+        return new, Decision(False, OVERCURRENT_LATCHED, detail), events
+    new = PortFault(
+        trips=trips, last_trip_mono_s=mono_s, cooldown_until_mono_s=mono_s + limits.cooldown_s
+    )
+    detail = f"{why}; off for {limits.cooldown_s:g} s"
+    return new, Decision(False, OVERCURRENT_TRIP, detail), events
+
+
+def _transition_events(
+    was: bool, now: bool, *, shed: str, restored: str, outputs: Iterable[str | None], detail: str
+) -> list[PolicyEvent]:
+    """One event per output when a shed flag changes, none when it does not."""
+    if was == now:
+        return []
+    return [PolicyEvent(shed if now else restored, output, detail) for output in outputs]
+
+
+def _live_overrides(
+    overrides: Mapping[str, Override], outputs: Iterable[str], mono_s: float
+) -> tuple[dict[str, Override], list[PolicyEvent]]:
+    live: dict[str, Override] = {}
+    events: list[PolicyEvent] = []
+    known = set(outputs)
+    for output, override in overrides.items():
+        if output not in known or override.state is None:
+            continue
+        if override.expired(mono_s):
+            state = "on" if override.state else "off"
+            detail = f"override {state} by {override.source} expired"
+            events.append(PolicyEvent(EVENT_OVERRIDE_EXPIRED, output, detail))
+            continue
+        live[output] = override
+    return live, events
+
+
+def decide(
+    cfg: PolicyConfig, inputs: PolicyInputs, state: PolicyState
+) -> tuple[PolicyState, dict[str, Decision]]:
+    """Decide every output. Pure: same arguments, same answer.
+
+    Returns the new state (its ``events`` are this call's events: trips, latches,
+    expired overrides, load shed/restored) and a Decision for each of
+    ``cfg.outputs``.
+    """
+    events: list[PolicyEvent] = []
+
+    hot, temp_detail = _update_temperature(
+        cfg.temperature, _known(inputs.enclosure_c), _known(inputs.cpu_c), state.over_temperature
+    )
+    events += _transition_events(
+        state.over_temperature,
+        hot,
+        shed=EVENT_TEMPERATURE_SHED,
+        restored=EVENT_TEMPERATURE_RESTORED,
+        outputs=[None],
+        detail=temp_detail,
+    )
+
+    soc = _known(inputs.soc_pct)
+    b = cfg.battery
+    wifi_shed, wifi_detail = _update_battery(
+        soc, b.wifi_off_below_pct, b.wifi_on_above_pct, state.wifi_battery_shed
+    )
+    usb_shed, usb_detail = _update_battery(
+        soc, b.usb_off_below_pct, b.usb_on_above_pct, state.usb_battery_shed
+    )
+    events += _transition_events(
+        state.wifi_battery_shed,
+        wifi_shed,
+        shed=EVENT_BATTERY_SHED,
+        restored=EVENT_BATTERY_RESTORED,
+        outputs=[WIFI],
+        detail=wifi_detail,
+    )
+    events += _transition_events(
+        state.usb_battery_shed,
+        usb_shed,
+        shed=EVENT_BATTERY_SHED,
+        restored=EVENT_BATTERY_RESTORED,
+        outputs=cfg.ports,
+        detail=usb_detail,
+    )
+
+    # Layer 1 decisions, per output; layer 2 only switches off, so store it the same way.
+    forced: dict[str, Decision] = {}
+    faults: dict[str, PortFault] = {}
+    for port, limits in cfg.ports.items():
+        amps = _known(inputs.port_amps.get(port))
+        fault, held, port_events = _update_port(port, limits, amps, inputs.mono_s, state.port(port))
+        if fault != PortFault():
+            faults[port] = fault
+        if held is not None:
+            forced[port] = held
+        events += port_events
+    for output in cfg.outputs:
+        if output in forced:
+            continue
+        if hot:
+            forced[output] = Decision(False, OVER_TEMPERATURE, temp_detail)
+        elif output == WIFI and wifi_shed:
+            forced[output] = Decision(False, BATTERY_LOW, wifi_detail)
+        elif output != WIFI and usb_shed:
+            forced[output] = Decision(False, BATTERY_LOW, usb_detail)
+
+    overrides, expired = _live_overrides(inputs.overrides, cfg.outputs, inputs.mono_s)
+    events += expired
+
+    decisions = {
+        output: forced.get(output) or _wanted(cfg, inputs, overrides, output)
+        for output in cfg.outputs
+    }
+    new_state = PolicyState(
+        ports=faults,
+        wifi_battery_shed=wifi_shed,
+        usb_battery_shed=usb_shed,
+        over_temperature=hot,
+        outputs={o: d.on for o, d in decisions.items()},
+        events=tuple(events),
+    )
+    return new_state, decisions
+
+
+def _wanted(
+    cfg: PolicyConfig, inputs: PolicyInputs, overrides: Mapping[str, Override], output: str
+) -> Decision:
+    """Layers 3-5: what people asked for, when nothing forces the output off."""
+    override = overrides.get(output)
+    if override is not None:
+        return _override_decision(override, inputs.mono_s)
+    schedule = cfg.schedules.get(output)
+    if schedule is not None:
+        if schedule.is_active(inputs.now_local):
+            return Decision(True, SCHEDULE_ON, f"inside schedule {schedule.describe()}")
+        return Decision(False, SCHEDULE_OFF, f"outside schedule {schedule.describe()}")
+    on = cfg.defaults.get(output, True)
+    return Decision(on, DEFAULT, f"default {'on' if on else 'off'}")
+
+
+def _override_decision(override: Override, mono_s: float) -> Decision:
+    assert override.state is not None  # _live_overrides drops "auto"
+    detail = f"set by {override.source}"
+    if override.expires_mono_s is not None:
+        detail += f", {math.ceil(override.expires_mono_s - mono_s)} s left"
+    return Decision(override.state, OVERRIDE_ON if override.state else OVERRIDE_OFF, detail)
+
+
+def check_override(
+    cfg: PolicyConfig,
+    state: PolicyState,
+    inputs: PolicyInputs,
+    output: str,
+    desired: bool | None,
+) -> str | None:
+    """Why an override of ``output`` to ``desired`` would not take effect now; None if it would.
+
+    ``desired`` None is "auto" and always accepted. The answer is "reason: detail",
+    e.g. "battery_low: battery 18.0% < 20.0%", for the CLI or the ops reply.
+    """
+    if output not in cfg.outputs:
+        return f"unknown_output: {output!r} is not one of {', '.join(cfg.outputs)}"
+    if desired is None:
+        return None
+    trial = dict(inputs.overrides)
+    trial[output] = Override(desired, None, "check")
+    # Asking the real policy keeps this answer and decide() from ever disagreeing.
+    _, decisions = decide(cfg, replace(inputs, overrides=trial), state)
+    decision = decisions[output]
+    if decision.on == desired:
+        return None
+    return f"{decision.reason}: {decision.detail}"
+
+
+def reset_fault(state: PolicyState, port: str | None) -> PolicyState:
+    """Clear the over-current state (latch, trips, cooldown) of ``port``, or of all if None.
+
+    The returned state's ``events`` hold one ``fault_reset`` event per port that had
+    a fault; a port with nothing to clear is left as it was.
+    """
+    targets = list(state.ports) if port is None else [port]
+    ports = dict(state.ports)
+    events: list[PolicyEvent] = []
+    for name in targets:
+        fault = ports.pop(name, None)
+        if fault is None or fault == PortFault():
+            continue
+        was = "latched" if fault.latched else f"{fault.trips} trip(s)"
+        events.append(PolicyEvent(EVENT_FAULT_RESET, name, f"{name} fault reset (was {was})"))
+    return replace(state, ports=ports, events=tuple(events))
+
+
+__all__ = [
+    "WIFI",
+    "BatteryThresholds",
+    "Decision",
+    "Override",
+    "PolicyConfig",
+    "PolicyEvent",
+    "PolicyInputs",
+    "PolicyState",
+    "PortFault",
+    "PortLimits",
+    "Schedule",
+    "TemperatureLimits",
+    "check_override",
+    "decide",
+    "reset_fault",
+]
