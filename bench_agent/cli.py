@@ -1,0 +1,82 @@
+"""`bench-agent`: the daemon and the technician's commands. `main(argv)` returns the exit code.
+
+Errors are one line on stderr (no traceback unless `--debug`); a configuration
+error exits 78 (EX_CONFIG), which systemd's RestartPreventExitStatus honours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bench_agent import __version__
+from bench_agent.config import load_config
+from bench_agent.errors import EXIT_CONFIG, ConfigError
+
+DEFAULT_CONFIG = os.environ.get("BENCH_AGENT_CONFIG", "/etc/bench-agent/bench-agent.toml")
+EXIT_FAILURE = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bench-agent {__version__}")
+    parser.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
+    parser.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG, help=f"configuration file ({DEFAULT_CONFIG})"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", help="run the agent in the foreground (what systemd starts)")
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_commands.add_parser("check", help="validate the configuration file and exit")
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not debug:
+        logging.getLogger("bench_agent.paho").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    # argparse's own errors exit 2 with a usage line: the CLI convention.
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"bench-agent: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"bench-agent: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        cfg = load_config(args.config)
+        print(f"{cfg.source}: ok (bench {cfg.bench.id}, {cfg.hardware.backend} backend)")
+        return 0
+    if args.command == "run":
+        cfg = load_config(args.config)  # before touching any hardware
+        _setup_logging(args.debug)
+        from bench_agent.service import Agent  # noqa: PLC0415 - keeps `config check` light
+
+        return Agent(cfg).run()
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Time sources: the system clock on a bench, a scaled and scriptable one in simulation.
+
+A Raspberry Pi has no real-time clock: it boots with a stale wall clock until NTP
+syncs. So the agent measures intervals with a monotonic clock and asks the clock
+whether the wall time can be trusted yet (`synced()`).
+
+The simulated clock runs `speed` times faster than real time, so a simulated day
+passes in minutes; every interval in the agent (sampling, publishing, overrides)
+is in *agent seconds*, and `to_real_s()` converts a wait into real seconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+# systemd-timesyncd creates this file once it has synchronised the clock.
+TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
+_TIME_ERROR = 5  # adjtimex(2) return value: "clock not synchronized"
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Agent seconds since an arbitrary point in this boot; never jumps."""
+
+    def wall(self) -> datetime:
+        """The wall-clock time now, aware, in UTC. May be wrong when not `synced()`."""
+
+    def synced(self) -> bool:
+        """True when the wall clock is known to be right (NTP synchronised)."""
+
+    def to_real_s(self, agent_s: float) -> float:
+        """How many real seconds `agent_s` agent seconds take."""
+
+
+def kernel_clock_synced() -> bool:
+    """Whether the kernel says its clock is synchronised, as timedatectl decides it.
+
+    The flag file of systemd-timesyncd is checked first; otherwise `adjtimex(2)`
+    with no modes (a pure read) returns TIME_ERROR while the clock is unsynchronised.
+    """
+    if TIMESYNCD_FLAG.exists():
+        return True
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        # struct timex is 208 bytes on 64-bit Linux; a zeroed, larger buffer means
+        # modes = 0, which only reads.
+        buf = ctypes.create_string_buffer(512)
+        state = int(libc.adjtimex(buf))
+    except (OSError, AttributeError):
+        return False
+    return state not in (-1, _TIME_ERROR)
+
+
+class SystemClock:
+    """The bench's own clocks."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> datetime:
+        return datetime.now(UTC)
+
+    def synced(self) -> bool:
+        return kernel_clock_synced()
+
+    def to_real_s(self, agent_s: float) -> float:
+        return agent_s
+
+
+class SimulatedClock:
+    """A clock for the simulated bench: scaled, with a wall time scenarios can jump.
+
+    `monotonic()` starts at the real monotonic time (so uptime looks like a Pi's)
+    and then runs `speed` times faster than real time.
+    """
+
+    def __init__(self, start: datetime, speed: float, synced: bool = True) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+        self._real_origin = time.monotonic()
+        self._wall_origin = start.astimezone(UTC)
+        self._wall_error = timedelta(0)  # how wrong the wall clock is (scenario clock jumps)
+        self._synced = synced
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        return self._real_origin + (time.monotonic() - self._real_origin) * self.speed
+
+    def elapsed(self) -> float:
+        """Simulated seconds since the clock was made."""
+        return (time.monotonic() - self._real_origin) * self.speed
+
+    def true_wall(self) -> datetime:
+        """The simulated *true* time: what the sun and the physics follow."""
+        return self._wall_origin + timedelta(seconds=self.elapsed())
+
+    def wall(self) -> datetime:
+        with self._lock:
+            return self.true_wall() + self._wall_error
+
+    def synced(self) -> bool:
+        with self._lock:
+            return self._synced
+
+    def to_real_s(self, agent_s: float) -> float:
+        return agent_s / self.speed
+
+    def set_wall_error(self, error: timedelta, synced: bool) -> None:
+        """Scenario hook: make the wall clock wrong by `error` (or right, with 0)."""
+        with self._lock:
+            self._wall_error = error
+            self._synced = synced

@@ -1,0 +1,546 @@
+"""Configuration: one TOML file, parsed once at start into frozen typed objects.
+
+Nothing past this module sees a raw dict. Every problem (unknown key, wrong
+type, out-of-range value) becomes a `ConfigError` whose text is ONE line naming
+the file, the dotted key and the problem; the CLI exits 78 on it.
+
+Secrets are never values in this file: `password_file` names a file that is read
+here, and the secret is kept in a field that is excluded from `repr`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from bench_agent.errors import ConfigError
+
+BENCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+TOPIC_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
+OUTPUT_NAME_PATTERN = re.compile(r"usb[0-9]{1,2}|wifi")
+CHANNEL_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+# ---------------------------------------------------------------------------
+# The typed configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    id: str
+    timezone: str  # IANA name, e.g. "Asia/Jakarta"
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareConfig:
+    backend: Literal["pi", "sim"]
+    i2c_bus: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ina219Config:
+    name: str
+    address: int  # 7-bit I2C address
+    shunt_ohms: float
+    max_amps: float  # the largest current the channel must measure
+    bus_range_volts: Literal[16, 32]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """One switched load: a USB port or the Wi-Fi hotspot."""
+
+    name: str  # "usb1", "usb2", … or "wifi"
+    backend: Literal["gpio", "nmcli"]
+    pin: int | None  # BCM number, for backend "gpio"
+    nmcli_connection: str | None  # NetworkManager profile, for backend "nmcli"
+    safe_state_on: bool  # the state at start, stop and before the first decision
+
+
+@dataclass(frozen=True, slots=True)
+class TamperConfig:
+    pin: int
+    pull_up: bool  # switch to ground with the internal pull-up
+    open_when_active: bool  # True: the box is open when the input reads active
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingConfig:
+    sample_interval_s: float
+    publish_interval_s: float
+    cpu_temperature_path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str
+    port: int
+    topic_prefix: str
+    keepalive_s: int
+    protocol: Literal["5", "3.1.1"]
+    client_id: str
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    tls: bool
+    username: str | None
+    password: str | None = field(repr=False)  # read from password_file; never logged
+    reconnect_min_s: float
+    reconnect_max_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    dir: Path
+    outbox_max_bytes: int
+    max_payload_bytes: int  # largest telemetry message when draining the backlog
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    socket: Path
+    group: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerConfig:
+    port: Path
+    baudrate: int
+    stale_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """The simulated bench (backend "sim")."""
+
+    speed: float  # simulated seconds per real second
+    start: datetime  # simulated wall time at agent start (aware)
+    seed: int
+    scenario: Path | None
+    panel_watts_peak: float
+    battery_ah: float
+    battery_chemistry: Literal["lifepo4", "agm"]
+    initial_soc_pct: float
+    clock_synced_at_start: bool
+    charger: bool  # run a simulated VE.Direct controller on a pty
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    bench: BenchConfig
+    hardware: HardwareConfig
+    sensors: tuple[Ina219Config, ...]
+    outputs: tuple[OutputConfig, ...]
+    tamper: TamperConfig | None
+    sampling: SamplingConfig
+    mqtt: MqttConfig
+    storage: StorageConfig
+    control: ControlConfig
+    charger: ChargerConfig | None
+    sim: SimConfig | None
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.bench.timezone)
+
+    def topic(self, leaf: str) -> str:
+        """The full MQTT topic of `leaf` ("telemetry", "cmd/reply", …) for this bench."""
+        return f"{self.mqtt.topic_prefix}/{self.bench.id}/{leaf}"
+
+
+# ---------------------------------------------------------------------------
+# A strict reader over one TOML table
+# ---------------------------------------------------------------------------
+
+
+_REQUIRED: Any = object()  # sentinel: the key has no default
+
+
+class _Table:
+    """Reads typed keys from one TOML table; `done()` rejects keys nobody asked for."""
+
+    def __init__(self, file: str, path: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(file, path or "<top>", "must be a table")
+        self.file = file
+        self.prefix = path
+        self._data: dict[str, Any] = data
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), problem)
+
+    def _get(self, name: str, kind: type | tuple[type, ...], kind_name: str, default: Any) -> Any:
+        self._seen.add(name)
+        if name not in self._data:
+            if default is _REQUIRED:
+                raise self.error(name, "missing")
+            return default
+        value = self._data[name]
+        # bool is an int in Python; a TOML `true` must not pass for a number.
+        if isinstance(value, bool) and kind is not bool:
+            raise self.error(name, f"must be {kind_name}, not a boolean")
+        if not isinstance(value, kind):
+            raise self.error(name, f"must be {kind_name}, not {_toml_type(value)}")
+        return value
+
+    def get_str(self, name: str, default: Any = None) -> Any:
+        return self._get(name, str, "a string", default)
+
+    def get_bool(self, name: str, default: Any = _REQUIRED) -> bool:
+        return cast(bool, self._get(name, bool, "true or false", default))
+
+    def get_int(
+        self, name: str, default: Any = _REQUIRED, lo: int | None = None, hi: int | None = None
+    ) -> Any:
+        value = self._get(name, int, "an integer", default)
+        if value is not None:
+            self._range(name, value, lo, hi)
+        return value
+
+    def get_float(
+        self, name: str, default: Any = _REQUIRED, lo: float | None = None, hi: float | None = None
+    ) -> Any:
+        value = self._get(name, (int, float), "a number", default)
+        if value is not None:
+            value = float(value)
+            self._range(name, value, lo, hi)
+        return value
+
+    def get_path(self, name: str, default: Any = None, base: Path | None = None) -> Path | None:
+        value = self.get_str(name, default)
+        if value is None:
+            return None
+        p = Path(value)
+        if base is not None and not p.is_absolute():
+            p = base / p
+        return p
+
+    def get_choice(self, name: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> Any:
+        value = self.get_str(name, default)
+        if value not in choices:
+            raise self.error(name, f"must be one of {', '.join(repr(c) for c in choices)}")
+        return value
+
+    def table(self, name: str, required: bool = False) -> _Table | None:
+        self._seen.add(name)
+        if name not in self._data:
+            if required:
+                raise self.error(name, "missing table")
+            return None
+        return _Table(self.file, self.key(name), self._data[name])
+
+    def subtables(self, name: str) -> Iterator[tuple[str, _Table]]:
+        """The tables nested in table `name` (e.g. [ina219.solar], [ina219.battery])."""
+        outer = self.table(name)
+        if outer is None:
+            return
+        for sub in list(outer._data):
+            inner = outer.table(sub)
+            assert inner is not None
+            yield sub, inner
+
+    def _range(self, name: str, value: float, lo: float | None, hi: float | None) -> None:
+        if lo is not None and value < lo:
+            raise self.error(name, f"must be at least {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise self.error(name, f"must be at most {hi}, got {value}")
+
+    def done(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _toml_type(value: Any) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+@contextmanager
+def _checked(table: _Table) -> Iterator[_Table]:
+    yield table
+    table.done()
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate `path`. Raises `ConfigError` (one line) on any problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(file, "<file>", "no such file") from None
+    except PermissionError:
+        raise ConfigError(file, "<file>", "permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(file, "<file>", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "<file>", f"invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(file, "<file>", exc.strerror or str(exc)) from None
+    return _parse(_Table(file, "", raw), path.resolve().parent, path)
+
+
+def _parse(top: _Table, base: Path, source: Path) -> Config:
+    bench = _parse_bench(_need(top, "bench"))
+    hardware = _parse_hardware(_need(top, "hardware"))
+    sensors = tuple(_parse_ina219(name, t) for name, t in top.subtables("ina219"))
+    addresses = [s.address for s in sensors]
+    if len(set(addresses)) != len(addresses):
+        raise top.error("ina219", "two channels share one I2C address")
+    outputs = tuple(_parse_output(name, t) for name, t in top.subtables("outputs"))
+    pins = [o.pin for o in outputs if o.pin is not None]
+    tamper_table = top.table("tamper")
+    tamper = _parse_tamper(tamper_table) if tamper_table else None
+    if tamper is not None:
+        pins.append(tamper.pin)
+    if len(set(pins)) != len(pins):
+        raise top.error("outputs", "two GPIO devices share one pin")
+    sampling = _parse_sampling(_need(top, "sampling"))
+    mqtt = _parse_mqtt(_need(top, "mqtt"), bench, base)
+    storage = _parse_storage(_need(top, "storage"), base)
+    control = _parse_control(_need(top, "control"), base)
+    charger_table = top.table("charger")
+    charger = _parse_charger(charger_table, base) if charger_table else None
+    sim_table = top.table("sim")
+    sim = _parse_sim(sim_table, base, bench) if sim_table else None
+    if hardware.backend == "sim" and sim is None:
+        raise top.error("sim", 'missing table (required when hardware.backend = "sim")')
+    top.done()
+    return Config(
+        source=source,
+        bench=bench,
+        hardware=hardware,
+        sensors=sensors,
+        outputs=outputs,
+        tamper=tamper,
+        sampling=sampling,
+        mqtt=mqtt,
+        storage=storage,
+        control=control,
+        charger=charger,
+        sim=sim,
+    )
+
+
+def _need(top: _Table, name: str) -> _Table:
+    table = top.table(name, required=True)
+    assert table is not None
+    return table
+
+
+def _parse_bench(t: _Table) -> BenchConfig:
+    with _checked(t):
+        bench_id = t.get_str("id", _REQUIRED)
+        if not BENCH_ID_PATTERN.fullmatch(bench_id):
+            raise t.error("id", "must match [a-z0-9][a-z0-9-]{0,62}")
+        tz = t.get_str("timezone", "Asia/Jakarta")
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise t.error("timezone", f"unknown time zone {tz!r}") from None
+        return BenchConfig(id=bench_id, timezone=tz)
+
+
+def _parse_hardware(t: _Table) -> HardwareConfig:
+    with _checked(t):
+        return HardwareConfig(
+            backend=t.get_choice("backend", ("pi", "sim")),
+            i2c_bus=t.get_int("i2c_bus", 1, lo=0, hi=255),
+        )
+
+
+def _parse_ina219(name: str, t: _Table) -> Ina219Config:
+    if not CHANNEL_NAME_PATTERN.fullmatch(name):
+        raise ConfigError(t.file, t.prefix, "channel names are lower-case letters, digits and _")
+    with _checked(t):
+        return Ina219Config(
+            name=name,
+            address=t.get_int("address", _REQUIRED, lo=0x40, hi=0x4F),
+            shunt_ohms=t.get_float("shunt_ohms", _REQUIRED, lo=0.0001, hi=10.0),
+            max_amps=t.get_float("max_amps", _REQUIRED, lo=0.001, hi=100.0),
+            bus_range_volts=cast(Literal[16, 32], _int_choice(t, "bus_range_volts", (16, 32), 32)),
+        )
+
+
+def _int_choice(t: _Table, name: str, choices: tuple[int, ...], default: int) -> int:
+    value = cast(int, t.get_int(name, default))
+    if value not in choices:
+        raise t.error(name, f"must be one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _parse_output(name: str, t: _Table) -> OutputConfig:
+    if not OUTPUT_NAME_PATTERN.fullmatch(name):
+        raise ConfigError(t.file, t.prefix, 'outputs are named "usb<N>" or "wifi"')
+    with _checked(t):
+        backend = t.get_choice("backend", ("gpio", "nmcli"), "gpio")
+        if backend == "nmcli" and name != "wifi":
+            raise t.error("backend", 'only the "wifi" output can use nmcli')
+        pin = t.get_int("pin", _REQUIRED if backend == "gpio" else None, lo=0, hi=53)
+        connection = t.get_str("nmcli_connection", _REQUIRED if backend == "nmcli" else None)
+        return OutputConfig(
+            name=name,
+            backend=backend,
+            pin=pin if backend == "gpio" else None,
+            nmcli_connection=connection,
+            safe_state_on=t.get_bool("safe_state_on", False),
+        )
+
+
+def _parse_tamper(t: _Table) -> TamperConfig:
+    with _checked(t):
+        return TamperConfig(
+            pin=t.get_int("pin", _REQUIRED, lo=0, hi=53),
+            pull_up=t.get_bool("pull_up", True),
+            open_when_active=t.get_bool("open_when_active", False),
+        )
+
+
+def _parse_sampling(t: _Table) -> SamplingConfig:
+    with _checked(t):
+        sample = t.get_float("sample_interval_s", 1.0, lo=0.05, hi=3600)
+        publish = t.get_float("publish_interval_s", 60.0, lo=1, hi=86400)
+        if publish < sample:
+            raise t.error("publish_interval_s", "must not be shorter than sample_interval_s")
+        thermal = t.get_str("cpu_temperature_path", "/sys/class/thermal/thermal_zone0/temp")
+        return SamplingConfig(sample, publish, Path(thermal))
+
+
+def _parse_mqtt(t: _Table, bench: BenchConfig, base: Path) -> MqttConfig:
+    with _checked(t):
+        prefix = t.get_str("topic_prefix", "smartbench")
+        if not TOPIC_PREFIX_PATTERN.fullmatch(prefix):
+            raise t.error("topic_prefix", "must be topic levels of letters, digits, - and _")
+        ca = t.get_path("ca_file", None, base)
+        cert = t.get_path("cert_file", None, base)
+        key = t.get_path("key_file", None, base)
+        if (cert is None) != (key is None):
+            raise t.error(
+                "cert_file" if cert is None else "key_file", "cert_file and key_file go together"
+            )
+        # The certificate files are not opened here: they are checked where they are
+        # used (a failed TLS handshake is a link fault, `selftest` names the file), so
+        # the reference config can be validated on a machine that has no secrets yet.
+        tls = t.get_bool("tls", ca is not None or cert is not None)
+        password_file = t.get_path("password_file", None, base)
+        password = _read_secret(t, "password_file", password_file)
+        username = t.get_str("username", None)
+        if password is not None and username is None:
+            raise t.error("username", "missing (password_file is set)")
+        rmin = t.get_float("reconnect_min_s", 1.0, lo=0.1, hi=600)
+        rmax = t.get_float("reconnect_max_s", 120.0, lo=rmin, hi=3600)
+        return MqttConfig(
+            host=t.get_str("host", _REQUIRED),
+            port=t.get_int("port", 8883 if tls else 1883, lo=1, hi=65535),
+            topic_prefix=prefix,
+            keepalive_s=t.get_int("keepalive_s", 60, lo=5, hi=65535),
+            protocol=t.get_choice("protocol", ("5", "3.1.1"), "5"),
+            client_id=t.get_str("client_id", f"bench-agent-{bench.id}"),
+            ca_file=ca,
+            cert_file=cert,
+            key_file=key,
+            tls=tls,
+            username=username,
+            password=password,
+            reconnect_min_s=rmin,
+            reconnect_max_s=rmax,
+        )
+
+
+def _read_secret(t: _Table, name: str, path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise t.error(name, f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise t.error(name, f"{path} is not UTF-8 text") from None
+    if not secret:
+        raise t.error(name, f"{path} is empty")
+    return secret
+
+
+def _parse_storage(t: _Table, base: Path) -> StorageConfig:
+    with _checked(t):
+        directory = t.get_path("dir", "/var/lib/bench-agent", base)
+        assert directory is not None
+        return StorageConfig(
+            dir=directory,
+            outbox_max_bytes=t.get_int("outbox_max_bytes", 64 * 1024 * 1024, lo=64 * 1024),
+            max_payload_bytes=t.get_int(
+                "max_payload_bytes", 64 * 1024, lo=2048, hi=256 * 1024 * 1024
+            ),
+        )
+
+
+def _parse_control(t: _Table, base: Path) -> ControlConfig:
+    with _checked(t):
+        sock = t.get_path("socket", "/run/bench-agent/control.sock", base)
+        assert sock is not None
+        if len(bytes(sock)) > 107:  # sun_path is 108 bytes on Linux
+            raise t.error("socket", "path longer than 107 bytes")
+        return ControlConfig(socket=sock, group=t.get_str("group", None))
+
+
+def _parse_charger(t: _Table, base: Path) -> ChargerConfig:
+    with _checked(t):
+        port = t.get_path("port", _REQUIRED, base)
+        assert port is not None
+        return ChargerConfig(
+            port=port,
+            baudrate=t.get_int("baudrate", 19200, lo=300, hi=115200),
+            stale_after_s=t.get_float("stale_after_s", 10.0, lo=1, hi=3600),
+        )
+
+
+def _parse_sim(t: _Table, base: Path, bench: BenchConfig) -> SimConfig:
+    with _checked(t):
+        start_text = t.get_str("start", None)
+        tz = zoneinfo.ZoneInfo(bench.timezone)
+        if start_text is None:
+            start = datetime.now(tz).replace(hour=5, minute=0, second=0, microsecond=0)
+        else:
+            try:
+                start = datetime.fromisoformat(start_text)
+            except ValueError:
+                raise t.error("start", "must be an ISO 8601 date-time") from None
+            if start.tzinfo is None:
+                start = start.replace(tzinfo=tz)
+        return SimConfig(
+            speed=t.get_float("speed", 1.0, lo=0.1, hi=100_000),
+            start=start,
+            seed=t.get_int("seed", 1),
+            scenario=t.get_path("scenario", None, base),
+            panel_watts_peak=t.get_float("panel_watts_peak", 200.0, lo=1, hi=10_000),
+            battery_ah=t.get_float("battery_ah", 100.0, lo=1, hi=10_000),
+            battery_chemistry=t.get_choice("battery_chemistry", ("lifepo4", "agm"), "lifepo4"),
+            initial_soc_pct=t.get_float("initial_soc_pct", 70.0, lo=0, hi=100),
+            clock_synced_at_start=t.get_bool("clock_synced_at_start", True),
+            charger=t.get_bool("charger", True),
+        )

@@ -1,0 +1,139 @@
+"""The ONE place that picks real or simulated hardware for a configuration.
+
+`build_hardware(cfg)` returns a `Hardware` bundle: channel openers for the
+sampler, the switched outputs, the tamper input, the CPU temperature, the
+clock, and `tick()` (which advances the simulated bench; a no-op on a Pi). The
+rest of the agent never asks which backend it runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_agent.clock import Clock, SystemClock
+from bench_agent.config import Config, Ina219Config
+from bench_agent.hardware.gpio import GpioSwitch, NmcliHotspot, Switch, TamperSwitch
+from bench_agent.hardware.ina219 import I2CBus, INA219Channel, open_pi_i2c_bus
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[], Any]
+
+
+@dataclass
+class Hardware(AbstractContextManager["Hardware"]):
+    clock: Clock
+    channels: dict[str, Opener]
+    outputs: dict[str, Switch]
+    tamper: TamperSwitch | None
+    read_cpu_temperature: Callable[[], float | None]
+    tick: Callable[[], None] = lambda: None
+    simulation: Any = None  # the SimulatedBench, on the "sim" backend (tests and demo)
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def tamper_open(self) -> bool | None:
+        return None if self.tamper is None else self.tamper.is_open
+
+    def cpu_temperature(self) -> float | None:
+        return self.read_cpu_temperature()
+
+    def close(self) -> None:
+        """Outputs to their safe state first, then everything else. Idempotent."""
+        closers, self._closers = self._closers, []
+        for closer in reversed(closers):
+            try:
+                closer()
+            except Exception:  # closing must go on whatever one part does
+                log.exception("hardware: error while closing")
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_sysfs_temperature(path: Path) -> float | None:
+    """CPU temperature in °C from a thermal zone (millidegrees), None when unreadable."""
+    try:
+        return round(int(path.read_text().strip()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def ina219_opener(bus: Callable[[], I2CBus], sensor: Ina219Config) -> Opener:
+    """Builds the channel on first use, and again after it was found absent."""
+
+    def open_channel() -> INA219Channel:
+        return INA219Channel(
+            sensor.name,
+            bus(),
+            sensor.address,
+            sensor.shunt_ohms,
+            sensor.max_amps,
+            sensor.bus_range_volts,
+        )
+
+    return open_channel
+
+
+def build_outputs(cfg: Config, pin_factory: Any) -> dict[str, Switch]:
+    outputs: dict[str, Switch] = {}
+    for out in cfg.outputs:
+        if out.backend == "nmcli":
+            assert out.nmcli_connection is not None
+            outputs[out.name] = NmcliHotspot(out.name, out.nmcli_connection, out.safe_state_on)
+        else:
+            assert out.pin is not None
+            outputs[out.name] = GpioSwitch(out.name, out.pin, out.safe_state_on, pin_factory)
+    return outputs
+
+
+def build_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardware:
+    if cfg.hardware.backend == "sim":
+        from bench_agent.hardware.sim.bench import build_simulated_hardware  # noqa: PLC0415
+
+        return build_simulated_hardware(cfg, on_tamper)
+    return _build_pi_hardware(cfg, on_tamper)
+
+
+def _build_pi_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardware:
+    bus_holder: list[I2CBus] = []
+
+    def bus() -> I2CBus:
+        # Opened lazily: a missing /dev/i2c-1 is a sensor fault, not a crash.
+        if not bus_holder:
+            try:
+                bus_holder.append(open_pi_i2c_bus(cfg.hardware.i2c_bus))
+            except (ImportError, RuntimeError, ValueError) as exc:
+                raise OSError(f"I2C bus {cfg.hardware.i2c_bus}: {exc}") from exc
+        return bus_holder[0]
+
+    pin_factory = None  # gpiozero's default: lgpio on Bookworm, GPIOZERO_PIN_FACTORY honoured
+    hardware = Hardware(
+        clock=SystemClock(),
+        channels={s.name: ina219_opener(bus, s) for s in cfg.sensors},
+        outputs={},
+        tamper=None,
+        read_cpu_temperature=lambda: read_sysfs_temperature(cfg.sampling.cpu_temperature_path),
+    )
+    try:
+        hardware.outputs = build_outputs(cfg, pin_factory)
+        for switch in hardware.outputs.values():
+            hardware._closers.append(switch.close)
+        if cfg.tamper is not None:
+            tamper = TamperSwitch(
+                cfg.tamper.pin,
+                cfg.tamper.pull_up,
+                cfg.tamper.open_when_active,
+                pin_factory,
+                on_change=on_tamper,
+            )
+            hardware.tamper = tamper
+            hardware._closers.insert(0, tamper.close)
+    except BaseException:
+        hardware.close()
+        raise
+    return hardware

@@ -1,0 +1,168 @@
+"""The simulated bench: the physical model wired to the same seams the Pi uses.
+
+- INA219 channels: the real `adafruit_ina219` driver over `SimulatedI2CBus`, each
+  chip fed by the model's true volts and amps.
+- Outputs and tamper switch: gpiozero devices on gpiozero's own `MockFactory`;
+  the model's loads follow the output pins.
+- Time: a `SimulatedClock`, sped up so a day passes in minutes.
+- A scenario file scripts faults on the simulated timeline.
+
+`tick()` is called by the agent's main loop before each sample: it applies due
+scenario events, advances the model to the simulated now, and refreshes the chips.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from bench_agent.clock import SimulatedClock
+from bench_agent.config import Config
+from bench_agent.hardware.backend import Hardware, build_outputs, ina219_opener
+from bench_agent.hardware.gpio import TamperSwitch
+from bench_agent.hardware.sim.i2c_bus import SimulatedI2CBus
+from bench_agent.hardware.sim.ina219_chip import SimulatedINA219
+from bench_agent.hardware.sim.physics import CHANNELS, BenchModel, BenchParams
+from bench_agent.hardware.sim.scenario import (
+    Action,
+    ScenarioEvent,
+    ScenarioPlayer,
+    apply_to_model,
+    load_scenario,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SimulatedBench:
+    """Owns the model, the chips and the mock pins; `tick()` keeps them in step."""
+
+    def __init__(self, cfg: Config, on_tamper: Callable[[bool], None]) -> None:
+        from gpiozero.pins.mock import MockFactory  # noqa: PLC0415
+
+        sim = cfg.sim
+        assert sim is not None
+        self.cfg = cfg
+        self.clock = SimulatedClock(sim.start, sim.speed, synced=sim.clock_synced_at_start)
+        self.model = BenchModel(
+            BenchParams(
+                timezone=cfg.bench.timezone,
+                panel_wp=sim.panel_watts_peak,
+                battery_chemistry=sim.battery_chemistry,
+                battery_capacity_ah=sim.battery_ah,
+                initial_soc_pct=sim.initial_soc_pct,
+            ),
+            sim.start,
+            sim.seed,
+        )
+        # The model is read by the simulated charger's thread too.
+        self.model_lock = threading.Lock()
+        self.pin_factory: Any = MockFactory()
+        self.bus = SimulatedI2CBus()
+        self.chips: dict[str, SimulatedINA219] = {}
+        for sensor in cfg.sensors:
+            chip = SimulatedINA219(sensor.shunt_ohms)
+            self.chips[sensor.name] = chip
+            self.bus.attach(sensor.address, chip)
+        self.player = (
+            ScenarioPlayer(load_scenario(sim.scenario), sim.start.astimezone(cfg.tz))
+            if sim.scenario is not None
+            else None
+        )
+        self.outputs = build_outputs(cfg, self.pin_factory)
+        self.tamper: TamperSwitch | None = None
+        if cfg.tamper is not None:
+            self.tamper = TamperSwitch(
+                cfg.tamper.pin,
+                cfg.tamper.pull_up,
+                cfg.tamper.open_when_active,
+                self.pin_factory,
+                on_change=on_tamper,
+            )
+            # After the device exists: setting its pull resets a mock pin's level.
+            self._drive_tamper(is_open=False)  # the box starts closed
+        self._refresh_chips()
+
+    # -- the model's heartbeat ------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock.true_wall()
+        if self.player is not None:
+            for event in self.player.due(now):
+                self.apply(event)
+        with self.model_lock:
+            for name, switch in self.outputs.items():
+                self.model.set_output(name, switch.is_on)
+            self.model.advance(now)
+        self._refresh_chips()
+
+    def _refresh_chips(self) -> None:
+        with self.model_lock:
+            for name, chip in self.chips.items():
+                if name in CHANNELS:
+                    truth = self.model.channel(name)
+                    chip.set_conditions(truth.bus_volts, truth.current_amps)
+
+    def cpu_temperature(self) -> float | None:
+        with self.model_lock:
+            return round(self.model.cpu_temp_c, 1)
+
+    # -- scenario events ------------------------------------------------------
+
+    def apply(self, event: ScenarioEvent) -> None:
+        log.info("scenario: %s %s", event.action.value, event.note or "")
+        with self.model_lock:
+            if apply_to_model(event, self.model):
+                return
+        match event.action:
+            case Action.SENSOR_FAIL | Action.SENSOR_RECOVER:
+                chip = self.chips.get(event.channel or "")
+                if chip is not None:
+                    chip.fail_reads(event.action is Action.SENSOR_FAIL)
+            case Action.TAMPER_OPEN | Action.TAMPER_CLOSE:
+                self._drive_tamper(is_open=event.action is Action.TAMPER_OPEN)
+            case Action.CLOCK_JUMP:
+                self.clock.set_wall_error(timedelta(seconds=event.by_s or 0.0), synced=False)
+            case Action.CLOCK_SYNC:
+                self.clock.set_wall_error(timedelta(0), synced=True)
+            case _:
+                log.info("scenario: %s has no simulated part to act on", event.action.value)
+
+    def _drive_tamper(self, *, is_open: bool) -> None:
+        tamper = self.cfg.tamper
+        assert tamper is not None
+        # The input is "active" when it reads the level opposite its pull; the box is
+        # open when active == open_when_active.
+        active = is_open == tamper.open_when_active
+        level_high = active != tamper.pull_up
+        pin = self.pin_factory.pin(tamper.pin)
+        if level_high:
+            pin.drive_high()
+        else:
+            pin.drive_low()
+
+    def close(self) -> None:
+        for switch in self.outputs.values():
+            switch.close()
+        if self.tamper is not None:
+            self.tamper.close()
+        self.bus.deinit()
+        self.pin_factory.close()
+
+
+def build_simulated_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardware:
+    bench = SimulatedBench(cfg, on_tamper)
+    hardware = Hardware(
+        clock=bench.clock,
+        channels={s.name: ina219_opener(lambda: bench.bus, s) for s in cfg.sensors},
+        outputs=bench.outputs,
+        tamper=bench.tamper,
+        read_cpu_temperature=bench.cpu_temperature,
+        tick=bench.tick,
+    )
+    hardware._closers.append(bench.close)
+    hardware.simulation = bench
+    return hardware

@@ -1,0 +1,276 @@
+"""The MQTT session: paho-mqtt 2.x behind one module; no paho type leaks out.
+
+One network thread owns the paho client. It connects (and reconnects with
+jittered exponential backoff), drives paho's loop, and reports everything that
+happens as small frozen events through `on_event`, which must only enqueue:
+the agent's main loop is the one place that acts on them.
+
+A fresh paho client is made for every connection. The on-disk outbox, not
+paho's in-memory queue, is what guarantees delivery, so nothing is lost by
+dropping paho's queue on a reconnect; and a new client means an acknowledgement
+from an old connection can never be mistaken for one of the current one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from bench_agent.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+# paho's loop wakes at least this often to run keepalive checks; a publish from
+# another thread wakes it at once through paho's own socket pair.
+_LOOP_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    generation: int  # increases with every connection; acks carry it
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    generation: int
+    mid: int  # the message id `publish()` returned
+
+
+@dataclass(frozen=True, slots=True)
+class MessageIn:
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+LinkEvent = Connected | Disconnected | Acked | MessageIn
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+
+
+class MqttLink:
+    """A self-healing MQTT session. Build, then `start()`; `close()` is idempotent."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        will: Will,
+        subscriptions: Sequence[str],
+        on_event: Callable[[LinkEvent], None],
+    ) -> None:
+        self._cfg = cfg
+        self._will = will
+        self._subscriptions = tuple(subscriptions)
+        self._on_event = on_event
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._client: paho.Client | None = None
+        self._generation = 0
+        self._connected = False
+        self.reconnects = 0  # connections after the first
+        self.connect_failures = 0
+        self.last_error: str | None = None
+        self.connected_since_mono: float | None = None
+        self.down_since_mono: float | None = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 3.0) -> None:
+        """Disconnect cleanly (no Last Will) and stop the network thread."""
+        self._stop.set()
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def __enter__(self) -> MqttLink:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- use ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> int | None:
+        """Hand one message to the broker; returns its message id, or None when offline.
+
+        The caller learns of delivery from an `Acked` event with this id (QoS 1: the
+        broker's PUBACK). Nothing is queued while offline: the outbox is the queue.
+        """
+        with self._lock:
+            client = self._client if self._connected else None
+        if client is None:
+            return None
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        return int(info.mid)
+
+    # -- the network thread -------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            client = self._make_client()
+            try:
+                client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._note_failure(f"connect: {exc}")
+            else:
+                with self._lock:
+                    self._client = client
+                while not self._stop.is_set():
+                    rc = client.loop(timeout=_LOOP_TIMEOUT_S)
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                if self._connected:
+                    attempt = 0  # a session that came up resets the backoff
+                self._lost(client, "stopped" if self._stop.is_set() else "connection lost")
+            if self._stop.is_set():
+                break
+            delay = self._backoff_s(attempt)
+            attempt += 1
+            log.debug("mqtt: next connection attempt in %.1f s", delay)
+            self._stop.wait(delay)
+
+    def _backoff_s(self, attempt: int) -> float:
+        """Exponential backoff with "equal jitter": half fixed, half random.
+
+        The jitter keeps a city's benches from reconnecting in lockstep after the
+        central broker restarts.
+        """
+        ceiling = min(
+            self._cfg.reconnect_max_s, self._cfg.reconnect_min_s * 2.0 ** min(attempt, 30)
+        )
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _note_failure(self, message: str) -> None:
+        self.connect_failures += 1
+        if message != self.last_error:
+            log.warning("mqtt: %s", message)
+        self.last_error = message
+
+    def _lost(self, client: paho.Client, reason: str) -> None:
+        with self._lock:
+            was_connected = self._connected
+            self._connected = False
+            self._client = None
+        if not self._stop.is_set():  # on close(), disconnect() was already sent
+            with contextlib.suppress(OSError, ValueError):
+                client.disconnect()
+        if was_connected:
+            self.down_since_mono = time.monotonic()
+            self.connected_since_mono = None
+            log.warning("mqtt: disconnected (%s)", reason)
+            self._on_event(Disconnected(self._generation, reason))
+
+    def _make_client(self) -> paho.Client:
+        cfg = self._cfg
+        protocol = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=protocol,
+            clean_session=True if protocol == paho.MQTTv311 else None,
+        )
+        client.enable_logger(logging.getLogger("bench_agent.paho"))
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        client.will_set(self._will.topic, self._will.payload, qos=1, retain=True)
+        # Bounded: the outbox paces us, and a stalled link must not grow paho's queue.
+        client.max_inflight_messages_set(20)
+        client.max_queued_messages_set(50)
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    # -- paho callbacks (network thread) ------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason_code: ReasonCode,
+        _properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            # e.g. "Not authorized": paho closes the socket and the loop returns.
+            self._note_failure(f"broker refused the connection: {reason_code}")
+            return
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        with self._lock:
+            self._generation += 1
+            self.reconnects = self._generation - 1
+            self._connected = True
+            generation = self._generation
+        self.connected_since_mono = time.monotonic()
+        self.down_since_mono = None
+        self.last_error = None
+        log.info("mqtt: connected to %s:%d", self._cfg.host, self._cfg.port)
+        self._on_event(Connected(generation))
+
+    def _on_publish(
+        self, _client: paho.Client, _userdata: Any, mid: int, reason_code: ReasonCode, _props: Any
+    ) -> None:
+        # A PUBACK with a failure reason (MQTT 5, e.g. "Not authorized") is not a
+        # delivery: the record stays in the outbox.
+        if reason_code.is_failure:
+            log.warning("mqtt: broker refused message %d: %s", mid, reason_code)
+            return
+        self._on_event(Acked(self._generation, mid))
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        self._on_event(MessageIn(message.topic, bytes(message.payload), bool(message.retain)))

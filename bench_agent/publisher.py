@@ -1,0 +1,153 @@
+"""Moves records from the outbox to the broker; a record leaves the outbox only on PUBACK.
+
+Live first: a record just recorded is published at once, on its own, whatever
+backlog is waiting. The backlog drains oldest first in batches (many telemetry
+records per message, up to `max_payload_bytes`) flagged `historical`, with at
+most `max_inflight` messages awaiting their PUBACK, so a day of backlog never
+floods the uplink nor holds up the main loop: each `pump()` sends at most the
+free in-flight slots and returns; acks bring the next batch.
+
+Used from the main loop only (it is not thread-safe, nor needs to be).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from bench_agent import payloads
+from bench_agent.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+
+class Link(Protocol):
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> int | None:
+        """Returns the message id, or None when offline."""
+
+
+class Store(Protocol):
+    def oldest(self, limit: int, max_bytes: int, exclude: Any) -> Sequence[Any]: ...
+    def ack(self, seqs: Any) -> None: ...
+
+
+class Publisher:
+    def __init__(
+        self,
+        store: Store,
+        link: Link,
+        *,
+        bench_id: str,
+        topic: Callable[[str], str],
+        max_payload_bytes: int,
+        max_inflight: int = 4,
+        batch_records: int = 500,
+    ) -> None:
+        self._store = store
+        self._link = link
+        self._bench_id = bench_id
+        self._topic = topic
+        self._max_payload_bytes = max_payload_bytes
+        self._max_inflight = max_inflight
+        self._batch_records = batch_records
+        self._generation: int | None = None  # the connection our in-flight ids belong to
+        self._inflight: dict[int, tuple[int, ...]] = {}  # message id -> seqs it carries
+        self._inflight_seqs: set[int] = set()
+        self.messages_sent = 0
+        self.records_acked = 0
+        self.last_ack_mono: float | None = None
+        self.backlog_exhausted = True
+
+    # -- link events --------------------------------------------------------
+
+    def on_connected(self, generation: int) -> None:
+        self._generation = generation
+        self._forget_inflight()
+        self.backlog_exhausted = False
+
+    def on_disconnected(self) -> None:
+        # What was in flight stays in the outbox and goes again: at-least-once.
+        self._generation = None
+        self._forget_inflight()
+
+    def on_acked(self, generation: int, mid: int) -> None:
+        if generation != self._generation:
+            return  # an ack from a connection that is gone
+        seqs = self._inflight.pop(mid, None)
+        if seqs is None:
+            return  # status/state/replies are not outbox records
+        self._inflight_seqs.difference_update(seqs)
+        try:
+            self._store.ack(seqs)
+        except StorageError as exc:
+            # Not deleted means sent again later: a duplicate, never a loss.
+            log.warning("outbox: could not delete acknowledged records: %s", exc)
+        self.records_acked += len(seqs)
+        self.last_ack_mono = time.monotonic()
+
+    @property
+    def inflight_messages(self) -> int:
+        return len(self._inflight)
+
+    # -- sending --------------------------------------------------------------
+
+    def send_live(self, item: Any) -> bool:
+        """Publish a record just recorded, ahead of any backlog. False when offline."""
+        if self._generation is None:
+            return False
+        if item.kind == "event":
+            payload = payloads.event_message(self._bench_id, item, historical=False)
+            topic = "event"
+        else:
+            payload = payloads.telemetry_message(self._bench_id, [item], historical=False)
+            topic = "telemetry"
+        return self._send(topic, payload, (item.seq,))
+
+    def pump(self) -> None:
+        """Send backlog into the free in-flight slots."""
+        while self._generation is not None and len(self._inflight) < self._max_inflight:
+            items = self._store.oldest(
+                limit=self._batch_records,
+                max_bytes=self._max_payload_bytes,
+                exclude=self._inflight_seqs,
+            )
+            if not items:
+                self.backlog_exhausted = True
+                return
+            if not self._send_batch(items):
+                return
+
+    def _send_batch(self, items: Sequence[Any]) -> bool:
+        if items[0].kind == "event":
+            payload = payloads.event_message(self._bench_id, items[0], historical=True)
+            return self._send("event", payload, (items[0].seq,))
+        batch = []
+        for item in items:
+            if item.kind != "telemetry":
+                break
+            batch.append(item)
+        # The store bounds the batch by stored body size; the envelope adds a little,
+        # so trim until the encoded message fits.
+        while True:
+            payload = payloads.telemetry_message(self._bench_id, batch, historical=True)
+            if len(payload) <= self._max_payload_bytes or len(batch) == 1:
+                break
+            batch = batch[: max(1, len(batch) * 3 // 4)]
+        return self._send("telemetry", payload, tuple(item.seq for item in batch))
+
+    def _send(self, leaf: str, payload: bytes, seqs: tuple[int, ...]) -> bool:
+        mid = self._link.publish(self._topic(leaf), payload, qos=1)
+        if mid is None:
+            return False
+        self._inflight[mid] = seqs
+        self._inflight_seqs.update(seqs)
+        self.messages_sent += 1
+        return True
+
+    def _forget_inflight(self) -> None:
+        self._inflight.clear()
+        self._inflight_seqs.clear()

@@ -1,0 +1,314 @@
+"""The composition root and the main loop of the daemon (`bench-agent run`).
+
+Threads (paho's network thread, gpiozero's callbacks, the charger reader, the
+control socket) only put events on one queue; this loop is the one place that
+decides and acts. Every interval is in agent seconds (`Clock`), so the same
+loop runs a real bench and a simulated one that is sped up.
+
+Constructors build; `run()` starts. One `ExitStack` owns every resource, so
+every exit path the process controls puts the outputs in their safe state and
+tells the broker the bench is offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench_agent import __version__, payloads
+from bench_agent.config import Config
+from bench_agent.errors import StorageError
+from bench_agent.hardware.backend import Hardware, build_hardware
+from bench_agent.mqtt import Acked, Connected, Disconnected, LinkEvent, MessageIn, MqttLink, Will
+from bench_agent.outbox import Kind, Outbox, OutboxItem
+from bench_agent.publisher import Publisher
+from bench_agent.sampler import Sampler
+
+log = logging.getLogger(__name__)
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+STOP_GRACE_S = 2.0  # how long shutdown waits for the broker to acknowledge "offline"
+
+
+def read_boot_id() -> str:
+    try:
+        return BOOT_ID_PATH.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    signal_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TamperChanged:
+    is_open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run `fn` on the main loop (e.g. for the control socket) and hand back its result."""
+
+    fn: Callable[[], Any]
+    done: threading.Event
+    result: list[Any]
+
+
+InboxItem = LinkEvent | StopRequested | TamperChanged | Call
+
+
+class Agent:
+    """The bench agent. `Agent(cfg).run()` blocks until SIGTERM/SIGINT; returns the exit code."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.boot_id = read_boot_id()
+        self.inbox: queue.Queue[InboxItem] = queue.Queue()
+        self._stopping = False
+        self.faults: dict[str, str] = {}  # fault code -> detail, e.g. "sensor.usb1"
+        self.events_dropped_unstored = 0
+        self.storage_errors = 0
+        self.tamper_open: bool | None = None
+        # Built in run(), inside the ExitStack that will close them.
+        self.hardware: Hardware
+        self.sampler: Sampler
+        self.outbox: Outbox
+        self.link: MqttLink
+        self.publisher: Publisher
+
+    # -- wiring -----------------------------------------------------------------
+
+    def run(self, ready: Callable[[], None] | None = None) -> int:
+        with ExitStack() as stack:
+            self._install_signal_handlers(stack)
+            self.hardware = stack.enter_context(
+                build_hardware(
+                    self.cfg, on_tamper=lambda is_open: self.inbox.put(TamperChanged(is_open))
+                )
+            )
+            self.clock = self.hardware.clock
+            self.sampler = Sampler(
+                self.hardware.channels,
+                self.cfg.sampling.sample_interval_s,
+                on_fault=self._channel_fault,
+            )
+            self.cfg.storage.dir.mkdir(parents=True, exist_ok=True)
+            self.outbox = stack.enter_context(
+                Outbox(
+                    self.cfg.storage.dir / "outbox.sqlite3",
+                    max_bytes=self.cfg.storage.outbox_max_bytes,
+                )
+            )
+            if self.outbox.fault:
+                self._raise_fault("storage", self.outbox.fault)
+            self.link = MqttLink(
+                self.cfg.mqtt,
+                will=Will(
+                    self.cfg.topic("status"), self._status(online=False, reason="connection_lost")
+                ),
+                subscriptions=[self.cfg.topic("cmd")],
+                on_event=self.inbox.put,
+            )
+            self.publisher = Publisher(
+                self.outbox,
+                self.link,
+                bench_id=self.cfg.bench.id,
+                topic=self.cfg.topic,
+                max_payload_bytes=self.cfg.storage.max_payload_bytes,
+            )
+            self.tamper_open = self.hardware.tamper_open()
+            self.link.start()
+            stack.callback(self._say_offline)
+            self.started_mono = self.clock.monotonic()
+            if ready is not None:
+                ready()
+            log.info("bench %s running (%s backend)", self.cfg.bench.id, self.cfg.hardware.backend)
+            self._loop()
+        return 0
+
+    def _install_signal_handlers(self, stack: ExitStack) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.inbox.put(StopRequested(signal.Signals(signum).name))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.signal(sig, handler)
+            stack.callback(signal.signal, sig, previous)
+
+    def request_stop(self) -> None:
+        self.inbox.put(StopRequested("request"))
+
+    # -- the loop -----------------------------------------------------------
+
+    def _loop(self) -> None:
+        sample_every = self.cfg.sampling.sample_interval_s
+        publish_every = self.cfg.sampling.publish_interval_s
+        now = self.clock.monotonic()
+        next_sample = now
+        next_publish = now + publish_every
+        while not self._stopping:
+            now = self.clock.monotonic()
+            if now >= next_sample:
+                self._sample(now)
+                # Skip missed ticks instead of bursting to catch up after a stall.
+                next_sample += sample_every * max(1, int((now - next_sample) // sample_every) + 1)
+            if now >= next_publish:
+                self._record_telemetry(now, publish_every)
+                next_publish += publish_every * max(
+                    1, int((now - next_publish) // publish_every) + 1
+                )
+            wait_s = self.clock.to_real_s(min(next_sample, next_publish) - self.clock.monotonic())
+            self._drain_inbox(max(wait_s, 0.0))
+
+    def _drain_inbox(self, timeout_s: float) -> None:
+        """Handle queued events; wait up to `timeout_s` for the first one."""
+        try:
+            item = self.inbox.get(timeout=timeout_s) if timeout_s > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+        self.publisher.pump()
+
+    def _handle(self, item: InboxItem) -> None:
+        match item:
+            case Acked(generation, mid):
+                self.publisher.on_acked(generation, mid)
+            case Connected(generation):
+                self.link.publish(self.cfg.topic("status"), self._status(online=True), retain=True)
+                self.publisher.on_connected(generation)
+            case Disconnected():
+                self.publisher.on_disconnected()
+            case MessageIn():
+                pass  # remote commands: not accepted yet (no handler); ignored, never acted on
+            case TamperChanged(is_open):
+                if is_open != self.tamper_open:
+                    self.tamper_open = is_open
+                    self.emit_event("tamper", {"open": is_open})
+            case StopRequested(name):
+                log.info("stopping (%s)", name)
+                self._stopping = True
+            case Call(fn, done, result):
+                try:
+                    result.append(fn())
+                finally:
+                    done.set()
+
+    # -- sampling and recording ----------------------------------------------
+
+    def _sample(self, mono_s: float) -> None:
+        self.hardware.tick()
+        self.sampler.sample(mono_s)
+
+    def _record_telemetry(self, mono_s: float, interval_s: float) -> None:
+        body: dict[str, Any] = {
+            "interval_s": interval_s,
+            "channels": self.sampler.close_interval(),
+            "outputs": {name: sw.is_on for name, sw in self.hardware.outputs.items()},
+            "tamper_open": self.tamper_open,
+            "cpu_temp_c": self.hardware.cpu_temperature(),
+            "faults": sorted(self.faults),
+            "health": self._health(mono_s),
+        }
+        self._record("telemetry", body, mono_s)
+
+    def _health(self, mono_s: float) -> dict[str, Any]:
+        stats = self.outbox.stats()
+        return {
+            "reconnects": self.link.reconnects,
+            "sensor_errors": self.sampler.errors_total(),
+            "storage_errors": self.storage_errors,
+            "outbox_depth": stats.depth,
+            "outbox_drops": stats.drops_total,
+        }
+
+    def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
+        """Record an event (committed at once) and publish it ahead of any backlog."""
+        self._record("event", {"type": event_type, **data}, self.clock.monotonic())
+
+    def _record(self, kind: Kind, body: dict[str, Any], mono_s: float) -> None:
+        synced = self.clock.synced()
+        ts = payloads.iso_utc(self.clock.wall())
+        quality = "synced" if synced else "unsynced"
+        try:
+            seq = self.outbox.put(
+                kind, body, boot_id=self.boot_id, mono_s=mono_s, ts=ts, time_quality=quality
+            )
+        except StorageError as exc:
+            self.storage_errors += 1
+            self._raise_fault("storage", self.outbox.fault or str(exc))
+            return
+        item = OutboxItem(seq, kind, self.boot_id, mono_s, ts, quality, body, 0)
+        self.publisher.send_live(item)
+        if kind == "telemetry":
+            self._clear_fault("storage")
+
+    # -- faults -------------------------------------------------------------
+
+    def _channel_fault(self, channel: str, code: str | None) -> None:
+        if code is None:
+            self._clear_fault(f"sensor.{channel}")
+        else:
+            self._raise_fault(f"sensor.{channel}", code)
+
+    def _raise_fault(self, name: str, detail: str) -> None:
+        if self.faults.get(name) == detail:
+            return
+        self.faults[name] = detail
+        self.emit_event("fault_raised", {"fault": name, "detail": detail})
+
+    def _clear_fault(self, name: str) -> None:
+        if self.faults.pop(name, None) is not None:
+            self.emit_event("fault_cleared", {"fault": name})
+
+    # -- status ---------------------------------------------------------------
+
+    def _status(self, *, online: bool, reason: str | None = None) -> bytes:
+        return payloads.status_message(
+            self.cfg.bench.id,
+            online=online,
+            boot_id=self.boot_id,
+            ts=payloads.iso_utc(self.clock.wall()),
+            version=__version__,
+            reason=reason,
+        )
+
+    def _say_offline(self) -> None:
+        """Clean shutdown: retained status offline, acknowledged if the broker is there."""
+        mid = self.link.publish(
+            self.cfg.topic("status"), self._status(online=False, reason="shutdown"), retain=True
+        )
+        if mid is not None:
+            self._wait_for_ack(mid, STOP_GRACE_S)
+        self.link.close()
+
+    def _wait_for_ack(self, mid: int, timeout_s: float) -> None:
+        deadline = threading.Event()
+        timer = threading.Timer(timeout_s, deadline.set)
+        timer.start()
+        try:
+            while not deadline.is_set():
+                try:
+                    item = self.inbox.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if isinstance(item, Acked) and item.mid == mid:
+                    return
+        finally:
+            timer.cancel()
