@@ -1,0 +1,394 @@
+"""Battery state of charge: coulomb counting, re-anchored to the battery's voltage.
+
+Pure arithmetic: the caller passes every current/voltage sample and the time step;
+nothing here reads a clock or a sensor.
+
+How the estimate is kept honest:
+- **Coulomb counting** integrates the battery current (positive = charging; charge
+  is multiplied by the chemistry's charge efficiency, since not every amp-hour put
+  in can be taken out). It drifts: sensor gain/offset and efficiency errors add up,
+  so the uncertainty grows by ``drift_fraction`` of every amp-hour counted.
+- **Rest anchor**: after the battery has rested (|I| < C/100) for ``rest_s``, its
+  terminal voltage is close to its open-circuit voltage, which the chemistry's OCV
+  curve turns into a state of charge. How much that reading is worth depends on the
+  curve's slope there: a ±``ocv_tolerance_v`` error is 1-2 % on an AGM curve but
+  several % on LiFePO4's flat plateau. The reading is therefore fused with the
+  running estimate, each weighted by its inverse variance (a one-state Kalman
+  update), instead of replacing it.
+- **Full-charge anchor**: voltage at or above the chemistry's ``charged_volts`` with
+  the charge current tapered below the tail current (``tail_current_c`` × capacity)
+  for ``charged_detect_s`` means full: 100 % (the rule a Victron BMV uses).
+- **BMV**: when a battery monitor reports its own SoC, :meth:`SocEstimator.from_bmv`
+  takes it as is.
+
+``confidence`` = 1 − uncertainty / 25 %, clamped to [0, 1]: about 1 right after a
+full-charge or BMV anchor, lower after a plateau voltage anchor, and falling with
+every amp-hour counted since.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from typing import Any, Final, Literal
+
+Source = Literal["coulomb", "voltage_anchor", "bmv"]
+
+_GUESS_UNCERTAINTY_PCT: Final = 20.0  # an initial_pct given by the caller is a guess
+_SEED_UNCERTAINTY_PCT: Final = 25.0  # first voltage seen, possibly under load
+_FULL_UNCERTAINTY_PCT: Final = 0.5
+_BMV_UNCERTAINTY_PCT: Final = 1.0
+_CONFIDENCE_ZERO_AT_PCT: Final = 25.0
+_COUNTED_SOURCE_PCT: Final = 1.0  # counted this much (% of capacity) since an anchor: "coulomb"
+
+
+def _finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number (got {value!r})")
+
+
+@dataclass(frozen=True, slots=True)
+class Chemistry:
+    """What the estimator needs to know about a battery type (12 V nominal here)."""
+
+    name: str
+    ocv_curve: tuple[tuple[float, float], ...]  # (rested volts, % SoC), both strictly rising
+    charged_volts: float  # V; at or above this with a tapered current, the battery is full
+    tail_current_c: float  # fraction of capacity (in A per Ah) below which charge has tapered
+    charge_efficiency: float  # Ah retrievable per Ah put in
+    rest_s: float  # s at |I| < C/100 before the voltage is taken as open-circuit
+
+    def __post_init__(self) -> None:
+        if len(self.ocv_curve) < 2:
+            raise ValueError(f"ocv_curve: needs at least 2 points (got {self.ocv_curve!r})")
+        for volts, pct in self.ocv_curve:
+            _finite("ocv_curve", volts)
+            _finite("ocv_curve", pct)
+        volts_list = [v for v, _ in self.ocv_curve]
+        pcts = [p for _, p in self.ocv_curve]
+        if any(b <= a for a, b in pairwise(volts_list)) or any(b <= a for a, b in pairwise(pcts)):
+            raise ValueError("ocv_curve: volts and % must both be strictly rising")
+        if pcts[0] != 0.0 or pcts[-1] != 100.0:
+            raise ValueError(f"ocv_curve: must run from 0 % to 100 % (got {pcts[0]}..{pcts[-1]})")
+        for name in ("charged_volts", "tail_current_c", "charge_efficiency", "rest_s"):
+            _finite(name, getattr(self, name))
+        if not 0.0 < self.charge_efficiency <= 1.0:
+            raise ValueError(f"charge_efficiency: must be in (0, 1] (got {self.charge_efficiency})")
+        if not 0.0 < self.tail_current_c < 1.0:
+            raise ValueError(f"tail_current_c: must be in (0, 1) (got {self.tail_current_c})")
+        if self.rest_s <= 0 or self.charged_volts <= 0:
+            raise ValueError("rest_s and charged_volts: must be > 0")
+
+    def _segment(self, volts: float) -> int:
+        """Index i of the curve segment [i, i+1] holding ``volts`` (end segments beyond)."""
+        volts_list = [v for v, _ in self.ocv_curve]
+        i = bisect.bisect_right(volts_list, volts) - 1
+        return min(max(i, 0), len(self.ocv_curve) - 2)
+
+    def pct_at(self, volts: float) -> float:
+        """State of charge in % for a rested terminal voltage, linearly interpolated."""
+        i = self._segment(volts)
+        (v0, p0), (v1, p1) = self.ocv_curve[i], self.ocv_curve[i + 1]
+        pct = p0 + (volts - v0) * (p1 - p0) / (v1 - v0)
+        return min(max(pct, 0.0), 100.0)
+
+    def volts_per_pct(self, volts: float) -> float:
+        """The curve's slope at ``volts``, in V per % of charge."""
+        i = self._segment(volts)
+        (v0, p0), (v1, p1) = self.ocv_curve[i], self.ocv_curve[i + 1]
+        return (v1 - v0) / (p1 - p0)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Chemistry:
+        try:
+            curve = tuple((float(v), float(p)) for v, p in data["ocv_curve"])
+            return cls(
+                name=str(data["name"]),
+                ocv_curve=curve,
+                charged_volts=float(data["charged_volts"]),
+                tail_current_c=float(data["tail_current_c"]),
+                charge_efficiency=float(data["charge_efficiency"]),
+                rest_s=float(data["rest_s"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"chemistry: malformed ({exc!r})") from exc
+
+
+# 12 V LiFePO4 (4S), rested open-circuit voltage, from the usual manufacturer charts
+# (Battle Born, Victron, Renogy and similar agree within ~0.05 V): 13.6 V rested full,
+# ~13.3-13.4 V at 90-99 %, a flat 13.0-13.2 V plateau from 40 to 70 %, 12.8 V at 20 %,
+# 12.0 V at 10 %, 10.0 V empty (2.5 V per cell). The plateau is why rest anchors in the
+# middle count for little. Full-charge detection follows Victron's LiFePO4 advice:
+# absorption 14.2 V, "charged" at ≥ 14.0 V once the current has tapered below 4 % C.
+LIFEPO4_12V: Final = Chemistry(
+    name="lifepo4",
+    ocv_curve=(
+        (10.00, 0.0),
+        (12.00, 10.0),
+        (12.80, 20.0),
+        (12.90, 30.0),
+        (13.00, 40.0),
+        (13.05, 50.0),
+        (13.10, 60.0),
+        (13.20, 70.0),
+        (13.25, 80.0),
+        (13.30, 90.0),
+        (13.40, 99.0),
+        (13.60, 100.0),
+    ),
+    charged_volts=14.0,
+    tail_current_c=0.04,
+    charge_efficiency=0.99,  # coulombic efficiency of LiFePO4 is 99 %+
+    rest_s=1800.0,  # LiFePO4 relaxes within minutes; 30 min is conservative
+)
+
+# 12 V AGM lead-acid, rested open-circuit voltage at 25 °C, from the usual AGM charts
+# (Lifeline, Victron, Trojan, within ~0.05 V): 12.85 V full, ~12.3 V at 50 %,
+# ~11.6 V empty; close to linear, ~0.012 V per %. Lead-acid needs hours to relax,
+# hence 4 h of rest. Victron's defaults for "charged": absorption (14.4 V) − 0.2 V,
+# tail current 4 % of capacity. Charge efficiency ~85-90 % (gassing, heat).
+AGM_12V: Final = Chemistry(
+    name="agm",
+    ocv_curve=(
+        (11.60, 0.0),
+        (11.75, 10.0),
+        (11.90, 20.0),
+        (12.04, 30.0),
+        (12.17, 40.0),
+        (12.30, 50.0),
+        (12.42, 60.0),
+        (12.54, 70.0),
+        (12.65, 80.0),
+        (12.75, 90.0),
+        (12.85, 100.0),
+    ),
+    charged_volts=14.2,
+    tail_current_c=0.04,
+    charge_efficiency=0.88,
+    rest_s=4 * 3600.0,
+)
+
+CHEMISTRIES: Final[Mapping[str, Chemistry]] = {"lifepo4": LIFEPO4_12V, "agm": AGM_12V}
+
+
+class SocEstimator:
+    """State of charge of one battery, in %, from current and voltage samples.
+
+    Not thread-safe; the controller's loop owns it. ``chemistry`` is a
+    :class:`Chemistry` or the name of a built-in one ("lifepo4", "agm").
+    ``initial_pct`` None means unknown: the first sample's voltage gives a
+    low-confidence seed.
+    """
+
+    def __init__(
+        self,
+        capacity_ah: float,
+        chemistry: Chemistry | str,
+        initial_pct: float | None = None,
+        *,
+        rest_s: float | None = None,
+        charged_detect_s: float = 180.0,
+        ocv_tolerance_v: float = 0.02,
+        drift_fraction: float = 0.02,
+    ) -> None:
+        _finite("capacity_ah", capacity_ah)
+        if capacity_ah <= 0:
+            raise ValueError(f"capacity_ah: must be > 0 (got {capacity_ah})")
+        if isinstance(chemistry, str):
+            if chemistry not in CHEMISTRIES:
+                raise ValueError(
+                    f"chemistry: unknown {chemistry!r}; one of {', '.join(CHEMISTRIES)}"
+                )
+            chemistry = CHEMISTRIES[chemistry]
+        for name, value in (
+            ("charged_detect_s", charged_detect_s),
+            ("ocv_tolerance_v", ocv_tolerance_v),
+            ("drift_fraction", drift_fraction),
+        ):
+            _finite(name, value)
+            if value < 0:
+                raise ValueError(f"{name}: must be >= 0 (got {value})")
+        if rest_s is not None:
+            _finite("rest_s", rest_s)
+            if rest_s <= 0:
+                raise ValueError(f"rest_s: must be > 0 (got {rest_s})")
+        self.capacity_ah = float(capacity_ah)
+        self.chemistry = chemistry
+        self.rest_s = chemistry.rest_s if rest_s is None else float(rest_s)
+        self.charged_detect_s = float(charged_detect_s)
+        self.ocv_tolerance_v = float(ocv_tolerance_v)
+        self.drift_fraction = float(drift_fraction)
+
+        self._soc: float | None = None
+        self._uncertainty = _SEED_UNCERTAINTY_PCT
+        self._anchor: Source = "coulomb"
+        self._ah_since_anchor = 0.0  # throughput, |Ah|
+        self._rested_s = 0.0
+        self._charged_s = 0.0
+        if initial_pct is not None:
+            self._check_pct("initial_pct", initial_pct)
+            self._soc = float(initial_pct)
+            self._uncertainty = _GUESS_UNCERTAINTY_PCT
+
+    # ------------------------------------------------------------------ readings
+
+    @property
+    def soc_pct(self) -> float | None:
+        """State of charge in %, 0-100; None until a guess, a sample or a BMV value."""
+        return self._soc
+
+    @property
+    def uncertainty_pct(self) -> float:
+        """Rough one-sigma uncertainty of ``soc_pct``, in % of capacity."""
+        return self._uncertainty
+
+    @property
+    def confidence(self) -> float:
+        """0 (a guess) .. 1 (just anchored at full or by a BMV)."""
+        if self._soc is None:
+            return 0.0
+        return min(1.0, max(0.0, 1.0 - self._uncertainty / _CONFIDENCE_ZERO_AT_PCT))
+
+    @property
+    def source(self) -> Source:
+        """What the value rests on: the last anchor, or "coulomb" once counting dominates."""
+        counted_pct = 100.0 * self._ah_since_anchor / self.capacity_ah
+        if self._anchor != "coulomb" and counted_pct < _COUNTED_SOURCE_PCT:
+            return self._anchor
+        return "coulomb"
+
+    @property
+    def ah_since_anchor(self) -> float:
+        """Amp-hours counted (charge and discharge alike) since the last anchor."""
+        return self._ah_since_anchor
+
+    # ------------------------------------------------------------------ updates
+
+    def update(self, amps: float, volts: float, dt_s: float) -> None:
+        """Account for ``dt_s`` seconds at ``amps`` (A, + = charging) and ``volts`` (V).
+
+        Raises ValueError on a non-finite value or a negative time step; the caller
+        skips samples whose sensor failed.
+        """
+        _finite("amps", amps)
+        _finite("volts", volts)
+        _finite("dt_s", dt_s)
+        if dt_s < 0:
+            raise ValueError(f"dt_s: must be >= 0 (got {dt_s})")
+        if self._soc is None:
+            self._soc = self.chemistry.pct_at(volts)
+            self._uncertainty = _SEED_UNCERTAINTY_PCT
+            self._anchor = "voltage_anchor"
+        self._count(amps, dt_s)
+
+        if abs(amps) < self.capacity_ah / 100.0:
+            self._rested_s += dt_s
+        else:
+            self._rested_s = 0.0
+        if self._rested_s >= self.rest_s:
+            self._rest_anchor(volts)
+            self._rested_s = 0.0  # next rest anchor after another rest_s
+
+        tail_amps = self.chemistry.tail_current_c * self.capacity_ah
+        if volts >= self.chemistry.charged_volts and amps < tail_amps:
+            self._charged_s += dt_s
+        else:
+            self._charged_s = 0.0
+        if self._charged_s >= self.charged_detect_s:
+            self._set_anchor(100.0, _FULL_UNCERTAINTY_PCT, "voltage_anchor")
+
+    def from_bmv(self, soc_pct: float) -> None:
+        """Take a battery monitor's own SoC (%), which outranks our estimate."""
+        self._check_pct("soc_pct", soc_pct)
+        self._set_anchor(float(soc_pct), _BMV_UNCERTAINTY_PCT, "bmv")
+
+    def _count(self, amps: float, dt_s: float) -> None:
+        assert self._soc is not None
+        ah = amps * dt_s / 3600.0
+        stored_ah = ah * self.chemistry.charge_efficiency if ah > 0 else ah
+        self._soc = min(100.0, max(0.0, self._soc + 100.0 * stored_ah / self.capacity_ah))
+        self._ah_since_anchor += abs(ah)
+        self._uncertainty = min(
+            _SEED_UNCERTAINTY_PCT * 2,
+            self._uncertainty + self.drift_fraction * 100.0 * abs(ah) / self.capacity_ah,
+        )
+
+    def _rest_anchor(self, volts: float) -> None:
+        assert self._soc is not None
+        measured = self.chemistry.pct_at(volts)
+        measured_u = max(0.5, self.ocv_tolerance_v / self.chemistry.volts_per_pct(volts))
+        # Inverse-variance fusion: a flat part of the curve moves the estimate little.
+        w_est, w_meas = 1.0 / self._uncertainty**2, 1.0 / measured_u**2
+        fused = (self._soc * w_est + measured * w_meas) / (w_est + w_meas)
+        self._set_anchor(fused, math.sqrt(1.0 / (w_est + w_meas)), "voltage_anchor")
+
+    def _set_anchor(self, pct: float, uncertainty: float, source: Source) -> None:
+        self._soc = min(100.0, max(0.0, pct))
+        self._uncertainty = uncertainty
+        self._anchor = source
+        self._ah_since_anchor = 0.0
+
+    @staticmethod
+    def _check_pct(name: str, value: float) -> None:
+        _finite(name, value)
+        if not 0.0 <= value <= 100.0:
+            raise ValueError(f"{name}: must be between 0 and 100 (got {value})")
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able state, to survive a restart (timers restart from zero)."""
+        return {
+            "v": 1,
+            "capacity_ah": self.capacity_ah,
+            "chemistry": asdict(self.chemistry),
+            "rest_s": self.rest_s,
+            "charged_detect_s": self.charged_detect_s,
+            "ocv_tolerance_v": self.ocv_tolerance_v,
+            "drift_fraction": self.drift_fraction,
+            "soc_pct": self._soc,
+            "uncertainty_pct": self._uncertainty,
+            "anchor": self._anchor,
+            "ah_since_anchor": self._ah_since_anchor,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SocEstimator:
+        """Rebuild from :meth:`to_dict`. Raises ValueError on anything else.
+
+        The caller should discard the result if ``capacity_ah`` or ``chemistry`` no
+        longer match the configuration (a different battery was fitted).
+        """
+        if not isinstance(data, Mapping) or data.get("v") != 1:
+            raise ValueError("soc state: unknown version")
+        try:
+            est = cls(
+                data["capacity_ah"],
+                Chemistry.from_dict(data["chemistry"]),
+                data["soc_pct"],
+                rest_s=data["rest_s"],
+                charged_detect_s=data["charged_detect_s"],
+                ocv_tolerance_v=data["ocv_tolerance_v"],
+                drift_fraction=data["drift_fraction"],
+            )
+            uncertainty, anchor, counted = (
+                data["uncertainty_pct"],
+                data["anchor"],
+                data["ah_since_anchor"],
+            )
+        except KeyError as exc:
+            raise ValueError(f"soc state: missing {exc}") from exc
+        _finite("uncertainty_pct", uncertainty)
+        _finite("ah_since_anchor", counted)
+        if uncertainty <= 0 or counted < 0 or anchor not in ("coulomb", "voltage_anchor", "bmv"):
+            raise ValueError("soc state: uncertainty_pct, ah_since_anchor or anchor out of range")
+        est._uncertainty = float(uncertainty)
+        est._anchor = anchor
+        est._ah_since_anchor = float(counted)
+        return est
+
+
+__all__ = ["AGM_12V", "CHEMISTRIES", "LIFEPO4_12V", "Chemistry", "SocEstimator", "Source"]
