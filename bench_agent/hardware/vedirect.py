@@ -75,13 +75,21 @@ def encode_block(fields: Iterable[tuple[str, str]]) -> bytes:
     return body + bytes([checksum_byte(body)])
 
 
+@dataclass(frozen=True, slots=True)
+class RawBlock:
+    """A block whose checksum is valid: its fields (label -> value) and its exact bytes."""
+
+    fields: dict[str, str]
+    raw: bytes  # from the '\r\n' that starts it through the checksum byte
+
+
 class VEDirectFramer:
     """Turns a VE.Direct byte stream into validated blocks. Pure: no I/O, no clock.
 
     Counters (cumulative): ``blocks_ok``; ``checksum_errors`` (a block whose start was
-    known failed its checksum); ``bytes_discarded`` (every byte that ended up in no
-    accepted block and no HEX frame: the partial block at attach, garbage, rejected
-    blocks); ``hex_frames`` (HEX frames skipped).
+    known, or that opened like a block, failed its checksum); ``bytes_discarded`` (every
+    byte that ended up in no accepted block and no HEX frame: the partial block at
+    attach, garbage, rejected blocks); ``hex_frames`` (HEX frames skipped).
     """
 
     def __init__(self) -> None:
@@ -97,7 +105,7 @@ class VEDirectFramer:
         self._value_start = 0
         self._in_hex = False
         self._hex_len = 0
-        self._handlers: dict[int, Callable[[int, list[dict[str, str]]], bool]] = {
+        self._handlers: dict[int, Callable[[int, list[RawBlock]], bool]] = {
             _UNSYNCED: self._on_unsynced,
             _FIELD_LF: self._on_field_lf,
             _LABEL: self._on_label,
@@ -111,12 +119,16 @@ class VEDirectFramer:
 
         Each block maps label -> value (``Checksum`` excluded). Never raises on any input.
         """
-        out: list[dict[str, str]] = []
+        return [block.fields for block in self.feed_raw(data)]
+
+    def feed_raw(self, data: bytes) -> list[RawBlock]:
+        """Like feed(), with each block's exact bytes too (to log or check a block)."""
+        out: list[RawBlock] = []
         for byte in data:
             self._feed_byte(byte, out)
         return out
 
-    def _feed_byte(self, byte: int, out: list[dict[str, str]]) -> None:
+    def _feed_byte(self, byte: int, out: list[RawBlock]) -> None:
         if self._in_hex:
             if byte == _LF:
                 self._in_hex = False
@@ -141,14 +153,14 @@ class VEDirectFramer:
 
     # Each handler returns False when the byte breaks the block's structure.
 
-    def _on_unsynced(self, byte: int, _out: list[dict[str, str]]) -> bool:
+    def _on_unsynced(self, byte: int, _out: list[RawBlock]) -> bool:
         if byte == _CR:
             self._start_block(synced=False)
         else:
             self.bytes_discarded += 1
         return True
 
-    def _on_field_lf(self, byte: int, _out: list[dict[str, str]]) -> bool:
+    def _on_field_lf(self, byte: int, _out: list[RawBlock]) -> bool:
         if byte != _LF:
             return False
         self._block.append(byte)
@@ -156,7 +168,7 @@ class VEDirectFramer:
         self._state = _LABEL
         return True
 
-    def _on_label(self, byte: int, _out: list[dict[str, str]]) -> bool:
+    def _on_label(self, byte: int, _out: list[RawBlock]) -> bool:
         block = self._block
         if byte == _TAB and len(block) > self._label_start:
             is_checksum = block[self._label_start :] == _CHECKSUM_LABEL
@@ -169,7 +181,7 @@ class VEDirectFramer:
             return True
         return False
 
-    def _on_value(self, byte: int, _out: list[dict[str, str]]) -> bool:
+    def _on_value(self, byte: int, _out: list[RawBlock]) -> bool:
         if byte == _CR:
             return self._end_field()
         if byte in (_LF, _TAB) or len(self._block) - self._value_start >= MAX_VALUE_BYTES:
@@ -177,12 +189,12 @@ class VEDirectFramer:
         self._block.append(byte)
         return True
 
-    def _on_checksum_byte(self, byte: int, out: list[dict[str, str]]) -> bool:
+    def _on_checksum_byte(self, byte: int, out: list[RawBlock]) -> bool:
         self._block.append(byte)
         self._finish_block(out)
         return True
 
-    def _on_block_cr(self, byte: int, _out: list[dict[str, str]]) -> bool:
+    def _on_block_cr(self, byte: int, _out: list[RawBlock]) -> bool:
         if byte == _CR:
             self._start_block(synced=True)
             return True
@@ -216,7 +228,7 @@ class VEDirectFramer:
         self._synced = False
         self._state = _UNSYNCED
 
-    def _finish_block(self, out: list[dict[str, str]]) -> None:
+    def _finish_block(self, out: list[RawBlock]) -> None:
         block = self._block
         starts = [0] if self._synced else []
         starts += [
@@ -224,20 +236,22 @@ class VEDirectFramer:
             for offset, label, _ in self._fields
             if label in _BLOCK_OPENING_LABELS and (offset > 0 or not self._synced)
         ]
+        # A block is "known" to have failed when its start was known or looked like one;
+        # the unlabelled tail of a block we attached in the middle of is not an error.
+        looked_like_a_block = bool(starts)
         for start in starts:
             if sum(memoryview(block)[start:]) & 0xFF == 0:
                 self.bytes_discarded += start
                 self.blocks_ok += 1
-                out.append(
-                    {
-                        label.decode("latin-1"): value.decode("latin-1")
-                        for offset, label, value in self._fields
-                        if offset >= start
-                    }
-                )
+                fields = {
+                    label.decode("latin-1"): value.decode("latin-1")
+                    for offset, label, value in self._fields
+                    if offset >= start
+                }
+                out.append(RawBlock(fields, bytes(block[start:])))
                 break
         else:
-            if self._synced:
+            if looked_like_a_block:
                 self.checksum_errors += 1
             self.bytes_discarded += len(block)
         # Whatever the verdict, a block boundary is now known.
@@ -938,6 +952,7 @@ __all__ = [
     "BlockMerger",
     "ChargerReading",
     "ChargerSample",
+    "RawBlock",
     "ReaderStats",
     "VEDirectFramer",
     "VEDirectReader",
