@@ -307,7 +307,7 @@ def test_default_when_no_schedule(default: bool, reason: str) -> None:
 # --------------------------------------------------------------------------- overrides
 
 
-def test_override_runs_until_it_expires_then_is_reported_once_shape() -> None:
+def test_override_runs_until_it_expires_and_the_expiry_is_reported() -> None:
     cfg = make_cfg(schedules={WIFI: EVENING})  # noon: schedule says off
     override = {WIFI: Override(True, expires_mono_s=100.0, source="cli")}
     results = run(cfg, [make_inputs(m, overrides=override) for m in (0.0, 99.9, 100.0)])
