@@ -585,10 +585,7 @@ class BenchModel:
             self._charge_state = "off"
             self._below_rebulk_s = 0.0
         # The battery's BMS opens at 0 % and closes again once there is charge to give.
-        if self._charge_state != "off":
-            self._bms_open = False
-        elif self._soc <= 0.0:
-            self._bms_open = True
+        self._bms_open = self._soc <= 0.0 and self._charge_state == "off"
 
     def _solve_loads(self) -> tuple[float, float, float]:
         """Port currents and volts from outputs, phones and shorts. Returns the Pi's

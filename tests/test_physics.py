@@ -1,0 +1,450 @@
+"""The simulated bench's physics: sun, charger, battery, loads, determinism and speed."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench_agent.hardware.sim.physics import (
+    CHEMISTRIES,
+    OUTPUTS,
+    PORTS,
+    BenchModel,
+    BenchParams,
+)
+
+JAKARTA = ZoneInfo("Asia/Jakarta")
+QUIET = BenchParams(phone_traffic=0.0)  # no random phones: loads are what the test sets
+
+
+def local_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=JAKARTA)
+
+
+def make(params: BenchParams = QUIET, day: date = date(2024, 3, 20), seed: int = 7) -> BenchModel:
+    return BenchModel(params, local_midnight(day).astimezone(UTC), seed)
+
+
+def minutes(model: BenchModel, count: int, every_s: float = 60.0) -> Iterator[datetime]:
+    """Advance `count` times by `every_s`, yielding the local time after each."""
+    for _ in range(count):
+        model.advance(model.now_utc + timedelta(seconds=every_s))
+        yield model.now_utc.astimezone(JAKARTA)
+
+
+# ------------------------------------------------------------------- sun and panel
+
+
+@pytest.mark.parametrize(
+    ("day", "peak_share"),
+    # A flat panel at 8° south: the noon sun stands near the zenith in March and December
+    # but only 58° high at the June solstice.
+    [(date(2024, 3, 20), 0.8), (date(2024, 6, 21), 0.7), (date(2024, 12, 21), 0.8)],
+)
+def test_clear_day_produces_only_in_daylight_with_a_noon_peak_near_rating(
+    day: date, peak_share: float
+) -> None:
+    params = dataclasses.replace(QUIET, battery_capacity_ah=400.0, initial_soc_pct=20.0)
+    model = make(params, day)
+    model.set_cloud_cover(0.0)
+    producing: list[tuple[datetime, float]] = []
+    for now in minutes(model, 24 * 60):
+        watts = model.charger_snapshot().panel_watts
+        if watts > 0.0:
+            producing.append((now, watts))
+    first, last = producing[0][0].time(), producing[-1][0].time()
+    assert "05:15" <= first.strftime("%H:%M") <= "06:30"
+    assert "17:00" <= last.strftime("%H:%M") <= "18:00"
+    peak_at, peak_w = max(producing, key=lambda item: item[1])
+    assert peak_share * params.panel_wp <= peak_w <= params.panel_wp
+    assert "10:30" <= peak_at.strftime("%H:%M") <= "12:45"  # solar noon here is ~11:30
+
+
+def test_night_is_dark_and_the_charger_off() -> None:
+    model = make()
+    model.advance(local_midnight(date(2024, 3, 20)).replace(hour=2).astimezone(UTC))
+    snap = model.charger_snapshot()
+    assert model.sun_elevation_deg < 0
+    assert (snap.charge_state, snap.mppt_mode, snap.panel_watts) == ("off", "off", 0.0)
+    assert model.channel("solar").current_amps == 0.0
+    assert model.channel("battery").current_amps < 0  # the Pi still draws
+
+
+def test_clouds_cut_the_panel_power() -> None:
+    clear, overcast = make(), make()
+    clear.set_cloud_cover(0.0)
+    overcast.set_cloud_cover(1.0)
+    noon = local_midnight(date(2024, 3, 20)).replace(hour=11, minute=30)
+    clear.advance(noon)
+    overcast.advance(noon)
+    assert overcast.irradiance_w_m2 < 0.3 * clear.irradiance_w_m2
+    assert overcast.charger_snapshot().panel_watts < 0.3 * clear.charger_snapshot().panel_watts
+
+
+def test_random_clouds_vary_slowly_within_bounds() -> None:
+    model = make(seed=3)
+    covers = [model.cloud_cover for _ in minutes(model, 3 * 24 * 60)]
+    assert all(0.0 <= c <= 1.0 for c in covers)
+    assert max(covers) - min(covers) > 0.5  # it does change over days...
+    assert max(abs(a - b) for a, b in itertools.pairwise(covers)) < 0.25  # ...slowly
+
+
+# ------------------------------------------------------------- charger and battery
+
+
+def test_charge_states_go_bulk_absorption_float_and_hold_absorption_volts() -> None:
+    model = make(dataclasses.replace(QUIET, initial_soc_pct=80.0))
+    model.set_cloud_cover(0.0)
+    states: list[str] = []
+    absorption_volts: list[float] = []
+    for _ in minutes(model, 24 * 60):
+        snap = model.charger_snapshot()
+        if not states or states[-1] != snap.charge_state:
+            states.append(snap.charge_state)
+        if snap.charge_state == "absorption" and snap.mppt_mode == "voltage_or_current_limited":
+            absorption_volts.append(snap.battery_volts)
+        if snap.charge_state == "float":
+            assert snap.mppt_mode == "voltage_or_current_limited" or snap.panel_watts < 10
+            assert snap.panel_watts <= model.panel_available_w + 1e-9
+    assert states[:4] == ["off", "bulk", "absorption", "float"]
+    assert states[-1] == "off"
+    chem = CHEMISTRIES["lifepo4"]
+    assert absorption_volts
+    assert all(abs(v - chem.absorption_volts) < 0.02 for v in absorption_volts)
+    assert model.true_soc_pct > 95.0
+
+
+def test_a_full_battery_makes_the_controller_hold_the_panel_back() -> None:
+    model = make(dataclasses.replace(QUIET, initial_soc_pct=100.0))
+    model.set_cloud_cover(0.0)
+    model.advance(local_midnight(date(2024, 3, 20)).replace(hour=12))
+    snap = model.charger_snapshot()
+    assert snap.charge_state in {"absorption", "float"}
+    assert snap.panel_watts < 0.3 * model.panel_available_w
+    assert snap.panel_volts > 16.5  # walked from Vmp towards Voc
+
+
+def test_kirchhoff_charger_out_equals_battery_plus_loads() -> None:
+    params = dataclasses.replace(QUIET, initial_soc_pct=40.0)
+    model = make(params)
+    for output in OUTPUTS:
+        model.set_output(output, True)
+    model.plug_phone("usb1", amps=1.5)
+    model.advance(local_midnight(date(2024, 3, 20)).replace(hour=10))
+    snap = model.charger_snapshot()
+    volts = model.channel("battery").bus_volts
+    usb_w = sum(model.channel(p).bus_volts * model.channel(p).current_amps for p in PORTS)
+    loads_a = (params.pi_watts + usb_w) / params.converter_efficiency / volts
+    loads_a += model.channel("wifi").current_amps
+    assert snap.battery_amps > 0
+    assert snap.battery_amps == pytest.approx(model.channel("battery").current_amps + loads_a)
+
+
+def test_energy_balance_charge_change_equals_integrated_current() -> None:
+    params = BenchParams(battery_capacity_ah=200.0, initial_soc_pct=50.0, phone_traffic=2.0)
+    model = make(params, seed=11)
+    for output in OUTPUTS:
+        model.set_output(output, True)
+    efficiency = CHEMISTRIES["lifepo4"].coulombic_efficiency
+    start_ah = model.battery_charge_ah
+    integrated_ah = throughput_ah = 0.0
+    for _ in minutes(model, 24 * 360, every_s=10.0):
+        amps = model.channel("battery").current_amps
+        integrated_ah += (amps * efficiency if amps > 0 else amps) * 10.0 / 3600.0
+        throughput_ah += abs(amps) * 10.0 / 3600.0
+    change_ah = model.battery_charge_ah - start_ah
+    assert throughput_ah > 20.0  # a real day went through the battery
+    assert change_ah == pytest.approx(integrated_ah, abs=0.01 * throughput_ah)
+
+
+def test_soc_is_bounded_and_the_low_voltage_disconnect_cuts_the_loads() -> None:
+    model = make(dataclasses.replace(QUIET, battery_capacity_ah=2.0, initial_soc_pct=30.0))
+    model.set_soc(150.0)
+    assert model.true_soc_pct == 100.0
+    model.set_soc(-5.0)
+    assert model.true_soc_pct == 0.0
+    model.set_soc(30.0)
+    model.set_cloud_cover(1.0)
+    for output in OUTPUTS:
+        model.set_output(output, True)
+    model.short_port("usb1", shorted=True)
+    tripped = False
+    for _ in minutes(model, 6 * 60):  # night, no sun: the loads drain 2 Ah in minutes
+        assert 0.0 <= model.true_soc_pct <= 100.0
+        if model.lvd_tripped:
+            tripped = True
+            assert model.channel("wifi").current_amps == 0.0
+            assert model.channel("usb1").current_amps == 0.0
+    assert tripped
+    assert model.true_soc_pct >= 0.0
+
+
+def test_soc_never_exceeds_100_with_a_huge_panel() -> None:
+    params = dataclasses.replace(QUIET, panel_wp=2000.0, battery_capacity_ah=5.0)
+    model = make(params)
+    model.set_cloud_cover(0.0)
+    socs = [model.true_soc_pct for _ in minutes(model, 24 * 60)]
+    assert max(socs) <= 100.0
+    assert max(socs) > 99.0
+
+
+def test_agm_uses_its_own_curve_and_voltages() -> None:
+    agm = make(dataclasses.replace(QUIET, battery_chemistry="agm", initial_soc_pct=50.0))
+    lfp = make(dataclasses.replace(QUIET, initial_soc_pct=50.0))
+    assert agm.channel("battery").bus_volts < lfp.channel("battery").bus_volts - 0.5
+
+
+# ------------------------------------------------------------------------- loads
+
+
+def test_switching_the_access_point_off_lowers_the_drain() -> None:
+    on, off = make(), make()
+    on.set_output("wifi", True)
+    ten_pm = local_midnight(date(2024, 3, 20)).replace(hour=22)
+    on.advance(ten_pm)
+    off.advance(ten_pm)
+    extra_a = off.channel("battery").current_amps - on.channel("battery").current_amps
+    assert extra_a == pytest.approx(QUIET.ap_watts / on.channel("battery").bus_volts, rel=0.02)
+    assert on.channel("wifi").current_amps > 0.4
+    assert off.channel("wifi") == dataclasses.replace(off.channel("wifi"), bus_volts=0.0)
+    assert off.channel("wifi").current_amps == 0.0
+    assert on.true_soc_pct < off.true_soc_pct
+    on.set_output("wifi", False)  # takes effect at once, not on the next step
+    assert on.channel("wifi").current_amps == 0.0
+
+
+def test_phones_arrive_only_on_ports_that_are_on_and_only_then_draw() -> None:
+    model = make(dataclasses.replace(QUIET, phone_traffic=20.0))
+    model.set_output("usb1", True)
+    model.advance(local_midnight(date(2024, 3, 20)).replace(hour=12))
+    seen: list[float] = []
+    for _ in minutes(model, 6 * 60):
+        assert not model.has_phone("usb2")
+        assert model.channel("usb2").current_amps == 0.0
+        if model.has_phone("usb1"):
+            seen.append(model.channel("usb1").current_amps)
+    assert len(seen) > 60
+    assert max(seen) <= 2.1
+    assert max(seen) >= 1.0
+
+
+def test_phone_arrivals_follow_the_time_of_day() -> None:
+    model = make(dataclasses.replace(QUIET, phone_traffic=2.0), seed=5)
+    for port in PORTS:
+        model.set_output(port, True)
+    arrivals_by_hour = [0] * 24
+    plugged = dict.fromkeys(PORTS, False)
+    for now in minutes(model, 7 * 24 * 60):
+        for port in PORTS:
+            if model.has_phone(port) and not plugged[port]:
+                arrivals_by_hour[now.hour] += 1
+            plugged[port] = model.has_phone(port)
+    assert sum(arrivals_by_hour[1:5]) == 0  # nobody at 3 am
+    afternoon, morning = sum(arrivals_by_hour[15:20]), sum(arrivals_by_hour[7:12])
+    assert afternoon > 1.5 * morning > 0  # busy afternoons and evenings
+
+
+def test_a_phone_charges_at_constant_current_then_tapers_and_leaves_when_full() -> None:
+    model = make()
+    model.set_output("usb2", True)
+    model.plug_phone("usb2", amps=2.0)
+    assert model.channel("usb2").current_amps == 2.0
+    assert model.channel("usb2").bus_volts == pytest.approx(5.0, abs=0.1)
+    currents = []
+    for _ in minutes(model, 6 * 60):
+        if not model.has_phone("usb2"):
+            break
+        currents.append(model.channel("usb2").current_amps)
+    else:
+        pytest.fail("the phone never filled")
+    assert currents[0] == 2.0
+    assert min(currents) < 0.5  # tapered near full
+    assert all(a >= b - 1e-9 for a, b in itertools.pairwise(currents))
+    assert model.channel("usb2").current_amps == 0.0
+
+
+def test_a_port_switched_off_draws_nothing_even_with_a_phone() -> None:
+    model = make()
+    model.plug_phone("usb1", amps=1.2)
+    assert model.channel("usb1").current_amps == 0.0
+    assert model.channel("usb1").bus_volts == 0.0
+    model.set_output("usb1", True)
+    assert model.channel("usb1").current_amps == pytest.approx(1.2)
+    model.unplug_phone("usb1")
+    assert model.channel("usb1").current_amps == 0.0
+
+
+def test_a_shorted_port_draws_a_large_current_only_while_on() -> None:
+    model = make()
+    model.set_output("usb1", True)
+    drain_before = model.channel("battery").current_amps
+    model.short_port("usb1", shorted=True)
+    assert model.channel("usb1").current_amps == QUIET.short_amps
+    assert model.channel("usb1").bus_volts < 1.0
+    assert model.channel("battery").current_amps < drain_before
+    model.set_output("usb1", False)
+    assert model.channel("usb1").current_amps == 0.0
+    model.set_output("usb1", True)
+    model.short_port("usb1", shorted=False)
+    assert model.channel("usb1").current_amps == 0.0
+
+
+def test_temperatures_follow_the_day_and_the_cpu_runs_hotter() -> None:
+    model = make()
+    model.set_cloud_cover(0.0)
+    model.advance(local_midnight(date(2024, 3, 20)).replace(hour=5))
+    dawn = model.enclosure_temp_c
+    model.advance(local_midnight(date(2024, 3, 20)).replace(hour=14))
+    afternoon = model.enclosure_temp_c
+    assert 20.0 < dawn < 28.0
+    assert afternoon > dawn + 8.0
+    assert model.cpu_temp_c > model.enclosure_temp_c
+
+
+# ------------------------------------------------------------ counters and time
+
+
+def test_yields_roll_over_at_local_midnight() -> None:
+    model = make()
+    model.set_cloud_cover(0.0)
+    first_midnight = local_midnight(date(2024, 3, 21))
+    model.advance(first_midnight - timedelta(minutes=1))
+    day_one = model.charger_snapshot()
+    assert day_one.yield_today_kwh > 0.2
+    assert day_one.max_power_today_w > 50.0
+    model.advance(first_midnight + timedelta(minutes=1))
+    after = model.charger_snapshot()
+    assert after.yield_today_kwh == 0.0
+    assert after.max_power_today_w == 0.0
+    assert after.yield_yesterday_kwh == pytest.approx(day_one.yield_today_kwh)
+    assert after.max_power_yesterday_w == day_one.max_power_today_w
+    assert after.yield_total_kwh == pytest.approx(day_one.yield_total_kwh)
+    assert after.error == "no_error"
+
+
+def test_the_same_seed_gives_the_same_bench_and_another_seed_another() -> None:
+    def run(seed: int) -> list[tuple[float, ...]]:
+        model = make(BenchParams(), seed=seed)
+        for output in OUTPUTS:
+            model.set_output(output, True)
+        trace = []
+        for _ in minutes(model, 24 * 12, every_s=300.0):
+            snap = model.charger_snapshot()
+            usb = [model.channel(p).current_amps for p in PORTS]
+            trace.append((model.cloud_cover, snap.panel_watts, model.true_soc_pct, *usb))
+        return trace
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_a_whole_day_in_one_call_is_fast_and_matches_many_small_steps() -> None:
+    params = BenchParams(initial_soc_pct=40.0)
+    big, small = make(params, seed=9), make(params, seed=9)
+    for model in (big, small):
+        for output in OUTPUTS:
+            model.set_output(output, True)
+    end = local_midnight(date(2024, 3, 21))
+    began = time.perf_counter()
+    big.advance(end)
+    elapsed = time.perf_counter() - began
+    while small.now_utc < end:
+        small.advance(min(end, small.now_utc + timedelta(seconds=7)))
+    assert elapsed < 1.0
+    assert big.now_utc == small.now_utc
+    assert big.true_soc_pct == pytest.approx(small.true_soc_pct, abs=0.5)
+    big_yield = big.charger_snapshot().yield_yesterday_kwh
+    assert big_yield == pytest.approx(small.charger_snapshot().yield_yesterday_kwh, rel=0.02)
+    assert big_yield > 0.1
+
+
+def test_time_never_runs_backwards_and_naive_times_are_refused() -> None:
+    model = make()
+    noon = local_midnight(date(2024, 3, 20)).replace(hour=12)
+    model.advance(noon)
+    soc = model.true_soc_pct
+    model.advance(noon - timedelta(hours=3))
+    assert model.now_utc == noon
+    assert model.true_soc_pct == soc
+    with pytest.raises(ValueError, match="aware"):
+        model.advance(datetime(2024, 3, 20, 13))
+    with pytest.raises(ValueError, match="aware"):
+        BenchModel(QUIET, datetime(2024, 3, 20), 1)
+
+
+@pytest.mark.parametrize(
+    ("call", "args"),
+    [
+        ("set_output", ("usb3", True)),
+        ("channel", ("usb9",)),
+        ("plug_phone", ("wifi",)),
+        ("plug_phone", ("usb1", 9.0)),
+        ("short_port", ("solar", True)),
+        ("set_cloud_cover", (1.5,)),
+    ],
+)
+def test_bad_names_and_values_are_refused(call: str, args: tuple[object, ...]) -> None:
+    with pytest.raises(ValueError):
+        getattr(make(), call)(*args)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"panel_wp": 0.0},
+        {"battery_capacity_ah": -1.0},
+        {"charger_efficiency": 1.2},
+        {"panel_voc_volts": 10.0},
+        {"battery_chemistry": "nicad"},
+        {"initial_soc_pct": 101.0},
+        {"step_s": 120.0},
+        {"timezone": "Mars/Olympus"},
+    ],
+)
+def test_bad_params_are_refused(change: dict[str, object]) -> None:
+    with pytest.raises((ValueError, KeyError)):
+        dataclasses.replace(QUIET, **change)  # type: ignore[arg-type]
+
+
+_ops = st.one_of(
+    st.tuples(st.just("output"), st.sampled_from(OUTPUTS), st.booleans()),
+    st.tuples(st.just("short"), st.sampled_from(PORTS), st.booleans()),
+    st.tuples(st.just("plug"), st.sampled_from(PORTS), st.floats(0.1, 3.0)),
+    st.tuples(st.just("soc"), st.floats(-10.0, 110.0)),
+    st.tuples(st.just("advance"), st.floats(1.0, 6 * 3600.0)),
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(_ops, max_size=12), st.integers(0, 2**32))
+def test_invariants_hold_whatever_the_script(ops: list[tuple[object, ...]], seed: int) -> None:
+    model = make(BenchParams(battery_capacity_ah=10.0), seed=seed)
+    for op in ops:
+        kind = op[0]
+        if kind == "output":
+            model.set_output(str(op[1]), bool(op[2]))
+        elif kind == "short":
+            model.short_port(str(op[1]), bool(op[2]))
+        elif kind == "plug":
+            model.plug_phone(str(op[1]), float(op[2]))  # type: ignore[arg-type]
+        elif kind == "soc":
+            model.set_soc(float(op[1]))  # type: ignore[arg-type]
+        else:
+            model.advance(model.now_utc + timedelta(seconds=float(op[1])))  # type: ignore[arg-type]
+        assert 0.0 <= model.true_soc_pct <= 100.0
+        for port in PORTS:
+            amps = model.channel(port).current_amps
+            assert amps >= 0.0
+            if not model.output(port):
+                assert amps == 0.0
+        values = [model.channel(name).bus_volts for name in ("solar", "battery", "wifi")]
+        assert all(math.isfinite(v) and v >= 0 for v in values)
