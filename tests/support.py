@@ -1,0 +1,228 @@
+"""Real parts for the integration tests: a private mosquitto, an MQTT recorder, the agent as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parent.parent
+SIM_CONFIG = REPO / "config" / "sim-bench.toml"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Broker:
+    """A private mosquitto on a free loopback port; stop/start keep the port."""
+
+    def __init__(self, workdir: Path) -> None:
+        if shutil.which("mosquitto") is None:
+            raise RuntimeError("mosquitto is not installed (make test installs it)")
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        )
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Broker:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["mosquitto", "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_until(self._listening, 10, f"mosquitto on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+    received_mono: float
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Recorder:
+    """Subscribes to everything under a prefix and keeps every message (ops' view)."""
+
+    def __init__(self, port: int, topic: str = "#") -> None:
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_args: self._subscribed.set()
+        self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise AssertionError("recorder could not subscribe")
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic()))
+
+    def on(self, leaf: str) -> list[Message]:
+        with self._lock:
+            return [m for m in self.messages if m.topic.endswith("/" + leaf)]
+
+    def wait_for(self, leaf: str, predicate: Callable[[Any], bool] = lambda _p: True, timeout_s: float = 20) -> Any:
+        def found() -> Any:
+            for message in self.on(leaf):
+                payload = message.json()
+                if predicate(payload):
+                    return payload
+            return None
+
+        return wait_until(found, timeout_s, f"a {leaf} message")
+
+    def telemetry_records(self) -> list[dict[str, Any]]:
+        return [r for m in self.on("telemetry") for r in m.json()["records"]]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def dump_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """Enough TOML writing for test configs (tables of scalars, nested tables)."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if prefix and scalars:
+        lines.append(f"[{prefix}]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for key, table in tables.items():
+        lines.append(dump_toml(table, f"{prefix}.{key}" if prefix else key))
+    return "\n".join(lines) + "\n"
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in changes.items():
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def sim_config(workdir: Path, broker_port: int, changes: Mapping[str, Any] | None = None) -> Path:
+    """The demo's simulated bench, pointed at `broker_port` and `workdir`; `changes` merged in
+    (a None value removes a key)."""
+    data = tomllib.loads(SIM_CONFIG.read_text())
+    data["mqtt"]["port"] = broker_port
+    data["storage"]["dir"] = str(workdir / "state")
+    data["control"]["socket"] = str(workdir / "control.sock")
+    # Tests are about the agent, not the demo's script of the day.
+    data["sim"].pop("scenario", None)
+    _merge(data, changes or {})
+    path = workdir / "bench.toml"
+    path.write_text(dump_toml(data))
+    return path
+
+
+class AgentProcess:
+    """`bench-agent run` as a real process; always reaped by `stop()`/`kill()`."""
+
+    def __init__(self, config: Path, workdir: Path, extra_env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = workdir / "agent.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench_agent", "-c", str(config), "run"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        return self.proc.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"agent did not stop on SIGTERM:\n{self.log}") from None
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()

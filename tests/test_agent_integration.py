@@ -1,0 +1,141 @@
+"""The agent as a real process, on the simulated bench, against a real mosquitto."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.support import AgentProcess, Broker, Recorder, wait_until
+
+pytestmark = pytest.mark.integration
+
+PUBLISH_REAL_S = 300 / 240  # sim-bench.toml: publish_interval_s / speed
+
+
+def schema(name: str) -> dict[str, Any]:
+    text = resources.files("bench_agent.schemas").joinpath(f"{name}.schema.json").read_text()
+    return json.loads(text)
+
+
+def validate(name: str, payload: Any) -> None:
+    validator = jsonschema.Draft202012Validator(
+        schema(name), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    validator.validate(payload)
+
+
+def test_publishes_schema_valid_telemetry_and_retained_status(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess]
+) -> None:
+    started = time.monotonic()
+    agent = start_agent(broker.port)
+    status = recorder.wait_for("status", lambda p: p["online"] is True)
+    validate("status", status)
+    assert status["bench"] == "sim-bench-01"
+    assert [m.retain for m in recorder.on("status")] == [False]  # live delivery, retained flag off
+    message = recorder.wait_for("telemetry", timeout_s=2 * PUBLISH_REAL_S + 5)
+    validate("telemetry", message)
+    assert time.monotonic() - started < 2 * PUBLISH_REAL_S + 5
+    record = message["records"][0]
+    assert record["seq"] >= 1 and record["time_quality"] == "synced"
+    assert set(record["channels"]) == {"solar", "battery", "usb1", "usb2", "wifi"}
+    battery = record["channels"]["battery"]
+    # A LiFePO4 bank around 55 %: volts within the chemistry's plateau, from the real driver.
+    assert 12.0 < battery["v"][1] < 14.6
+    assert battery["n"] > 0 and battery["fault"] is None
+    # Several records: seq strictly increases by one.
+    wait_until(lambda: len(recorder.telemetry_records()) >= 3, 4 * PUBLISH_REAL_S + 5, "3 records")
+    seqs = [r["seq"] for r in recorder.telemetry_records()]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert agent.proc.poll() is None
+
+
+def test_sigterm_publishes_offline_and_exits_zero(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess]
+) -> None:
+    agent = start_agent(broker.port)
+    recorder.wait_for("status", lambda p: p["online"] is True)
+    t0 = time.monotonic()
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(5) == 0
+    assert time.monotonic() - t0 < 5
+    offline = recorder.wait_for("status", lambda p: p["online"] is False, timeout_s=2)
+    validate("status", offline)
+    assert offline["reason"] == "shutdown"
+    # Retained: a dashboard that connects now learns the bench is offline.
+    late = Recorder(broker.port, "smartbench/sim-bench-01/status")
+    try:
+        retained = late.wait_for("status", timeout_s=5)
+        assert retained["online"] is False
+        assert late.on("status")[0].retain
+    finally:
+        late.close()
+
+
+def test_kill_9_lets_the_broker_publish_the_last_will(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess]
+) -> None:
+    agent = start_agent(broker.port)
+    recorder.wait_for("status", lambda p: p["online"] is True)
+    agent.kill()
+    will = recorder.wait_for("status", lambda p: p["online"] is False, timeout_s=10)
+    validate("status", will)
+    assert will["reason"] == "connection_lost"
+
+
+def test_starts_without_a_broker_and_connects_when_it_appears(
+    tmp_path: Path, start_agent: Callable[..., AgentProcess]
+) -> None:
+    broker = Broker(tmp_path)  # port chosen, nothing listening yet
+    agent = start_agent(broker.port)
+    time.sleep(2 * PUBLISH_REAL_S)  # records are made (and stored) while offline
+    assert agent.proc.poll() is None
+    broker.start()
+    try:
+        recorder = Recorder(broker.port)
+        try:
+            recorder.wait_for("status", lambda p: p["online"] is True, timeout_s=15)
+            # What was recorded offline arrives too, from seq 1, flagged historical.
+            wait_until(
+                lambda: 1 in {r["seq"] for r in recorder.telemetry_records()}, 15, "seq 1"
+            )
+            first = next(r for r in recorder.telemetry_records() if r["seq"] == 1)
+            assert first.get("historical") is True
+        finally:
+            recorder.close()
+    finally:
+        agent.stop()
+        broker.stop()
+
+
+def test_a_failing_sensor_is_a_null_channel_and_a_fault_while_others_report(
+    tmp_path: Path, broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess]
+) -> None:
+    scenario = tmp_path / "fail.toml"
+    scenario.write_text(
+        '[[event]]\nat = 600\naction = "sensor.fail"\nchannel = "usb1"\n'
+        '[[event]]\nat = 1800\naction = "sensor.recover"\nchannel = "usb1"\n'
+    )
+    start_agent(broker.port, {"sim": {"scenario": str(scenario)}})
+    raised = recorder.wait_for("event", lambda p: p["type"] == "fault_raised")
+    validate("event", raised)
+    assert raised["fault"] == "sensor.usb1" and raised["detail"] == "sensor_no_answer"
+    failing = recorder.wait_for(
+        "telemetry", lambda p: p["records"][0]["channels"]["usb1"]["fault"] is not None
+    )
+    channels = failing["records"][0]["channels"]
+    assert channels["usb1"]["v"] is None and channels["usb1"]["n"] == 0
+    assert "sensor.usb1" in failing["records"][0]["faults"]
+    for other in ("solar", "battery", "usb2", "wifi"):
+        assert channels[other]["fault"] is None and channels[other]["n"] > 0
+    cleared = recorder.wait_for("event", lambda p: p["type"] == "fault_cleared", timeout_s=15)
+    validate("event", cleared)
+    assert cleared["fault"] == "sensor.usb1"
