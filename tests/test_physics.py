@@ -163,7 +163,8 @@ def test_energy_balance_charge_change_equals_integrated_current() -> None:
         throughput_ah += abs(amps) * 10.0 / 3600.0
     change_ah = model.battery_charge_ah - start_ah
     assert throughput_ah > 20.0  # a real day went through the battery
-    assert change_ah == pytest.approx(integrated_ah, abs=0.01 * throughput_ah)
+    # Tight enough to notice a lost coulombic efficiency (~1 % of the charge put in).
+    assert change_ah == pytest.approx(integrated_ah, abs=0.002 * throughput_ah)
 
 
 def test_soc_is_bounded_and_the_low_voltage_disconnect_cuts_the_loads() -> None:
