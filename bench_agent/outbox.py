@@ -84,7 +84,8 @@ Faults (`fault`)
     it stays latched until `clear_fault()` so the main loop cannot miss it.
     The store never raises at `open`: when it cannot open, it is degraded (every
     `put` retries the open and raises StorageError), and the agent keeps
-    publishing live data.
+    publishing live data. When the file opens but cannot be written (a full disk
+    at boot), the backlog stays readable so it can still be sent.
 """
 
 from __future__ import annotations
@@ -255,6 +256,7 @@ class Outbox:
         self._drops_total = 0
         self._drops_reported = 0
         self._write_fault: str | None = None
+        self._open_writes_due = False  # the floor and meta of `_load` wait for a put
         self._replaced_fault = False
         self.replaced_as: Path | None = None  # where the last corrupt file went
 
@@ -344,11 +346,15 @@ class Outbox:
             conn = self._writable()
             seq = self._last_seq + 1
             try:
+                if self._open_writes_due:
+                    self._write_floor(self._last_seq)
                 if seq % SEQ_FLOOR_EVERY == 0:
                     self._write_floor(seq)  # before the commit: see the module docstring
                 if kind == "event":
                     conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("BEGIN IMMEDIATE")
+                if self._open_writes_due:
+                    self._mark_running(conn)
                 freed = self._delete_pending(conn)
                 conn.execute(
                     "INSERT INTO outbox (seq, kind, boot_id, mono_s, ts, time_quality, size, body)"
@@ -370,6 +376,7 @@ class Outbox:
             self._pending_acks.clear()
             self._drops_total += dropped
             self._last_seq = seq
+            self._open_writes_due = False
             self._write_fault = None
             return seq
 
@@ -597,8 +604,10 @@ class Outbox:
         _rollback(conn)
         fault = self._classify(exc)
         self._write_fault = fault
-        if fault == FAULT_CORRUPT:
-            self._disconnect()  # the next put reopens, which replaces the file
+        if fault in (FAULT_CORRUPT, FAULT_READONLY):
+            # The next put reopens: that replaces a corrupt file, and SQLite keeps a
+            # file it could only open read-only so until it is opened again.
+            self._disconnect()
         log.warning("outbox: write failed (%s): %s", fault, exc)
         return StorageError(f"outbox {self.path}: {fault}: {exc}")
 
@@ -674,7 +683,7 @@ class Outbox:
             self._conn = conn
             if replaced:
                 self._replaced_fault = True
-            if self._write_fault in (FAULT_CORRUPT, FAULT_READONLY, FAULT_LOCKED):
+            if not self._open_writes_due:
                 self._write_fault = None  # opened and writable again
             return
 
@@ -719,14 +728,16 @@ class Outbox:
 
     def _load(self, conn: sqlite3.Connection, *, replaced: bool) -> None:
         conn.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         count, total, max_seq = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM outbox"
         ).fetchone()
+        conn.execute("COMMIT")  # writes only for a new file
         db_last = max(int(meta.get("last_seq", 0)), int(max_seq))
         floor = self._read_floor()
         power_lost = meta.get("clean", 1) == 0 and (
@@ -738,19 +749,35 @@ class Outbox:
             last = max(db_last, floor + SEQ_FLOOR_EVERY - 1)
             if last != db_last:
                 log.warning("outbox: seq resumes at %d (was %d in the file)", last + 1, db_last)
-        # Every seq this run issues is below `last + SEQ_FLOOR_EVERY` until `put` moves
-        # the floor on, so the floor is written (durably) before the first of them.
-        self._write_floor(last)
-        _set_meta(conn, "last_seq", last)
-        _set_meta(conn, "clean", 0)
-        _set_meta(conn, "boot_id", self._boot_id or "")
-        conn.execute("COMMIT")
         self._last_seq = last
         self._count = int(count)
         self._bytes = int(total)
         self._pending_acks.clear()
         self._drops_total = int(meta.get("drops_total", 0))
         self._drops_reported = int(meta.get("drops_reported", 0))
+        # On a full or read-only disk the backlog must still be readable and sent:
+        # keep the connection and let the first `put` do these writes (or fail).
+        self._open_writes_due = True
+        try:
+            self._write_floor(last)
+            conn.execute("BEGIN IMMEDIATE")
+            self._mark_running(conn)
+            conn.execute("COMMIT")
+            self._open_writes_due = False
+        except (sqlite3.Error, OSError) as exc:
+            _rollback(conn)
+            self._write_fault = self._classify(exc)
+            log.warning("outbox: opened %s read-only for now (%s)", self.path, self._write_fault)
+
+    def _mark_running(self, conn: sqlite3.Connection) -> None:
+        """Inside a transaction: the file is in use by this boot, not closed cleanly.
+
+        Every seq this run issues is below `last + SEQ_FLOOR_EVERY` until `put`
+        moves the floor on, so the floor is written (durably) before this.
+        """
+        _set_meta(conn, "last_seq", self._last_seq)
+        _set_meta(conn, "clean", 0)
+        _set_meta(conn, "boot_id", self._boot_id or "")
 
     def _read_floor(self) -> int | None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -348,6 +349,33 @@ def test_real_full_disk_raises_storage_error_and_recovers(small_fs: Path) -> Non
         assert seq == stored[-1] + 1
         assert box.fault is None
         assert [item.seq for item in box.oldest(1000, 10_000_000)] == [*stored, seq]
+    assert seqs_in_file(db) == [*stored, seq]
+
+
+def test_backlog_stays_readable_when_the_disk_is_full_at_start(small_fs: Path) -> None:
+    db = small_fs / "outbox.db"
+    with Outbox(db, max_bytes=10_000_000, boot_id=BOOT) as box:
+        stored = [put(box, {"pad": "x" * 600}) for _ in range(20)]
+    filler = small_fs / "logs"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    box = Outbox(db, max_bytes=10_000_000, boot_id="boot-b").open()
+    try:
+        assert box.fault == FAULT_FULL
+        assert [item.seq for item in box.oldest(100, 10_000_000)] == stored  # still sendable
+        with pytest.raises(StorageError):
+            put(box, boot="boot-b")
+        filler.unlink()
+        seq = put(box, boot="boot-b")
+        assert seq > stored[-1]
+        assert box.fault is None
+    finally:
+        box.close()
     assert seqs_in_file(db) == [*stored, seq]
 
 
