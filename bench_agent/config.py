@@ -13,14 +13,22 @@ from __future__ import annotations
 import re
 import tomllib
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from bench_agent.errors import ConfigError
+from bench_agent.policy import (
+    BatteryThresholds,
+    PolicyConfig,
+    PortLimits,
+    Schedule,
+    TemperatureLimits,
+)
 
 BENCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 TOPIC_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
@@ -134,6 +142,13 @@ class SimConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BatteryConfig:
+    capacity_ah: float
+    chemistry: Literal["lifepo4", "agm"]
+    channel: str  # the INA219 channel on the battery; positive amps = charging
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     bench: BenchConfig
@@ -147,6 +162,8 @@ class Config:
     control: ControlConfig
     charger: ChargerConfig | None
     sim: SimConfig | None
+    battery: BatteryConfig
+    policy: PolicyConfig
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -161,6 +178,8 @@ class Config:
 # A strict reader over one TOML table
 # ---------------------------------------------------------------------------
 
+
+_T = TypeVar("_T")
 
 _REQUIRED: Any = object()  # sentinel: the key has no default
 
@@ -330,6 +349,12 @@ def _parse(top: _Table, base: Path, source: Path) -> Config:
     sim = _parse_sim(sim_table, base, bench) if sim_table else None
     if hardware.backend == "sim" and sim is None:
         raise top.error("sim", 'missing table (required when hardware.backend = "sim")')
+    battery = _parse_battery(top.table("battery") or _Table(top.file, "battery", {}))
+    policy = _parse_policy(
+        top.table("policy") or _Table(top.file, "policy", {}),
+        ports=[o.name for o in outputs if o.name != "wifi"],
+        outputs=[o.name for o in outputs],
+    )
     top.done()
     return Config(
         source=source,
@@ -344,6 +369,8 @@ def _parse(top: _Table, base: Path, source: Path) -> Config:
         control=control,
         charger=charger,
         sim=sim,
+        battery=battery,
+        policy=policy,
     )
 
 
@@ -544,3 +571,81 @@ def _parse_sim(t: _Table, base: Path, bench: BenchConfig) -> SimConfig:
             clock_synced_at_start=t.get_bool("clock_synced_at_start", True),
             charger=t.get_bool("charger", True),
         )
+
+
+def _parse_battery(t: _Table) -> BatteryConfig:
+    with _checked(t):
+        return BatteryConfig(
+            capacity_ah=t.get_float("capacity_ah", 50.0, lo=1, hi=10_000),
+            chemistry=t.get_choice("chemistry", ("lifepo4", "agm"), "lifepo4"),
+            channel=t.get_str("channel", "battery"),
+        )
+
+
+def _parse_window(t: _Table, key: str, text: Any) -> tuple[time, time]:
+    if not isinstance(text, str) or "-" not in text:
+        raise t.error(key, 'windows are "HH:MM-HH:MM" strings')
+    start, _, end = text.partition("-")
+    try:
+        return time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
+    except ValueError:
+        raise t.error(key, f"bad time window {text!r}") from None
+
+
+def _parse_policy(t: _Table, ports: list[str], outputs: list[str]) -> PolicyConfig:
+    with _checked(t):
+        battery_t = t.table("battery") or _Table(t.file, t.key("battery"), {})
+        with _checked(battery_t):
+            battery = (
+                battery_t.get_float("wifi_off_below_pct", 30.0, lo=0, hi=100),
+                battery_t.get_float("wifi_on_above_pct", 40.0, lo=0, hi=100),
+                battery_t.get_float("usb_off_below_pct", 15.0, lo=0, hi=100),
+                battery_t.get_float("usb_on_above_pct", 25.0, lo=0, hi=100),
+            )
+        temp_t = t.table("temperature") or _Table(t.file, t.key("temperature"), {})
+        with _checked(temp_t):
+            temperature = (
+                temp_t.get_float("enclosure_shed_above_c", 65.0, lo=-40, hi=125),
+                temp_t.get_float("enclosure_resume_below_c", 55.0, lo=-40, hi=125),
+                temp_t.get_float("cpu_shed_above_c", 80.0, lo=-40, hi=125),
+                temp_t.get_float("cpu_resume_below_c", 70.0, lo=-40, hi=125),
+            )
+        port_t = t.table("ports") or _Table(t.file, t.key("ports"), {})
+        with _checked(port_t):
+            limits = (
+                port_t.get_float("trip_amps", 2.4, lo=0.01, hi=100),
+                port_t.get_float("hard_trip_amps", 3.0, lo=0.01, hi=100),
+                port_t.get_int("trip_samples", 3, lo=1, hi=1000),
+                port_t.get_float("cooldown_s", 60.0, lo=0, hi=86400),
+                port_t.get_int("latch_after_trips", 3, lo=1, hi=1000),
+            )
+        schedules: dict[str, Schedule] = {}
+        schedule_t = t.table("schedule") or _Table(t.file, t.key("schedule"), {})
+        with _checked(schedule_t):
+            for name in outputs:
+                windows = schedule_t._get(name, list, "an array of windows", None)
+                if windows is not None:
+                    parsed = tuple(_parse_window(schedule_t, name, w) for w in windows)
+                    schedules[name] = _build(schedule_t, name, partial(Schedule, parsed))
+        defaults_t = t.table("defaults") or _Table(t.file, t.key("defaults"), {})
+        with _checked(defaults_t):
+            defaults = {n: defaults_t.get_bool(n, True) for n in outputs}
+        return _build(
+            t,
+            "battery",
+            lambda: PolicyConfig(
+                ports={p: PortLimits(*limits) for p in ports},
+                battery=BatteryThresholds(*battery),
+                temperature=TemperatureLimits(*temperature),
+                schedules=schedules,
+                defaults=defaults,
+            ),
+        )
+
+
+def _build(t: _Table, key: str, make: Callable[[], _T]) -> _T:
+    """Build a policy object whose own `__post_init__` checks cross-field rules."""
+    try:
+        return make()
+    except ValueError as exc:
+        raise t.error(key, str(exc)) from None

@@ -25,12 +25,14 @@ from typing import Any
 
 from bench_agent import __version__, payloads
 from bench_agent.config import Config
+from bench_agent.controller import Controller
 from bench_agent.errors import StorageError
 from bench_agent.hardware.backend import Hardware, build_hardware
 from bench_agent.mqtt import Acked, Connected, Disconnected, LinkEvent, MessageIn, MqttLink, Will
 from bench_agent.outbox import Kind, Outbox, OutboxItem
 from bench_agent.publisher import Publisher
 from bench_agent.sampler import Sampler
+from bench_agent.soc import CHEMISTRIES, SocEstimator
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,6 @@ class Agent:
                     max_bytes=self.cfg.storage.outbox_max_bytes,
                 )
             )
-            if self.outbox.fault:
-                self._raise_fault("storage", self.outbox.fault)
             self.link = MqttLink(
                 self.cfg.mqtt,
                 will=Will(
@@ -126,6 +126,19 @@ class Agent:
                 topic=self.cfg.topic,
                 max_payload_bytes=self.cfg.storage.max_payload_bytes,
             )
+            self.controller = Controller(
+                self.cfg.policy,
+                self.hardware.outputs,
+                SocEstimator(self.cfg.battery.capacity_ah, CHEMISTRIES[self.cfg.battery.chemistry]),
+                emit_event=self.emit_event,
+                state_file=self.cfg.storage.dir / "controller-state.json",
+                battery_channel=self.cfg.battery.channel,
+            )
+            self.controller.load(self.clock.monotonic())
+            stack.callback(self.controller.save)
+            self._published_state_version = -1
+            if self.outbox.fault:
+                self._raise_fault("storage", self.outbox.fault)
             self.tamper_open = self.hardware.tamper_open()
             self.link.start()
             stack.callback(self._say_offline)
@@ -192,6 +205,7 @@ class Agent:
                 self.publisher.on_acked(generation, mid)
             case Connected(generation):
                 self.link.publish(self.cfg.topic("status"), self._status(online=True), retain=True)
+                self._publish_state(force=True)
                 self.publisher.on_connected(generation)
             case Disconnected():
                 self.publisher.on_disconnected()
@@ -201,6 +215,7 @@ class Agent:
                 if is_open != self.tamper_open:
                     self.tamper_open = is_open
                     self.emit_event("tamper", {"open": is_open})
+                    self._publish_state(force=True)
             case StopRequested(name):
                 log.info("stopping (%s)", name)
                 self._stopping = True
@@ -214,13 +229,37 @@ class Agent:
 
     def _sample(self, mono_s: float) -> None:
         self.hardware.tick()
-        self.sampler.sample(mono_s)
+        readings = self.sampler.sample(mono_s)
+        self.controller.step(
+            self.clock.wall().astimezone(self.cfg.tz),
+            mono_s,
+            readings,
+            cpu_c=self.hardware.cpu_temperature(),
+        )
+        self._publish_state()
+
+    def _publish_state(self, *, force: bool = False) -> None:
+        """The retained `state`: published on connect and whenever it changes."""
+        version = self.controller.state_version
+        if not force and version == self._published_state_version:
+            return
+        payload = {
+            "v": payloads.CONTRACT_VERSION,
+            "bench": self.cfg.bench.id,
+            "ts": payloads.iso_utc(self.clock.wall()),
+            **self.controller.state_payload(self.clock.monotonic()),
+            "tamper_open": self.tamper_open,
+            "faults": [{"name": k, "detail": v} for k, v in sorted(self.faults.items())],
+        }
+        if self.link.publish(self.cfg.topic("state"), payloads.encode(payload), retain=True):
+            self._published_state_version = version
 
     def _record_telemetry(self, mono_s: float, interval_s: float) -> None:
         body: dict[str, Any] = {
             "interval_s": interval_s,
             "channels": self.sampler.close_interval(),
             "outputs": {name: sw.is_on for name, sw in self.hardware.outputs.items()},
+            "battery": self.controller.state_payload(mono_s)["battery"],
             "tamper_open": self.tamper_open,
             "cpu_temp_c": self.hardware.cpu_temperature(),
             "faults": sorted(self.faults),
@@ -272,6 +311,7 @@ class Agent:
             return
         self.faults[name] = detail
         self.emit_event("fault_raised", {"fault": name, "detail": detail})
+        self._publish_state(force=True)
 
     def _clear_fault(self, name: str) -> None:
         if self.faults.pop(name, None) is not None:

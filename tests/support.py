@@ -130,6 +130,11 @@ class Recorder:
     def telemetry_records(self) -> list[dict[str, Any]]:
         return [r for m in self.on("telemetry") for r in m.json()["records"]]
 
+    def all_seqs(self) -> set[int]:
+        """Every seq received, telemetry records and events together."""
+        seqs = {r["seq"] for r in self.telemetry_records()}
+        return seqs | {m.json()["seq"] for m in self.on("event")}
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()

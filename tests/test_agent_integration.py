@@ -103,12 +103,17 @@ def test_starts_without_a_broker_and_connects_when_it_appears(
         recorder = Recorder(broker.port)
         try:
             recorder.wait_for("status", lambda p: p["online"] is True, timeout_s=15)
-            # What was recorded offline arrives too, from seq 1, flagged historical.
-            wait_until(
-                lambda: 1 in {r["seq"] for r in recorder.telemetry_records()}, 15, "seq 1"
+            # What was recorded offline arrives too: every seq from 1 up to a live
+            # record, the offline ones flagged historical.
+            live = recorder.wait_for(
+                "telemetry", lambda p: not p["records"][0].get("historical"), timeout_s=15
             )
-            first = next(r for r in recorder.telemetry_records() if r["seq"] == 1)
-            assert first.get("historical") is True
+            newest = live["records"][0]["seq"]
+            wait_until(
+                lambda: set(range(1, newest + 1)) <= recorder.all_seqs(), 15, "every seq"
+            )
+            first = next(r for r in recorder.telemetry_records() if r.get("historical"))
+            assert first["seq"] < newest
         finally:
             recorder.close()
     finally:

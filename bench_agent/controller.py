@@ -1,0 +1,233 @@
+"""The one owner of the outputs: runs the pure policy each sample and acts on it.
+
+Called from the main loop only. It keeps the policy state, the overrides and the
+state-of-charge estimator, switches the outputs the policy says to switch, and
+reports every change as an event (output, from, to, reason) and through the
+retained `state` payload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench_agent.hardware.gpio import Switch
+from bench_agent.model import PowerReading
+from bench_agent.policy import (
+    Decision,
+    Override,
+    PolicyConfig,
+    PolicyInputs,
+    PolicyState,
+    check_override,
+    decide,
+    reset_fault,
+)
+from bench_agent.soc import SocEstimator
+
+log = logging.getLogger(__name__)
+
+EmitEvent = Callable[[str, dict[str, Any]], None]
+PERSIST_EVERY_S = 900.0  # agent seconds between saves of SoC and latches (SD-card wear)
+
+
+class Controller:
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        outputs: Mapping[str, Switch],
+        soc: SocEstimator,
+        *,
+        emit_event: EmitEvent,
+        state_file: Path | None = None,
+        battery_channel: str = "battery",
+    ) -> None:
+        self.policy = policy
+        self.outputs = dict(outputs)
+        self.soc = soc
+        self._emit = emit_event
+        self._state_file = state_file
+        self._battery_channel = battery_channel
+        self.state = PolicyState()
+        self.overrides: dict[str, Override] = {}
+        self.decisions: dict[str, Decision] = {}
+        self.state_version = 0  # bumps whenever the retained `state` payload changes
+        self._last_mono_s: float | None = None
+        self._last_saved_mono_s: float | None = None
+        self._last_inputs: PolicyInputs | None = None
+
+    # -- persistence ----------------------------------------------------------
+
+    def load(self, mono_s: float) -> None:
+        """Restore SoC and over-current latches saved by an earlier run, if any."""
+        if self._state_file is None or not self._state_file.exists():
+            return
+        try:
+            data = json.loads(self._state_file.read_text())
+            self.state = PolicyState.from_dict(data["policy"], self.policy, mono_s)
+            saved = SocEstimator.from_dict(data["soc"])
+            if saved.soc_pct is not None:
+                self.soc = saved
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("controller: ignoring unreadable saved state %s: %s", self._state_file, exc)
+
+    def save(self) -> None:
+        if self._state_file is None:
+            return
+        data = {"policy": self.state.to_dict(), "soc": self.soc.to_dict()}
+        tmp = self._state_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(data, separators=(",", ":")))
+            os.replace(tmp, self._state_file)
+        except OSError as exc:
+            log.warning("controller: could not save state: %s", exc)
+
+    # -- the decision, once per sample -------------------------------------
+
+    def step(
+        self,
+        now_local: datetime,
+        mono_s: float,
+        readings: Mapping[str, PowerReading | None],
+        cpu_c: float | None,
+        enclosure_c: float | None = None,
+    ) -> None:
+        battery = readings.get(self._battery_channel)
+        if battery is not None and self._last_mono_s is not None:
+            try:
+                self.soc.update(battery.amps, battery.volts, max(mono_s - self._last_mono_s, 0.0))
+            except ValueError as exc:
+                log.debug("soc: sample skipped: %s", exc)
+        self._last_mono_s = mono_s
+        inputs = PolicyInputs(
+            now_local=now_local,
+            mono_s=mono_s,
+            soc_pct=self.soc.soc_pct,
+            port_amps={p: (r.amps if (r := readings.get(p)) else None) for p in self.policy.ports},
+            enclosure_c=enclosure_c,
+            cpu_c=cpu_c,
+            overrides=dict(self.overrides),
+        )
+        self._last_inputs = inputs
+        self.state, decisions = decide(self.policy, inputs, self.state)
+        self._publish_policy_events()
+        self._apply(decisions)
+        if self._last_saved_mono_s is None or mono_s - self._last_saved_mono_s >= PERSIST_EVERY_S:
+            self._last_saved_mono_s = mono_s
+            self.save()
+
+    def _publish_policy_events(self) -> None:
+        for event in self.state.events:
+            if event.kind == "override_expired" and event.output is not None:
+                self.overrides.pop(event.output, None)
+                self.state_version += 1
+            data: dict[str, Any] = {"detail": event.detail}
+            if event.output is not None:
+                data["output"] = event.output
+            self._emit(event.kind, data)
+
+    def _apply(self, decisions: Mapping[str, Decision]) -> None:
+        changed = False
+        for name, decision in decisions.items():
+            switch = self.outputs.get(name)
+            if switch is None:
+                continue
+            previous = self.decisions.get(name)
+            was_on = switch.is_on
+            if was_on != decision.on:
+                try:
+                    switch.set(decision.on)
+                except OSError as exc:
+                    log.error("output %s: could not switch: %s", name, exc)
+                    self._emit("output_error", {"output": name, "detail": str(exc)})
+                    continue
+                self._emit(
+                    "output_switched",
+                    {
+                        "output": name,
+                        "from": "on" if was_on else "off",
+                        "to": "on" if decision.on else "off",
+                        "reason": decision.reason,
+                        "detail": decision.detail,
+                    },
+                )
+            if previous is None or (previous.on, previous.reason) != (decision.on, decision.reason):
+                changed = True
+        self.decisions = dict(decisions)
+        if changed:
+            self.state_version += 1
+
+    # -- requests from the technician and from ops --------------------------
+
+    def set_override(
+        self, output: str, state: bool | None, duration_s: float | None, source: str, mono_s: float
+    ) -> str | None:
+        """Set (or with state None, clear) an override. Returns why it is refused, or None."""
+        if output not in self.outputs:
+            return f"unknown_output: {output}"
+        if state is None:
+            self.overrides.pop(output, None)
+            self.state_version += 1
+            return None
+        if self._last_inputs is not None:
+            refusal = check_override(self.policy, self.state, self._last_inputs, output, state)
+            if refusal is not None:
+                return refusal
+        expires = None if duration_s is None else mono_s + duration_s
+        self.overrides[output] = Override(state=state, expires_mono_s=expires, source=source)
+        self.state_version += 1
+        return None
+
+    def reset_fault(self, port: str | None) -> list[str]:
+        before = {name for name, fault in self.state.ports.items() if fault.latched or fault.trips}
+        self.state = reset_fault(self.state, port)
+        self._publish_policy_events()
+        self.state_version += 1
+        return sorted(before if port is None else before & {port})
+
+    # -- what ops and the technician see -------------------------------------
+
+    def state_payload(self, mono_s: float) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        for name, switch in self.outputs.items():
+            decision = self.decisions.get(name)
+            override = self.overrides.get(name)
+            outputs[name] = {
+                "on": switch.is_on,
+                "reason": decision.reason if decision else "safe_state",
+                "detail": decision.detail if decision else "before the first decision",
+                "override": None
+                if override is None
+                else {
+                    "state": "on" if override.state else "off",
+                    "expires_in_s": None
+                    if override.expires_mono_s is None
+                    else round(max(override.expires_mono_s - mono_s, 0.0), 1),
+                    "source": override.source,
+                },
+            }
+        latched = sorted(name for name, fault in self.state.ports.items() if fault.latched)
+        return {
+            "outputs": outputs,
+            "latched_faults": [f"overcurrent.{name}" for name in latched],
+            "battery": {
+                "soc_pct": None if self.soc.soc_pct is None else round(self.soc.soc_pct, 1),
+                "source": self.soc.source,
+                "confidence": round(self.soc.confidence, 2),
+            },
+            "battery_protection": {
+                "wifi_shed": self.state.wifi_battery_shed,
+                "usb_shed": self.state.usb_battery_shed,
+                "over_temperature": self.state.over_temperature,
+            },
+        }
+
+    def safe_state(self) -> None:
+        """Every output to its configured safe state (on stop)."""
+        for switch in self.outputs.values():
+            switch.close()
