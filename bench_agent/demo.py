@@ -1,0 +1,221 @@
+"""`make demo`: the agent on a simulated bench, a private broker, and a live view.
+
+Starts a mosquitto on a free loopback port, the agent (`bench-agent run`) on the
+simulated bench of `config/sim-bench.toml` with its scripted demo day, and shows
+what city ops receive: a compact table of the latest telemetry, the outputs
+with the reason for each, and the latest events — refreshed as messages arrive.
+Ctrl-C (or `--duration` seconds) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parent.parent
+SIM_CONFIG = REPO / "config" / "sim-bench.toml"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _demo_config(workdir: Path, port: int) -> Path:
+    """The simulated bench's config with the broker port and state dir of this run."""
+    text = SIM_CONFIG.read_text()
+    data = tomllib.loads(text)
+    replacements = {
+        f"port = {data['mqtt']['port']}": f"port = {port}",
+        f'dir = "{data["storage"]["dir"]}"': f'dir = "{workdir / "state"}"',
+        f'socket = "{data["control"]["socket"]}"': f'socket = "{workdir / "control.sock"}"',
+        f'scenario = "{data["sim"]["scenario"]}"': (
+            f'scenario = "{(SIM_CONFIG.parent / data["sim"]["scenario"]).resolve()}"'
+        ),
+    }
+    for old, new in replacements.items():
+        text = text.replace(old, new, 1)
+    path = workdir / "bench.toml"
+    path.write_text(text)
+    return path
+
+
+class OpsView:
+    """What city ops receive, kept up to date from the broker."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.status: dict[str, Any] | None = None
+        self.state: dict[str, Any] | None = None
+        self.record: dict[str, Any] | None = None
+        self.events: deque[dict[str, Any]] = deque(maxlen=8)
+        self.counts = {"telemetry": 0, "event": 0, "bytes": 0}
+        self.changed = threading.Event()
+
+    def on_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        leaf = msg.topic.split("/", 2)[-1]
+        try:
+            payload = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self.lock:
+            self.counts["bytes"] += len(msg.payload)
+            if leaf == "status":
+                self.status = payload
+            elif leaf == "state":
+                self.state = payload
+            elif leaf == "telemetry":
+                self.counts["telemetry"] += 1
+                self.record = payload["records"][-1]
+            elif leaf == "event":
+                self.counts["event"] += 1
+                self.events.append(payload)
+        self.changed.set()
+
+    def render(self) -> str:
+        with self.lock:
+            return "\n".join(self._lines())
+
+    def _lines(self) -> list[str]:
+        online = self.status and self.status.get("online")
+        lines = [
+            "bench-agent demo — what city ops receive (Ctrl-C stops)",
+            f"status: {'ONLINE' if online else 'offline'}   telemetry msgs: "
+            f"{self.counts['telemetry']}   events: {self.counts['event']}   "
+            f"bytes: {self.counts['bytes']}",
+            "",
+        ]
+        r = self.record
+        if r is None:
+            return [*lines, "waiting for the first telemetry record…"]
+        battery = r.get("battery") or {}
+        soc = battery.get("soc_pct")
+        lines.append(
+            f"seq {r['seq']:>5}  {r['ts']}  ({r['time_quality']})  "
+            f"SoC {'?' if soc is None else f'{soc:.1f}%'} [{battery.get('source', '?')}]  "
+            f"CPU {r.get('cpu_temp_c')}°C  tamper {'OPEN' if r.get('tamper_open') else 'closed'}"
+        )
+        lines.append(
+            f"{'channel':<9}{'V avg':>8}{'A avg':>9}{'A max':>9}{'W avg':>9}{'Wh':>9}  fault"
+        )
+        for name, ch in r["channels"].items():
+            v, a, w = ch["v"], ch["a"], ch["w"]
+            if v is None:
+                lines.append(
+                    f"{name:<9}{'—':>8}{'—':>9}{'—':>9}{'—':>9}{ch['wh']:>9.2f}  {ch['fault']}"
+                )
+                continue
+            lines.append(
+                f"{name:<9}{v[1]:>8.2f}{a[1]:>9.3f}{a[2]:>9.3f}{w[1]:>9.2f}{ch['wh']:>9.2f}  "
+                f"{ch['fault'] or ''}"
+            )
+        lines.append("")
+        lines.append("outputs (retained state):")
+        outputs = (self.state or {}).get("outputs", {})
+        for name, out in outputs.items():
+            override = out.get("override")
+            extra = f"  override {override['state']} ({override['source']})" if override else ""
+            lines.append(
+                f"  {name:<6}{'ON ' if out['on'] else 'off'}  {out['reason']}: {out['detail']}{extra}"
+            )
+        lines.append("")
+        lines.append("latest events:")
+        for event in self.events:
+            detail = {k: v for k, v in event.items() if k not in _ENVELOPE}
+            lines.append(f"  #{event['seq']:<5} {event['ts'][11:19]} {json.dumps(detail)[:90]}")
+        return lines
+
+
+_ENVELOPE = {"v", "bench", "seq", "ts", "time_quality", "boot_id", "uptime_s", "historical"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench-agent-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, help="stop after this many seconds, exit 0")
+    args = parser.parse_args(argv)
+    if shutil.which("mosquitto") is None:
+        print(
+            "demo: mosquitto is not installed (run `make demo`, which installs it)", file=sys.stderr
+        )
+        return 1
+    interactive = sys.stdout.isatty() and args.duration is None
+    with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
+        workdir = Path(tmp)
+        port = _free_port()
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        broker = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        agent_log = (workdir / "agent.log").open("wb")
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "bench_agent", "-c", str(_demo_config(workdir, port)), "run"],
+            stdout=agent_log,
+            stderr=subprocess.STDOUT,
+        )
+        view = OpsView()
+        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        client.on_message = view.on_message
+        client.on_connect = lambda c, *_a: c.subscribe("smartbench/#", qos=1)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_a: stop.set())
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.connect("127.0.0.1", port)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            client.loop_start()
+            end = None if args.duration is None else time.monotonic() + args.duration
+            while not stop.is_set() and (end is None or time.monotonic() < end):
+                if agent.poll() is not None:
+                    print(f"demo: the agent exited ({agent.returncode}); its log:", file=sys.stderr)
+                    print((workdir / "agent.log").read_text()[-3000:], file=sys.stderr)
+                    return 1
+                if view.changed.wait(0.5):
+                    view.changed.clear()
+                    if interactive:
+                        sys.stdout.write("\x1b[H\x1b[2J" + view.render() + "\n")
+                        sys.stdout.flush()
+            if not interactive:
+                print(view.render())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            client.loop_stop()
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+            broker.terminate()
+            broker.wait(5)
+            agent_log.close()
+        print(f"demo: stopped (agent exit status {agent.returncode})")
+        return 0 if agent.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
