@@ -1,0 +1,575 @@
+"""The technician's local channel: line-delimited JSON over a Unix stream socket.
+
+It works with the uplink down: `bench-agent status`, `usb`, `wifi`, `fault reset`,
+`selftest` and `events` talk to the running daemon through this socket only.
+
+Protocol, version 1. One JSON object per line (UTF-8, ``\\n``-terminated), one
+request at a time per connection, in order:
+
+    request   {"v": 1, "id": 7, "method": "status", "params": {}}
+    response  {"v": 1, "id": 7, "ok": true, "result": ...}
+              {"v": 1, "id": 7, "ok": false, "error": {"code": "...", "message": "..."}}
+
+``id`` (an integer or a string) is echoed; it is null in an error about a line
+that could not be read. ``params`` may be left out (= ``{}``). Unknown request
+keys are ignored, so a newer client can talk to an older daemon.
+
+Error codes from the server itself: ``bad_request`` (not JSON, not an object,
+missing or mistyped field: the connection stays open), ``unsupported_version``,
+``line_too_long`` (a line over 64 kB: the connection is closed), ``busy`` (more
+than 8 clients: closed), ``idle_timeout`` (closed), ``internal`` (the handler
+raised, or its result is not JSON). A handler refuses a request by raising
+:class:`ControlError` with its own code, e.g. ``unknown_method``, ``bad_params``.
+
+Methods the daemon offers (durations in seconds, energies in Wh unless named):
+
+``status`` {} → the status object, defined by
+    ``schemas/control-status.schema.json``: bench, agent_version, uptime_s,
+    clock {synced, wall}, link {connected, since_s | down_since_s,
+    last_publish_age_s, reconnects, last_error}, outbox {depth, oldest_age_s,
+    drops, fault}, channels {name: {volts, amps, watts, fault}}, battery
+    {soc_pct, source, confidence}, charger {state, error, panel_watts,
+    yield_today_kwh} | null, outputs {name: {on, reason, detail, override:
+    {state, expires_in_s, source} | null}}, faults [{name, detail}],
+    tamper_open, today {solar_wh, usb_wh: {port: Wh}, sessions: {port: n},
+    hotspot_h}.
+``override.set`` {output: "usb1" | "wifi" | …, state: "on" | "off" | "auto",
+    duration_s?: number > 0} → {accepted: bool, reason?: str}. ``reason``
+    (when refused, or accepted but overridden by a safety layer) is
+    "code: detail", the code one of the policy's reason codes
+    (``battery_low``, ``over_temperature``, ``overcurrent_latched``, …) or
+    ``unknown_output``.
+``fault.reset`` {name?: str} → {reset: [names of the faults cleared]}; without
+    ``name``, every latched fault.
+``events`` {since_s?: number, limit?: int} → {events: [event, …]}, oldest
+    first, each as published on MQTT (seq, ts, type, … see
+    ``schemas/event.schema.json``); ``since_s`` is how far back to look.
+``selftest`` {} → {checks: [{name, ok, detail, hint}]}: ``detail`` says what
+    was seen, ``hint`` what to do about a failure (may be ""). Mark them with
+    ``i18n.N_`` in the daemon: the CLI translates the ones the catalogue knows.
+
+The server is one thread on a selector (no thread per connection). It calls
+``handler(method, params)`` on that thread, one request at a time, so a handler
+that blocks (the daemon's forwards to its main loop and waits) stalls every
+client for that long: the handler must bound its wait (a few seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import selectors
+import shutil
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+from bench_agent.errors import BenchAgentError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION: Final = 1
+MAX_LINE_BYTES: Final = 64 * 1024  # a request line, without its newline
+MAX_CLIENTS: Final = 8
+IDLE_TIMEOUT_S: Final = 60.0  # a connection that sends nothing for this long is closed
+MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024  # the client's bound on one response line
+MAX_METHOD_CHARS: Final = 64
+_RECV_BYTES: Final = 16 * 1024
+
+Handler = Callable[[str, Mapping[str, Any]], Any]
+
+
+class ControlError(BenchAgentError, RuntimeError):
+    """The daemon answered with an error; or a handler refusing a request."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+class DaemonNotRunning(BenchAgentError, ConnectionError):
+    """No daemon listens on the socket (no socket file, or nobody accepts on it)."""
+
+
+class PermissionDenied(BenchAgentError, PermissionError):
+    """The socket (or its directory) may not be opened by this user."""
+
+
+class DaemonNotResponding(BenchAgentError, TimeoutError):
+    """The daemon accepted the connection but gave no complete answer in time."""
+
+
+class ControlSocketError(BenchAgentError, OSError):
+    """The server cannot serve at its path (another live server, not a socket, bad group)."""
+
+
+# --------------------------------------------------------------------------- wire format
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One protocol line. Strict JSON: NaN and infinities raise ValueError."""
+    return (
+        json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        + b"\n"
+    )
+
+
+def _error(request_id: Any, code: str, message: str) -> dict[str, Any]:
+    return {
+        "v": PROTOCOL_VERSION,
+        "id": request_id,
+        "ok": False,
+        "error": {"code": code, "message": message},
+    }
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _Connection:
+    __slots__ = ("closing", "eof", "inbuf", "last_active", "outbuf", "sock")
+
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.last_active = now
+        self.eof = False  # the peer shut down its side: answer what it sent, then close
+        self.closing = False  # close once outbuf is flushed
+
+
+class ControlServer:
+    """Serves `handler` on a Unix socket at `path`; ``start()``/``close()``, or ``with``."""
+
+    def __init__(
+        self,
+        path: Path,
+        handler: Handler,
+        *,
+        group: str | None = None,
+        mode: int = 0o660,
+        max_clients: int = MAX_CLIENTS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.path = Path(path)
+        self._handler = handler
+        self._group = group
+        self._mode = mode
+        self._max_clients = max_clients
+        self._idle_timeout_s = idle_timeout_s
+        self._selector = selectors.DefaultSelector()
+        self._connections: dict[int, _Connection] = {}
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sockets_closed = False
+        self._inode: int | None = None  # of the socket file we made; close() removes only it
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Bind, set the mode and group, listen and start the server thread.
+
+        Raises ControlSocketError when another live server answers at the path, the
+        path is something other than a socket, or the group cannot be set.
+        """
+        with self._lock:
+            if self._closed or self._thread is not None:
+                raise RuntimeError("a ControlServer starts once")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_socket(self.path)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                listener.bind(str(self.path))
+                self._inode = os.stat(self.path).st_ino
+                # Until listen() nobody can connect, so the mode and group are set
+                # before any client can reach a socket that is more open than asked.
+                os.chmod(self.path, self._mode)
+                if self._group is not None:
+                    _chgrp(self.path, self._group)
+                listener.listen(self._max_clients)
+                listener.setblocking(False)
+            except BaseException:
+                listener.close()
+                self._unlink_own_socket()
+                raise
+            self._listener = listener
+            self._selector.register(listener, selectors.EVENT_READ, "listener")
+            self._wake_r.setblocking(False)
+            self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
+            self._thread.start()
+            log.info("control socket listening on %s", self.path)
+            return self
+
+    def close(self, join_timeout_s: float = 10.0) -> None:
+        """Stop serving, close every connection and remove the socket file. Idempotent.
+
+        Waits for a handler call in progress (up to `join_timeout_s`).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(join_timeout_s)
+            if self._thread.is_alive():
+                log.warning("control socket: a handler call is still running at close")
+        if self._thread is None:
+            self._close_sockets()  # never started; otherwise the thread closes them on its way out
+        self._unlink_own_socket()
+
+    def __enter__(self) -> Self:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def client_count(self) -> int:
+        return len(self._connections)
+
+    def _close_sockets(self) -> None:
+        if self._sockets_closed:
+            return
+        self._sockets_closed = True
+        for conn in list(self._connections.values()):
+            self._drop(conn)
+        if self._listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._listener)
+            self._listener.close()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _unlink_own_socket(self) -> None:
+        # Only our own file: a second daemon that replaced it keeps its socket.
+        try:
+            if self._inode is not None and os.lstat(self.path).st_ino == self._inode:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("control socket: cannot remove %s: %s", self.path, exc)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for key, mask in self._selector.select(self._select_timeout()):
+                    if key.data == "listener":
+                        self._accept()
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                    else:
+                        self._on_ready(key.data, mask)
+                self._expire_idle()
+        except Exception:  # pragma: no cover - a bug here must not take the daemon down
+            log.exception("control socket: server loop failed; local control is off")
+        finally:
+            self._close_sockets()
+
+    def _select_timeout(self) -> float | None:
+        if not self._connections:
+            return None
+        oldest = min(conn.last_active for conn in self._connections.values())
+        return max(0.0, oldest + self._idle_timeout_s - time.monotonic())
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and friends: keep serving the others
+            log.warning("control socket: accept failed: %s", exc)
+            return
+        sock.setblocking(False)
+        if len(self._connections) >= self._max_clients:
+            with contextlib.suppress(OSError):
+                sock.send(encode(_error(None, "busy", "too many clients")), socket.MSG_NOSIGNAL)
+            sock.close()
+            return
+        conn = _Connection(sock, time.monotonic())
+        self._connections[sock.fileno()] = conn
+        self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _on_ready(self, conn: _Connection, mask: int) -> None:
+        conn.last_active = time.monotonic()
+        if mask & selectors.EVENT_READ:
+            try:
+                data = conn.sock.recv(_RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self._drop(conn)
+                return
+            if data == b"":
+                conn.eof = True
+            elif data:
+                conn.inbuf += data
+        if mask & selectors.EVENT_WRITE and not self._flush(conn):
+            return
+        self._pump(conn)
+
+    def _pump(self, conn: _Connection) -> None:
+        """Answer buffered lines while answers go out at once; then wait for I/O."""
+        while not conn.outbuf and not conn.closing:
+            line = self._next_line(conn)
+            if line is None:
+                break
+            if line.strip():
+                conn.outbuf += self._answer(line)
+            if not self._flush(conn):
+                return
+        if conn.outbuf:
+            self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        elif conn.closing or conn.eof:
+            self._drop(conn)
+        else:
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _next_line(self, conn: _Connection) -> bytes | None:
+        newline = conn.inbuf.find(b"\n")
+        if newline > MAX_LINE_BYTES or (newline < 0 and len(conn.inbuf) > MAX_LINE_BYTES):
+            conn.inbuf.clear()
+            conn.outbuf += encode(
+                _error(None, "line_too_long", f"a request line is at most {MAX_LINE_BYTES} bytes")
+            )
+            conn.closing = True
+            return None
+        if newline < 0:
+            return None
+        line = bytes(conn.inbuf[:newline])
+        del conn.inbuf[: newline + 1]
+        return line
+
+    def _flush(self, conn: _Connection) -> bool:
+        """Send what the socket takes now. False when the connection was dropped."""
+        try:
+            sent = conn.sock.send(conn.outbuf, socket.MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:  # the client went away before reading its answer
+            self._drop(conn)
+            return False
+        del conn.outbuf[:sent]
+        return True
+
+    def _expire_idle(self) -> None:
+        now = time.monotonic()
+        for conn in list(self._connections.values()):
+            if now - conn.last_active >= self._idle_timeout_s:
+                with contextlib.suppress(OSError):
+                    conn.sock.send(
+                        encode(_error(None, "idle_timeout", "closed after inactivity")),
+                        socket.MSG_NOSIGNAL,
+                    )
+                self._drop(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        self._connections.pop(conn.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        conn.sock.close()
+
+    # -- one request --------------------------------------------------------------
+
+    def _answer(self, line: bytes) -> bytes:
+        try:
+            request_id, method, params = _parse_request(line)
+        except _BadRequest as exc:
+            return encode(_error(exc.request_id, exc.code, exc.message))
+        try:
+            result = self._handler(method, params)
+            return encode({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result})
+        except ControlError as exc:
+            return encode(_error(request_id, exc.code, exc.message))
+        except Exception:
+            log.exception("control socket: %s failed", method)
+            return encode(_error(request_id, "internal", f"{method} failed in the daemon"))
+
+
+class _BadRequest(ControlError):
+    def __init__(self, request_id: Any, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+def _parse_request(line: bytes) -> tuple[int | str, str, dict[str, Any]]:
+    """(id, method, params) of a request line; raises _BadRequest."""
+    try:
+        request = json.loads(line)
+    except (UnicodeDecodeError, ValueError):
+        raise _BadRequest(None, "bad_request", "not a JSON line") from None
+    if not isinstance(request, dict):
+        raise _BadRequest(None, "bad_request", "a request is a JSON object")
+    request_id = request.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        raise _BadRequest(None, "bad_request", '"id" must be an integer or a string')
+    if request.get("v") != PROTOCOL_VERSION:
+        message = f"this daemon speaks protocol v{PROTOCOL_VERSION}"
+        raise _BadRequest(request_id, "unsupported_version", message)
+    method = request.get("method")
+    if not isinstance(method, str) or not 0 < len(method) <= MAX_METHOD_CHARS:
+        raise _BadRequest(request_id, "bad_request", '"method" must be a short string')
+    params = request.get("params", {})
+    if not isinstance(params, dict):
+        raise _BadRequest(request_id, "bad_request", '"params" must be an object')
+    return request_id, method, params
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a dead daemon; refuse if a live one answers there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlSocketError(f"{path} exists and is not a socket; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        log.info("control socket: removing stale %s", path)
+        path.unlink(missing_ok=True)
+        return
+    except TimeoutError:
+        pass  # a live server with a full backlog
+    except OSError as exc:
+        raise ControlSocketError(f"{path}: cannot check the existing socket: {exc}") from None
+    finally:
+        probe.close()
+    raise ControlSocketError(f"{path}: another bench-agent is already serving there")
+
+
+def _chgrp(path: Path, group: str) -> None:
+    try:
+        shutil.chown(path, group=group)
+    except LookupError:
+        raise ControlSocketError(f"{path}: unknown group {group!r}") from None
+    except OSError as exc:
+        raise ControlSocketError(f"{path}: cannot set group {group!r}: {exc.strerror}") from None
+
+
+# --------------------------------------------------------------------------- client
+
+
+class ControlClient:
+    """Calls the daemon over its socket; one connection per call (the CLI makes few calls)."""
+
+    def __init__(self, path: Path | str, timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self._ids = itertools.count(1)
+
+    def call(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """The result of `method`. `timeout_s` (default the client's) bounds the whole call.
+
+        Raises DaemonNotRunning, PermissionDenied, DaemonNotResponding, or
+        ControlError(code, message) when the daemon answers with an error.
+        """
+        request_id = next(self._ids)
+        request = {"v": PROTOCOL_VERSION, "id": request_id, "method": method}
+        request["params"] = dict(params or {})
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._connect(sock, deadline)
+            try:
+                sock.settimeout(_remaining(deadline))
+                sock.sendall(encode(request))
+                line = _read_line(sock, deadline)
+            except TimeoutError:
+                raise DaemonNotResponding(f"{self.path}: no answer in time") from None
+            except OSError as exc:
+                raise DaemonNotResponding(f"{self.path}: {exc.strerror or exc}") from None
+        finally:
+            sock.close()
+        return _result(line, request_id)
+
+    def _connect(self, sock: socket.socket, deadline: float) -> None:
+        try:
+            sock.settimeout(_remaining(deadline))
+            sock.connect(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            raise DaemonNotRunning(f"{self.path}: {exc.strerror}") from None
+        except PermissionError as exc:
+            raise PermissionDenied(f"{self.path}: {exc.strerror}") from None
+        except TimeoutError:
+            raise DaemonNotResponding(f"{self.path}: connection not accepted in time") from None
+        except OSError as exc:
+            raise DaemonNotRunning(f"{self.path}: {exc.strerror or exc}") from None
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
+
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    buf = bytearray()
+    while True:
+        newline = buf.find(b"\n")
+        if newline >= 0:
+            return bytes(buf[:newline])
+        if len(buf) > MAX_RESPONSE_BYTES:
+            raise ControlError("bad_response", "response line too long")
+        sock.settimeout(_remaining(deadline))
+        chunk = sock.recv(64 * 1024)
+        if not chunk:
+            raise ConnectionResetError(0, "the daemon closed the connection")
+        buf += chunk
+
+
+def _result(line: bytes, request_id: int) -> Any:
+    try:
+        response = json.loads(line)
+    except (UnicodeDecodeError, ValueError):
+        raise ControlError("bad_response", "the daemon's answer is not JSON") from None
+    if not isinstance(response, dict) or response.get("v") != PROTOCOL_VERSION:
+        raise ControlError("bad_response", "the daemon's answer is not protocol v1")
+    ok = response.get("ok")
+    if ok is False:
+        # A server-level error about the connection (busy, idle) carries id null.
+        error = response.get("error")
+        if not isinstance(error, dict):
+            raise ControlError("bad_response", "error without details")
+        raise ControlError(str(error.get("code", "unknown")), str(error.get("message", "")))
+    if ok is not True or response.get("id") != request_id or "result" not in response:
+        raise ControlError("bad_response", "the daemon's answer does not match the request")
+    return response["result"]
