@@ -132,9 +132,8 @@ class OpsView:
         for name, out in outputs.items():
             override = out.get("override")
             extra = f"  override {override['state']} ({override['source']})" if override else ""
-            lines.append(
-                f"  {name:<6}{'ON ' if out['on'] else 'off'}  {out['reason']}: {out['detail']}{extra}"
-            )
+            state = "ON " if out["on"] else "off"
+            lines.append(f"  {name:<6}{state}  {out['reason']}: {out['detail']}{extra}")
         lines.append("")
         lines.append("latest events:")
         for event in self.events:
@@ -144,6 +143,38 @@ class OpsView:
 
 
 _ENVELOPE = {"v", "bench", "seq", "ts", "time_quality", "boot_id", "uptime_s", "historical"}
+
+
+Started = tuple[int, subprocess.Popen[bytes], subprocess.Popen[bytes], Any]
+
+
+def _start(workdir: Path) -> Started:
+    """A private mosquitto on a free loopback port, then the agent pointed at it."""
+    port = _free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    broker = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    agent_log = (workdir / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "bench_agent", "-c", str(_demo_config(workdir, port)), "run"],
+        stdout=agent_log,
+        stderr=subprocess.STDOUT,
+    )
+    return port, broker, agent, agent_log
+
+
+def _connect(client: paho.Client, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.connect("127.0.0.1", port)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,18 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interactive = sys.stdout.isatty() and args.duration is None
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         workdir = Path(tmp)
-        port = _free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        broker = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        agent_log = (workdir / "agent.log").open("wb")
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "bench_agent", "-c", str(_demo_config(workdir, port)), "run"],
-            stdout=agent_log,
-            stderr=subprocess.STDOUT,
-        )
+        port, broker, agent, agent_log = _start(workdir)
         view = OpsView()
         client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
         client.on_message = view.on_message
@@ -177,15 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_a: stop.set())
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.connect("127.0.0.1", port)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            _connect(client, port)
             client.loop_start()
             end = None if args.duration is None else time.monotonic() + args.duration
             while not stop.is_set() and (end is None or time.monotonic() < end):
