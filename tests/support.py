@@ -1,4 +1,4 @@
-"""Real parts for the integration tests: a private mosquitto, an MQTT recorder, the agent as a process."""
+"""Real parts for the integration tests: a private mosquitto, an MQTT recorder, the agent."""
 
 from __future__ import annotations
 
@@ -99,7 +99,9 @@ class Recorder:
     def __init__(self, port: int, topic: str = "#") -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
+        )
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *_args: self._subscribed.set()
@@ -111,13 +113,17 @@ class Recorder:
 
     def _on_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic()))
+            self.messages.append(
+                Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic())
+            )
 
     def on(self, leaf: str) -> list[Message]:
         with self._lock:
             return [m for m in self.messages if m.topic.endswith("/" + leaf)]
 
-    def wait_for(self, leaf: str, predicate: Callable[[Any], bool] = lambda _p: True, timeout_s: float = 20) -> Any:
+    def wait_for(
+        self, leaf: str, predicate: Callable[[Any], bool] = lambda _p: True, timeout_s: float = 20
+    ) -> Any:
         def found() -> Any:
             for message in self.on(leaf):
                 payload = message.json()
@@ -194,7 +200,9 @@ def sim_config(workdir: Path, broker_port: int, changes: Mapping[str, Any] | Non
 class AgentProcess:
     """`bench-agent run` as a real process; always reaped by `stop()`/`kill()`."""
 
-    def __init__(self, config: Path, workdir: Path, extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, workdir: Path, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
         self.log_path = workdir / "agent.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}

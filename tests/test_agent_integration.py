@@ -109,9 +109,7 @@ def test_starts_without_a_broker_and_connects_when_it_appears(
                 "telemetry", lambda p: not p["records"][0].get("historical"), timeout_s=15
             )
             newest = live["records"][0]["seq"]
-            wait_until(
-                lambda: set(range(1, newest + 1)) <= recorder.all_seqs(), 15, "every seq"
-            )
+            wait_until(lambda: set(range(1, newest + 1)) <= recorder.all_seqs(), 15, "every seq")
             first = next(r for r in recorder.telemetry_records() if r.get("historical"))
             assert first["seq"] < newest
         finally:
@@ -136,8 +134,10 @@ def test_a_failing_sensor_is_a_null_channel_and_a_fault_while_others_report(
     # The first record after the fault may still hold samples from before it.
     failing = recorder.wait_for(
         "telemetry",
-        lambda p: p["records"][0]["channels"]["usb1"]["fault"] is not None
-        and p["records"][0]["channels"]["usb1"]["n"] == 0,
+        lambda p: (
+            p["records"][0]["channels"]["usb1"]["fault"] is not None
+            and p["records"][0]["channels"]["usb1"]["n"] == 0
+        ),
     )
     channels = failing["records"][0]["channels"]
     assert channels["usb1"]["v"] is None and channels["usb1"]["n"] == 0
