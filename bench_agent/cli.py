@@ -7,7 +7,6 @@ error exits 78 (EX_CONFIG), which systemd's RestartPreventExitStatus honours.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from collections.abc import Sequence
 from bench_agent import __version__
 from bench_agent.config import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
+from bench_agent.logsetup import register_secret, setup_logging
 
 DEFAULT_CONFIG = os.environ.get("BENCH_AGENT_CONFIG", "/etc/bench-agent/bench-agent.toml")
 EXIT_FAILURE = 1
@@ -33,17 +33,6 @@ def _parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_commands.add_parser("check", help="validate the configuration file and exit")
     return parser
-
-
-def _setup_logging(debug: bool) -> None:
-    level = logging.DEBUG if debug else logging.INFO
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not debug:
-        logging.getLogger("bench_agent.paho").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +60,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         cfg = load_config(args.config)  # before touching any hardware
-        _setup_logging(args.debug)
+        setup_logging(args.debug)
+        if cfg.mqtt.password is not None:
+            register_secret(cfg.mqtt.password)
         from bench_agent.service import Agent  # noqa: PLC0415 - keeps `config check` light
 
         return Agent(cfg).run()

@@ -16,6 +16,7 @@ import logging
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from bench_agent.outbox import Kind, Outbox, OutboxItem
 from bench_agent.publisher import Publisher
 from bench_agent.sampler import Sampler
 from bench_agent.soc import CHEMISTRIES, SocEstimator
+from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,10 @@ class Agent:
     def run(self, ready: Callable[[], None] | None = None) -> int:
         with ExitStack() as stack:
             self._install_signal_handlers(stack)
+            self.notifier = stack.enter_context(Notifier())
+            # systemd's watchdog runs in real time, whatever the simulated clock does.
+            self.watchdog = WatchdogGate(self.notifier, self.notifier.watchdog_interval_s())
+            self._last_sample_real = time.monotonic()
             self.hardware = stack.enter_context(
                 build_hardware(
                     self.cfg, on_tamper=lambda is_open: self.inbox.put(TamperChanged(is_open))
@@ -143,6 +149,8 @@ class Agent:
             self.link.start()
             stack.callback(self._say_offline)
             self.started_mono = self.clock.monotonic()
+            # Ready once config and hardware are up; the broker may be down for days.
+            self.notifier.ready()
             if ready is not None:
                 ready()
             log.info("bench %s running (%s backend)", self.cfg.bench.id, self.cfg.hardware.backend)
@@ -182,7 +190,15 @@ class Agent:
                 next_publish += publish_every * max(
                     1, int((now - next_publish) // publish_every) + 1
                 )
+            real_now = time.monotonic()
+            healthy = progress_is_recent(
+                real_now, self._last_sample_real, max(self.clock.to_real_s(sample_every), 1.0)
+            )
+            self.watchdog.tick(real_now, healthy)
             wait_s = self.clock.to_real_s(min(next_sample, next_publish) - self.clock.monotonic())
+            ping_due = self.watchdog.seconds_until_due(real_now)
+            if ping_due is not None:
+                wait_s = min(wait_s, ping_due)
             self._drain_inbox(max(wait_s, 0.0))
 
     def _drain_inbox(self, timeout_s: float) -> None:
@@ -218,6 +234,7 @@ class Agent:
                     self._publish_state(force=True)
             case StopRequested(name):
                 log.info("stopping (%s)", name)
+                self.notifier.stopping()
                 self._stopping = True
             case Call(fn, done, result):
                 try:
@@ -230,6 +247,7 @@ class Agent:
     def _sample(self, mono_s: float) -> None:
         self.hardware.tick()
         readings = self.sampler.sample(mono_s)
+        self._last_sample_real = time.monotonic()
         self.controller.step(
             self.clock.wall().astimezone(self.cfg.tz),
             mono_s,
@@ -266,6 +284,11 @@ class Agent:
             "health": self._health(mono_s),
         }
         self._record("telemetry", body, mono_s)
+        health = body["health"]
+        link = "up" if self.link.connected else "down"
+        self.notifier.status(
+            f"broker {link}; outbox {health['outbox_depth']}; faults {len(self.faults)}"
+        )
 
     def _health(self, mono_s: float) -> dict[str, Any]:
         stats = self.outbox.stats()

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.support import AgentProcess, Broker, Recorder, wait_until
+from tests.support import AgentProcess, Broker, Recorder, sim_config, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +147,49 @@ def test_a_failing_sensor_is_a_null_channel_and_a_fault_while_others_report(
     cleared = recorder.wait_for("event", lambda p: p["type"] == "fault_cleared", timeout_s=15)
     validate("event", cleared)
     assert cleared["fault"] == "sensor.usb1"
+
+
+def test_tells_systemd_ready_watchdog_status_and_stopping(
+    tmp_path: Path, broker: Broker, start_agent: Callable[..., AgentProcess]
+) -> None:
+    import os
+    import socket
+
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(0.2)
+    messages: list[str] = []
+
+    def received(what: str) -> bool:
+        try:
+            while True:
+                messages.extend(sock.recv(4096).decode().splitlines())
+        except TimeoutError:
+            pass
+        return any(m.startswith(what) for m in messages)
+
+    try:
+        agent = AgentProcess(
+            sim_config(tmp_path, broker.port),
+            tmp_path,
+            # The agent checks WATCHDOG_PID against its own pid; without it the
+            # interval applies to whoever reads it (as sd_watchdog_enabled does).
+            {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"},
+        )
+        try:
+            wait_until(lambda: received("READY=1"), 20, "READY=1")
+            wait_until(
+                lambda: received("WATCHDOG=1") and messages.count("WATCHDOG=1") >= 3,
+                10,
+                "three watchdog pings",
+            )
+            wait_until(lambda: received("STATUS=broker up"), 10, "a STATUS line")
+            agent.signal(signal.SIGTERM)
+            assert agent.wait(5) == 0
+            wait_until(lambda: received("STOPPING=1"), 5, "STOPPING=1")
+        finally:
+            agent.kill()
+        assert os.path.exists(notify_path)
+    finally:
+        sock.close()
