@@ -280,7 +280,11 @@ class ControlServer:
     def _serve(self) -> None:
         try:
             while not self._stop.is_set():
-                for key, mask in self._selector.select(self._select_timeout()):
+                ready = self._selector.select(self._select_timeout())
+                # Connections first: a client that hung up and reconnected at once
+                # frees its old slot before the new connection is counted.
+                ready.sort(key=lambda event: event[0].data == "listener")
+                for key, mask in ready:
                     if key.data == "listener":
                         self._accept()
                     elif key.data == "wake":
@@ -311,6 +315,8 @@ class ControlServer:
             return
         sock.setblocking(False)
         if len(self._connections) >= self._max_clients:
+            self._reap_hung_up()
+        if len(self._connections) >= self._max_clients:
             with contextlib.suppress(OSError):
                 sock.send(encode(_error(None, "busy", "too many clients")), socket.MSG_NOSIGNAL)
             sock.close()
@@ -318,6 +324,20 @@ class ControlServer:
         conn = _Connection(sock, time.monotonic())
         self._connections[sock.fileno()] = conn
         self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _reap_hung_up(self) -> None:
+        """Drop connections whose client has gone (EOF waiting) and that owe nothing."""
+        for conn in list(self._connections.values()):
+            if conn.outbuf or conn.inbuf:
+                continue
+            try:
+                gone = conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except (BlockingIOError, InterruptedError):
+                gone = False
+            except OSError:
+                gone = True
+            if gone:
+                self._drop(conn)
 
     def _on_ready(self, conn: _Connection, mask: int) -> None:
         conn.last_active = time.monotonic()
@@ -510,7 +530,10 @@ class ControlClient:
             self._connect(sock, deadline)
             try:
                 sock.settimeout(_remaining(deadline))
-                sock.sendall(encode(request))
+                # A server that answered and closed at once (busy) breaks the pipe;
+                # its answer is still there to read.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(encode(request))
                 line = _read_line(sock, deadline)
             except TimeoutError:
                 raise DaemonNotResponding(f"{self.path}: no answer in time") from None
