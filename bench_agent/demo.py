@@ -46,6 +46,7 @@ def _demo_config(workdir: Path, port: int) -> Path:
         f"port = {data['mqtt']['port']}": f"port = {port}",
         f'dir = "{data["storage"]["dir"]}"': f'dir = "{workdir / "state"}"',
         f'socket = "{data["control"]["socket"]}"': f'socket = "{workdir / "control.sock"}"',
+        f'port = "{data["charger"]["port"]}"': f'port = "{workdir / "ttyVE"}"',
         f'scenario = "{data["sim"]["scenario"]}"': (
             f'scenario = "{(SIM_CONFIG.parent / data["sim"]["scenario"]).resolve()}"'
         ),

@@ -29,6 +29,7 @@ from bench_agent.config import Config
 from bench_agent.controller import Controller
 from bench_agent.errors import StorageError
 from bench_agent.hardware.backend import Hardware, build_hardware
+from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
 from bench_agent.mqtt import Acked, Connected, Disconnected, LinkEvent, MessageIn, MqttLink, Will
 from bench_agent.outbox import Kind, Outbox, OutboxItem
 from bench_agent.publisher import Publisher
@@ -39,7 +40,26 @@ from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
 log = logging.getLogger(__name__)
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-STOP_GRACE_S = 2.0  # how long shutdown waits for the broker to acknowledge "offline"
+STOP_GRACE_S = 2.0
+# The charge controller's fields that go into telemetry (units in the names).
+CHARGER_FIELDS = (
+    "battery_volts",
+    "battery_amps",
+    "panel_volts",
+    "panel_watts",
+    "charge_state",
+    "mppt_mode",
+    "error",
+    "yield_today_kwh",
+    "yield_yesterday_kwh",
+    "yield_total_kwh",
+    "max_power_today_w",
+    "max_power_yesterday_w",
+    "state_of_charge_pct",
+    "model",
+    "firmware",
+    "serial_number",
+)  # how long shutdown waits for the broker to acknowledge "offline"
 
 
 def read_boot_id() -> str:
@@ -68,7 +88,7 @@ class Call:
     result: list[Any]
 
 
-InboxItem = LinkEvent | StopRequested | TamperChanged | Call
+InboxItem = LinkEvent | StopRequested | TamperChanged | Call | ChargerSample
 
 
 class Agent:
@@ -146,6 +166,16 @@ class Agent:
             if self.outbox.fault:
                 self._raise_fault("storage", self.outbox.fault)
             self.tamper_open = self.hardware.tamper_open()
+            self.charger_reading: ChargerSample | None = None
+            self.charger: VEDirectReader | None = None
+            if self.cfg.charger is not None:
+                self.charger = stack.enter_context(
+                    VEDirectReader(
+                        str(self.cfg.charger.port),
+                        self.inbox.put,
+                        baudrate=self.cfg.charger.baudrate,
+                    )
+                )  # entering the context starts the reader thread
             self.link.start()
             stack.callback(self._say_offline)
             self.started_mono = self.clock.monotonic()
@@ -236,6 +266,8 @@ class Agent:
                 log.info("stopping (%s)", name)
                 self.notifier.stopping()
                 self._stopping = True
+            case ChargerSample():
+                self.charger_reading = item
             case Call(fn, done, result):
                 try:
                     result.append(fn())
@@ -280,6 +312,7 @@ class Agent:
             "battery": self.controller.state_payload(mono_s)["battery"],
             "tamper_open": self.tamper_open,
             "cpu_temp_c": self.hardware.cpu_temperature(),
+            "charger": self._charger_summary(),
             "faults": sorted(self.faults),
             "health": self._health(mono_s),
         }
@@ -289,6 +322,24 @@ class Agent:
         self.notifier.status(
             f"broker {link}; outbox {health['outbox_depth']}; faults {len(self.faults)}"
         )
+
+    def _charger_summary(self) -> dict[str, Any] | None:
+        """The charge controller's latest reading, or None; raises/clears the stale fault."""
+        if self.charger is None or self.cfg.charger is None:
+            return None
+        if self.charger.is_stale(time.monotonic(), self.cfg.charger.stale_after_s):
+            self._raise_fault("charger", "no_valid_block")
+            return None
+        self._clear_fault("charger")
+        if self.charger_reading is None:
+            return None
+        reading = self.charger_reading.reading
+        fields = {name: getattr(reading, name) for name in CHARGER_FIELDS}
+        # JSON has no infinity: a BMV's "time to go: infinite" is sent as null.
+        return {
+            k: (None if isinstance(v, float) and v == float("inf") else v)
+            for k, v in fields.items()
+        }
 
     def _health(self, mono_s: float) -> dict[str, Any]:
         stats = self.outbox.stats()

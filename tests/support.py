@@ -189,6 +189,7 @@ def sim_config(workdir: Path, broker_port: int, changes: Mapping[str, Any] | Non
     data["mqtt"]["port"] = broker_port
     data["storage"]["dir"] = str(workdir / "state")
     data["control"]["socket"] = str(workdir / "control.sock")
+    data["charger"]["port"] = str(workdir / "ttyVE")
     # Tests are about the agent, not the demo's script of the day.
     data["sim"].pop("scenario", None)
     _merge(data, changes or {})

@@ -193,3 +193,19 @@ def test_tells_systemd_ready_watchdog_status_and_stopping(
         assert os.path.exists(notify_path)
     finally:
         sock.close()
+
+
+def test_charge_controller_fields_arrive_in_telemetry(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess]
+) -> None:
+    """The simulated SmartSolar on a pty, read by the real pyserial reader."""
+    start_agent(broker.port)
+    message = recorder.wait_for(
+        "telemetry", lambda p: p["records"][0]["charger"] is not None, timeout_s=20
+    )
+    validate("telemetry", message)
+    charger = message["records"][0]["charger"]
+    assert charger["model"] == "SmartSolar MPPT 100/20"
+    assert 11.0 < charger["battery_volts"] < 15.0
+    assert charger["charge_state"] in {"off", "bulk", "absorption", "float"}
+    assert "charger" not in message["records"][0]["faults"]

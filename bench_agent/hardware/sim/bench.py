@@ -33,6 +33,7 @@ from bench_agent.hardware.sim.scenario import (
     apply_to_model,
     load_scenario,
 )
+from bench_agent.hardware.sim.vedirect_sim import ChargerSnapshot, SimulatedCharger
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,34 @@ class SimulatedBench:
             )
             # After the device exists: setting its pull resets a mock pin's level.
             self._drive_tamper(is_open=False)  # the box starts closed
+        self.charger: SimulatedCharger | None = None
+        # A configured port that already exists is a real device, or a recording
+        # replayed into a pty: read that instead of simulating a controller.
+        if sim.charger and cfg.charger is not None and not cfg.charger.port.exists():
+            self.charger = SimulatedCharger(cfg.charger.port, self.charger_snapshot, seed=sim.seed)
+            self.charger.start()
         self._refresh_chips()
+
+    def charger_snapshot(self) -> ChargerSnapshot:
+        """What the simulated SmartSolar reports now (called on the charger's thread)."""
+        with self.model_lock:
+            truth = self.model.charger_snapshot()
+        return ChargerSnapshot(
+            battery_volts=truth.battery_volts,
+            battery_amps=truth.battery_amps,
+            panel_volts=truth.panel_volts,
+            panel_watts=truth.panel_watts,
+            load_amps=0.0,
+            load_on=False,
+            charge_state=truth.charge_state,
+            mppt_mode=truth.mppt_mode,
+            error=truth.error,
+            yield_today_kwh=truth.yield_today_kwh,
+            yield_yesterday_kwh=truth.yield_yesterday_kwh,
+            yield_total_kwh=truth.yield_total_kwh,
+            max_power_today_w=truth.max_power_today_w,
+            max_power_yesterday_w=truth.max_power_yesterday_w,
+        )
 
     # -- the model's heartbeat ------------------------------------------------
 
@@ -128,6 +156,13 @@ class SimulatedBench:
                 self.clock.set_wall_error(timedelta(seconds=event.by_s or 0.0), synced=False)
             case Action.CLOCK_SYNC:
                 self.clock.set_wall_error(timedelta(0), synced=True)
+            case Action.CHARGER_GARBAGE if self.charger is not None:
+                self.charger.inject_garbage(event.byte_count or 0)
+            case Action.CHARGER_CORRUPT if self.charger is not None:
+                self.charger.corrupt_checksums(event.blocks or 0)
+            case Action.CHARGER_UNPLUG if self.charger is not None:
+                # for_s is simulated time; the controller's cable lives in real time.
+                self.charger.unplug(self.clock.to_real_s(event.for_s or 0.0))
             case _:
                 log.info("scenario: %s has no simulated part to act on", event.action.value)
 
@@ -145,6 +180,8 @@ class SimulatedBench:
             pin.drive_low()
 
     def close(self) -> None:
+        if self.charger is not None:
+            self.charger.close()
         for switch in self.outputs.values():
             switch.close()
         if self.tamper is not None:
