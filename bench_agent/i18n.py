@@ -230,6 +230,16 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return translations(current_language()).ngettext(singular, plural, n)
 
 
+def translate_marked(message: str) -> str:
+    """`message`, a text marked with N_() elsewhere (e.g. a daemon's hint), translated if known.
+
+    ``_()`` itself takes only literals, so the catalogue test can find every one.
+    """
+    if not message:
+        return message
+    return translations(current_language()).gettext(message)
+
+
 def N_(message: str) -> str:
     """Mark `message` for the catalogue without translating it now."""
     return message

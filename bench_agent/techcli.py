@@ -42,7 +42,7 @@ from bench_agent.control import (
     DaemonNotRunning,
     PermissionDenied,
 )
-from bench_agent.i18n import _, decimal_point, ngettext
+from bench_agent.i18n import _, decimal_point, ngettext, translate_marked
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -58,7 +58,9 @@ SELFTEST_TIMEOUT_S: Final = 30.0  # the checks touch the hardware and the broker
 DEFAULT_EVENTS_LIMIT: Final = 50
 MAX_DURATION_S: Final = 30 * 86400  # a longer override is a typo (3000h), not a plan
 
-_DURATION: Final = re.compile(r"(?:(\d{1,4})d)?(?:(\d{1,5})h)?(?:(\d{1,6})m)?(?:(\d{1,7})s)?")
+_DURATION: Final = re.compile(
+    r"(?:([0-9]{1,4})d)?(?:([0-9]{1,5})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,7})s)?"
+)
 _PORT: Final = re.compile(r"(?:usb)?([1-9][0-9]?)")
 _EVENT_ENVELOPE: Final = frozenset(
     {"v", "bench", "seq", "ts", "type", "time_quality", "boot_id", "uptime_s", "historical"}
@@ -119,9 +121,14 @@ def _parse_watch(text: str) -> float:
     return seconds
 
 
+def _command(subparsers: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
+    return parser
+
+
 def add_subcommands(subparsers: Any) -> None:
     """Add the technician's commands to `subparsers` (from ``add_subparsers``)."""
-    status = subparsers.add_parser("status", help=_("everything about this bench at a glance"))
+    status = _command(subparsers, "status", _("everything about this bench at a glance"))
     status.add_argument("--json", action="store_true", help=_("print the status object as JSON"))
     status.add_argument(
         "--watch",
@@ -132,27 +139,27 @@ def add_subcommands(subparsers: Any) -> None:
     )
     status.set_defaults(techcli_command="status")
 
-    usb = subparsers.add_parser("usb", help=_("switch a USB charging port"))
+    usb = _command(subparsers, "usb", _("switch a USB charging port"))
     usb.add_argument("port", metavar="PORT", help=_("port number (1, 2, …) or name (usb1)"))
     usb.add_argument("state", choices=("on", "off", "auto"))
     usb.add_argument("--for", dest="duration", metavar="DURATION", help=_("e.g. 30m, 2h, 1h30m"))
     usb.set_defaults(techcli_command="usb")
 
-    wifi = subparsers.add_parser("wifi", help=_("switch the Wi-Fi hotspot"))
+    wifi = _command(subparsers, "wifi", _("switch the Wi-Fi hotspot"))
     wifi.add_argument("state", choices=("on", "off", "auto"))
     wifi.add_argument("--for", dest="duration", metavar="DURATION", help=_("e.g. 30m, 2h, 1h30m"))
     wifi.set_defaults(techcli_command="wifi")
 
-    fault = subparsers.add_parser("fault", help=_("latched faults"))
+    fault = _command(subparsers, "fault", _("latched faults"))
     fault_actions = fault.add_subparsers(dest="fault_action", required=True, metavar="ACTION")
-    reset = fault_actions.add_parser("reset", help=_("clear a latched fault (all without NAME)"))
+    reset = _command(fault_actions, "reset", _("clear a latched fault (all without NAME)"))
     reset.add_argument("name", nargs="?", metavar="NAME", help=_("e.g. usb1"))
     fault.set_defaults(techcli_command="fault")
 
-    selftest = subparsers.add_parser("selftest", help=_("check every part and say what to fix"))
+    selftest = _command(subparsers, "selftest", _("check every part and say what to fix"))
     selftest.set_defaults(techcli_command="selftest")
 
-    events = subparsers.add_parser("events", help=_("recent history, from the bench's own store"))
+    events = _command(subparsers, "events", _("recent history, from the bench's own store"))
     events.add_argument(
         "--since", metavar="DURATION", help=_("how far back, e.g. 2h (default all)")
     )
@@ -651,18 +658,18 @@ def _cmd_selftest(args: argparse.Namespace, client: ControlClient, out: TextIO) 
         ok = check.get("ok") is True
         failures += not ok
         # The daemon marks its texts with N_(); the catalogue may know them.
-        detail = _(str(check.get("detail") or ""))
+        detail = translate_marked(str(check.get("detail") or ""))
         line = f"{passed if ok else failed:<{mark_width}}  {check.get('name', '?')}"
         if detail:
             line += f": {detail}"
         hint = str(check.get("hint") or "")
         if not ok and hint:
-            line += " → " + _(hint)
+            line += " → " + translate_marked(hint)
         print(line, file=out)
     if failures:
         print(
             ngettext(
-                "{n} of {total} check failed.", "{n} of {total} checks failed.", failures
+                "{n} of {total} check failed.", "{n} of {total} checks failed.", len(checks)
             ).format(n=failures, total=len(checks)),
             file=out,
         )
@@ -726,7 +733,7 @@ def format_event(event: Mapping[str, Any]) -> list[str]:
         f"{key}={_field(value)}" for key, value in event.items() if key not in _EVENT_ENVELOPE
     )
     head = f"{when}  #{event.get('seq', '?')}  {event_text(str(event.get('type', '?')))}"
-    return _wrap("", f"{head}  {fields}" if fields else head)
+    return _wrap("", f"{head}  {fields}" if fields else head, hang=4)
 
 
 def _field(value: Any) -> str:

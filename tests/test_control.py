@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -515,8 +516,8 @@ def test_client_rejects_an_answer_to_another_request(tmp_path: Path) -> None:
     assert caught.value.code == "bad_response"
 
 
-@pytest.fixture
-def world_readable_dir() -> Iterator[Path]:
+@contextlib.contextmanager
+def world_readable_tempdir() -> Iterator[Path]:
     # tmp_path's parents are 0700; `nobody` must reach the socket to be refused by IT.
     directory = Path(tempfile.mkdtemp(prefix="ctl-", dir="/tmp"))
     directory.chmod(0o755)
@@ -524,6 +525,12 @@ def world_readable_dir() -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    with world_readable_tempdir() as directory:
+        yield directory
 
 
 def python_for_nobody() -> str | None:
