@@ -142,6 +142,13 @@ class SimConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    trusted_keys: Path  # a directory of <key_id>.pub files (ops' Ed25519 public keys)
+    allow_unsigned: bool  # LAB ONLY: accept unsigned commands (logged loudly)
+    max_age_s: float  # once the clock is synced, older commands are refused
+
+
+@dataclass(frozen=True, slots=True)
 class BatteryConfig:
     capacity_ah: float
     chemistry: Literal["lifepo4", "agm"]
@@ -164,6 +171,7 @@ class Config:
     sim: SimConfig | None
     battery: BatteryConfig
     policy: PolicyConfig
+    commands: CommandsConfig
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -350,6 +358,7 @@ def _parse(top: _Table, base: Path, source: Path) -> Config:
     if hardware.backend == "sim" and sim is None:
         raise top.error("sim", 'missing table (required when hardware.backend = "sim")')
     battery = _parse_battery(top.table("battery") or _Table(top.file, "battery", {}))
+    commands = _parse_commands(top.table("commands") or _Table(top.file, "commands", {}), base)
     policy = _parse_policy(
         top.table("policy") or _Table(top.file, "policy", {}),
         ports=[o.name for o in outputs if o.name != "wifi"],
@@ -371,6 +380,7 @@ def _parse(top: _Table, base: Path, source: Path) -> Config:
         sim=sim,
         battery=battery,
         policy=policy,
+        commands=commands,
     )
 
 
@@ -570,6 +580,17 @@ def _parse_sim(t: _Table, base: Path, bench: BenchConfig) -> SimConfig:
             initial_soc_pct=t.get_float("initial_soc_pct", 70.0, lo=0, hi=100),
             clock_synced_at_start=t.get_bool("clock_synced_at_start", True),
             charger=t.get_bool("charger", True),
+        )
+
+
+def _parse_commands(t: _Table, base: Path) -> CommandsConfig:
+    with _checked(t):
+        keys = t.get_path("trusted_keys", "/etc/bench-agent/ops-keys", base)
+        assert keys is not None
+        return CommandsConfig(
+            trusted_keys=keys,
+            allow_unsigned=t.get_bool("allow_unsigned", False),
+            max_age_s=t.get_float("max_age_s", 300.0, lo=10, hi=86400),
         )
 
 

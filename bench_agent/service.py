@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from bench_agent import __version__, payloads
+from bench_agent.commands import CommandProcessor, load_trusted_keys
 from bench_agent.config import Config
 from bench_agent.controller import Controller
 from bench_agent.errors import StorageError
@@ -113,6 +114,16 @@ class Agent:
     # -- wiring -----------------------------------------------------------------
 
     def run(self, ready: Callable[[], None] | None = None) -> int:
+        trusted_keys = (
+            load_trusted_keys(self.cfg.commands.trusted_keys)
+            if self.cfg.commands.trusted_keys.is_dir()
+            else {}
+        )
+        if not trusted_keys:
+            log.warning(
+                "no trusted ops keys in %s: signed commands will be refused",
+                self.cfg.commands.trusted_keys,
+            )
         with ExitStack() as stack:
             self._install_signal_handlers(stack)
             self.notifier = stack.enter_context(Notifier())
@@ -165,6 +176,17 @@ class Agent:
             self._published_state_version = -1
             if self.outbox.fault:
                 self._raise_fault("storage", self.outbox.fault)
+            self.commands = CommandProcessor(
+                AgentCommands(self),
+                bench_id=self.cfg.bench.id,
+                trusted_keys=trusted_keys,
+                allow_unsigned=self.cfg.commands.allow_unsigned,
+                replay_store_path=self.cfg.storage.dir / "commands-seen.jsonl",
+                clock_synced=self.clock.synced,
+                wall_now=self.clock.wall,
+                on_event=lambda event: self.emit_event(event.pop("type"), event),
+                max_age_s=self.cfg.commands.max_age_s,
+            )
             self.tamper_open = self.hardware.tamper_open()
             self.charger_reading: ChargerSample | None = None
             self.charger: VEDirectReader | None = None
@@ -255,8 +277,11 @@ class Agent:
                 self.publisher.on_connected(generation)
             case Disconnected():
                 self.publisher.on_disconnected()
-            case MessageIn():
-                pass  # remote commands: not accepted yet (no handler); ignored, never acted on
+            case MessageIn(topic, payload, retained):
+                if topic == self.cfg.topic("cmd"):
+                    reply = self.commands.handle_mqtt(payload, retained=retained)
+                    if reply is not None:
+                        self.link.publish(self.cfg.topic("cmd/reply"), reply)
             case TamperChanged(is_open):
                 if is_open != self.tamper_open:
                     self.tamper_open = is_open
@@ -426,3 +451,43 @@ class Agent:
                     return
         finally:
             timer.cancel()
+
+
+class AgentCommands:
+    """What remote and local commands may do to the agent (commands.AgentControl)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def state(self) -> dict[str, Any]:
+        agent = self._agent
+        return {
+            **agent.controller.state_payload(agent.clock.monotonic()),
+            "tamper_open": agent.tamper_open,
+            "faults": [{"name": k, "detail": v} for k, v in sorted(agent.faults.items())],
+        }
+
+    def set_override(
+        self, output: str, state: bool | None, duration_s: float | None, source: str
+    ) -> str | None:
+        agent = self._agent
+        refusal = agent.controller.set_override(
+            output, state, duration_s, source, agent.clock.monotonic()
+        )
+        if refusal is None:
+            agent._publish_state(force=True)
+        return refusal
+
+    def reset_fault(self, name: str | None) -> list[str]:
+        port = None if name is None else name.removeprefix("overcurrent.")
+        reset = self._agent.controller.reset_fault(port)
+        self._agent._publish_state(force=True)
+        return [f"overcurrent.{p}" for p in reset]
+
+    def rebirth(self) -> None:
+        agent = self._agent
+        agent.link.publish(agent.cfg.topic("status"), agent._status(online=True), retain=True)
+        agent._publish_state(force=True)
+
+    def outputs(self) -> list[str]:
+        return list(self._agent.hardware.outputs)
