@@ -1,4 +1,4 @@
-"""Footprint of the agent on the simulated bench: memory, CPU, wake-ups, start-up, bytes on the wire.
+"""Footprint of the agent on the simulated bench: memory, CPU, wake-ups, start-up, wire bytes.
 
 Two runs against a private mosquitto on a free loopback port:
 
@@ -83,9 +83,17 @@ def real_time_run(workdir: Path, duration_s: float) -> dict[str, float]:
         wait_until(lambda: any(m.json()["online"] for m in recorder.on("status")), 20, "online")
         online_s = next(m.received_mono for m in recorder.on("status") if m.json()["online"]) - t0
         time.sleep(3)  # settle: imports and the first samples are start-up, not steady state
-        cpu0, ctx0, w0 = cpu_seconds(agent.proc.pid), context_switches(agent.proc.pid), time.monotonic()
+        cpu0, ctx0, w0 = (
+            cpu_seconds(agent.proc.pid),
+            context_switches(agent.proc.pid),
+            time.monotonic(),
+        )
         time.sleep(duration_s)
-        cpu1, ctx1, w1 = cpu_seconds(agent.proc.pid), context_switches(agent.proc.pid), time.monotonic()
+        cpu1, ctx1, w1 = (
+            cpu_seconds(agent.proc.pid),
+            context_switches(agent.proc.pid),
+            time.monotonic(),
+        )
         status = proc_status(agent.proc.pid)
         agent.stop()
         return {
@@ -107,13 +115,18 @@ def wire_run(workdir: Path, records: int) -> dict[str, float]:
         cfg = sim_config(
             workdir,
             broker.port,
-            {"sim": {"speed": 60.0}, "sampling": {"sample_interval_s": 1, "publish_interval_s": 60}},
+            {
+                "sim": {"speed": 60.0},
+                "sampling": {"sample_interval_s": 1, "publish_interval_s": 60},
+            },
         )
         agent = AgentProcess(cfg, workdir)
         wait_until(lambda: len(recorder.telemetry_records()) >= 2, 30, "first records")
         sent0, recv0 = tcp_bytes(broker.port)
         n0 = len(recorder.telemetry_records())
-        wait_until(lambda: len(recorder.telemetry_records()) >= n0 + records, 60 + records, "records")
+        wait_until(
+            lambda: len(recorder.telemetry_records()) >= n0 + records, 60 + records, "records"
+        )
         sent1, recv1 = tcp_bytes(broker.port)
         n1 = len(recorder.telemetry_records())
         payloads = [len(m.payload) for m in recorder.on("telemetry")]
@@ -136,7 +149,9 @@ def main() -> int:
     duration = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         result = {
-            "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+            "machine": (
+                f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+            ),
             **real_time_run(Path(a), duration),
             **wire_run(Path(b), 20),
         }
