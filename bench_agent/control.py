@@ -169,7 +169,8 @@ class ControlServer:
         self._selector = selectors.DefaultSelector()
         self._connections: dict[int, _Connection] = {}
         self._listener: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r: socket.socket | None = None  # wakes the selector on close()
+        self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -207,6 +208,7 @@ class ControlServer:
                 raise
             self._listener = listener
             self._selector.register(listener, selectors.EVENT_READ, "listener")
+            self._wake_r, self._wake_w = socket.socketpair()
             self._wake_r.setblocking(False)
             self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
             self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
@@ -224,8 +226,9 @@ class ControlServer:
                 return
             self._closed = True
         self._stop.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(join_timeout_s)
             if self._thread.is_alive():
@@ -262,8 +265,9 @@ class ControlServer:
                 self._selector.unregister(self._listener)
             self._listener.close()
         self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        for wake in (self._wake_r, self._wake_w):
+            if wake is not None:
+                wake.close()
 
     def _unlink_own_socket(self) -> None:
         # Only our own file: a second daemon that replaced it keeps its socket.
@@ -289,7 +293,7 @@ class ControlServer:
                         self._accept()
                     elif key.data == "wake":
                         with contextlib.suppress(OSError):
-                            self._wake_r.recv(64)
+                            key.fileobj.recv(64)  # type: ignore[union-attr]
                     else:
                         self._on_ready(key.data, mask)
                 self._expire_idle()

@@ -591,3 +591,17 @@ def test_permission_denied_for_another_user(world_readable_dir: Path) -> None:
         assert os.stat(path).st_uid == 0
         done = as_nobody(["-c", probe])
     assert done.returncode == 77, done.stderr
+
+
+def test_start_and_close_leak_no_file_descriptors(tmp_path: Path) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    ControlServer(tmp_path / "warm.sock", handler).start().close()
+    before = open_fds()
+    for i in range(20):
+        with ControlServer(tmp_path / f"{i}.sock", handler) as srv, raw(srv.path) as s:
+            s.sendall(request("echo", i))
+            read_line(s)
+        ControlServer(tmp_path / "never.sock", handler).close()  # built, never started
+    assert open_fds() == before
