@@ -9,9 +9,9 @@ variables, in gettext's order: the first non-empty of ``LANGUAGE``, ``LC_ALL``,
 Why only the ``.po`` is shipped: the catalogue is compiled to ``.mo`` bytes in
 memory the first time a language is used (about 1 ms for the ~120 entries of
 today, measured in tests/test_i18n.py) and handed to
-:class:`gettext.GNUTranslations`. A committed ``.mo`` could silently disagree with the ``.po`` a translator just edited, and a build
-step would need GNU gettext on every developer machine; neither is worth it for
-one small catalogue.
+:class:`gettext.GNUTranslations`. A committed ``.mo`` could silently disagree
+with the ``.po`` a translator just edited, and a build step would need GNU
+gettext on every developer machine; neither is worth it for one small catalogue.
 
 The language is read from the environment at each call (a few dict look-ups), so
 a test or a long-running process sees a change at once; :func:`set_language`
