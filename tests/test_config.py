@@ -1,0 +1,154 @@
+"""Configuration: the shipped configs load; every broken one is ONE line naming the key, exit 78."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench_agent.cli import main
+from bench_agent.config import load_config
+from bench_agent.errors import EXIT_CONFIG, ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO / "config" / "bench-agent.toml"
+SIM = REPO / "config" / "sim-bench.toml"
+
+
+def test_reference_config_describes_the_reference_bench() -> None:
+    cfg = load_config(REFERENCE)
+    assert cfg.hardware.backend == "pi"
+    assert {s.name: s.address for s in cfg.sensors} == {
+        "solar": 0x40,
+        "battery": 0x41,
+        "usb1": 0x44,
+        "usb2": 0x45,
+    }
+    assert [o.name for o in cfg.outputs] == ["usb1", "usb2", "wifi"]
+    assert cfg.mqtt.tls and cfg.mqtt.port == 8883 and cfg.mqtt.topic_prefix == "smartbench"
+    assert cfg.topic("telemetry") == "smartbench/tgk-alun-alun-01/telemetry"
+
+
+def test_sim_config_loads() -> None:
+    cfg = load_config(SIM)
+    assert cfg.hardware.backend == "sim" and cfg.sim is not None and cfg.sim.speed > 1
+    assert cfg.charger is not None
+
+
+MINIMAL = """
+[bench]
+id = "b1"
+[hardware]
+backend = "pi"
+[sampling]
+[mqtt]
+host = "broker"
+[storage]
+dir = "/tmp/x"
+[control]
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        ('[bench]\nid = "B_1"', "bench.id", "must match"),
+        ('[bench]\nid = "b1"\ncolour = "red"', "bench.colour", "unknown key"),
+        ('[bench]\nid = "b1"\ntimezone = "Mars/Olympus"', "bench.timezone", "unknown time zone"),
+        ('[hardware]\nbackend = "arduino"', "hardware.backend", "must be one of"),
+        ("[sampling]\nsample_interval_s = 0", "sampling.sample_interval_s", "at least"),
+        ('[sampling]\nsample_interval_s = "1"', "sampling.sample_interval_s", "a number"),
+        ("[sampling]\npublish_interval_s = true", "sampling.publish_interval_s", "boolean"),
+        (
+            "[sampling]\nsample_interval_s = 10\npublish_interval_s = 5",
+            "publish_interval_s",
+            "shorter",
+        ),
+        ('[mqtt]\nhost = "b"\nport = 70000', "mqtt.port", "at most"),
+        ('[mqtt]\nhost = "b"\ncert_file = "c.pem"', "mqtt.key_file", "go together"),
+        (
+            '[mqtt]\nhost = "b"\nusername = "u"\npassword_file = "/nonexistent"',
+            "mqtt.password_file",
+            "cannot read",
+        ),
+        ('[mqtt]\nhost = "b"\nprotocol = "4"', "mqtt.protocol", "must be one of"),
+        ("[mqtt]\nport = 1883", "mqtt.host", "missing"),
+        (
+            "[ina219.solar]\naddress = 0x70\nshunt_ohms = 0.1\nmax_amps = 2",
+            "ina219.solar.address",
+            "at most",
+        ),
+        ("[ina219.solar]\naddress = 0x40\nshunt_ohms = 0.1", "ina219.solar.max_amps", "missing"),
+        ("[outputs.lamp]\npin = 4", "outputs.lamp", "usb<N>"),
+        (
+            '[outputs.usb1]\nbackend = "nmcli"\nnmcli_connection = "x"',
+            "outputs.usb1.backend",
+            "only",
+        ),
+        ("[outputs.usb1]\npin = 4\n[outputs.usb2]\npin = 4", "outputs", "share one pin"),
+        ('[hardware]\nbackend = "sim"', "sim", "missing table"),
+        ("[policy.battery]\nwifi_off_below_pct = 50\nwifi_on_above_pct = 40", "policy", "wifi"),
+        (
+            '[outputs.wifi]\npin = 4\n[policy.schedule]\nwifi = ["25:00-22:00"]',
+            "policy.schedule.wifi",
+            "bad time window",
+        ),
+        ("[commands]\nmax_age_s = 1", "commands.max_age_s", "at least"),
+    ],
+)
+def test_broken_config_is_one_line_naming_the_key(
+    tmp_path: Path, change: str, key: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(_merge_tables(MINIMAL, change))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(str(path)) and key in message and problem in message
+    assert main(["-c", str(path), "config", "check"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and key in err
+
+
+def _merge_tables(base: str, change: str) -> str:
+    """Replace the tables named in `change` within `base` (a tiny TOML patcher)."""
+    blocks: dict[str, str] = {}
+    for text in (base, change):
+        current = None
+        for line in text.strip().splitlines():
+            if line.startswith("["):
+                current = line
+                blocks[current] = "" if text is change else blocks.get(current, "")
+            elif current is not None:
+                blocks[current] += line + "\n"
+    return "\n".join(f"{name}\n{body}" for name, body in blocks.items())
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "no such file"), (b"[bench\nid=1", "invalid TOML"), (b"\xff\xfe", "not UTF-8")],
+)
+def test_unreadable_files(tmp_path: Path, content: bytes | None, problem: str) -> None:
+    path = tmp_path / "c.toml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=problem):
+        load_config(path)
+
+
+def test_run_with_a_bad_config_exits_78_before_touching_hardware(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(MINIMAL.replace('id = "b1"', 'id = "-bad"'))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench_agent", "-c", str(path), "run"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert result.stderr.strip().count("\n") == 0 and "bench.id" in result.stderr
+    assert not (tmp_path / "x").exists()
