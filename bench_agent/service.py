@@ -438,19 +438,15 @@ class Agent:
         self.link.close()
 
     def _wait_for_ack(self, mid: int, timeout_s: float) -> None:
-        deadline = threading.Event()
-        timer = threading.Timer(timeout_s, deadline.set)
-        timer.start()
-        try:
-            while not deadline.is_set():
-                try:
-                    item = self.inbox.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-                if isinstance(item, Acked) and item.mid == mid:
-                    return
-        finally:
-            timer.cancel()
+        """Wait (bounded) for the broker's PUBACK of `mid`; other events are dropped: we stop."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self.inbox.get(timeout=left)
+            except queue.Empty:
+                return
+            if isinstance(item, Acked) and item.mid == mid:
+                return
 
 
 class AgentCommands:
