@@ -110,6 +110,8 @@ class StorageConfig:
     dir: Path
     outbox_max_bytes: int
     max_payload_bytes: int  # largest telemetry message when draining the backlog
+    # Records older than this (boot-relative seconds) are dropped, counted; None: only the cap.
+    outbox_max_age_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,6 +535,7 @@ def _parse_storage(t: _Table, base: Path) -> StorageConfig:
             max_payload_bytes=t.get_int(
                 "max_payload_bytes", 64 * 1024, lo=2048, hi=256 * 1024 * 1024
             ),
+            outbox_max_age_s=t.get_float("outbox_max_age_s", None, lo=60),
         )
 
 

@@ -43,28 +43,38 @@ def iso_utc(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record(item: Recorded, *, historical: bool) -> dict[str, Any]:
-    """One telemetry record or event as it goes on the wire: envelope fields, then body."""
-    out: dict[str, Any] = {
-        "seq": item.seq,
-        "ts": item.ts,
-        "time_quality": item.time_quality,
-        "boot_id": item.boot_id,
-        "uptime_s": round(item.mono_s, 1),
-    }
+def record(item: Recorded, *, historical: bool, stored: bool = True) -> dict[str, Any]:
+    """One telemetry record or event as it goes on the wire: envelope fields, then body.
+
+    A record the outbox could not store (storage fault) has no seq -- a seq is
+    only ever issued by a commit, so that a gap means lost data -- and is
+    flagged `"stored": false` instead.
+    """
+    out: dict[str, Any] = {"seq": item.seq} if stored else {}
+    out.update(
+        ts=item.ts,
+        time_quality=item.time_quality,
+        boot_id=item.boot_id,
+        uptime_s=round(item.mono_s, 1),
+    )
     if historical:
         out["historical"] = True
+    if not stored:
+        out["stored"] = False
     out.update(item.body)
     return out
 
 
-def telemetry_message(bench_id: str, items: Iterable[Recorded], *, historical: bool) -> bytes:
-    records = [record(item, historical=historical) for item in items]
+def telemetry_message(
+    bench_id: str, items: Iterable[Recorded], *, historical: bool, stored: bool = True
+) -> bytes:
+    records = [record(item, historical=historical, stored=stored) for item in items]
     return encode({"v": CONTRACT_VERSION, "bench": bench_id, "records": records})
 
 
-def event_message(bench_id: str, item: Recorded, *, historical: bool) -> bytes:
-    return encode({"v": CONTRACT_VERSION, "bench": bench_id, **record(item, historical=historical)})
+def event_message(bench_id: str, item: Recorded, *, historical: bool, stored: bool = True) -> bytes:
+    body = record(item, historical=historical, stored=stored)
+    return encode({"v": CONTRACT_VERSION, "bench": bench_id, **body})
 
 
 def status_message(

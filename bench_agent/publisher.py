@@ -46,6 +46,7 @@ class Publisher:
         max_payload_bytes: int,
         max_inflight: int = 4,
         batch_records: int = 500,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._link = link
@@ -54,6 +55,7 @@ class Publisher:
         self._max_payload_bytes = max_payload_bytes
         self._max_inflight = max_inflight
         self._batch_records = batch_records
+        self._now = now  # the agent's monotonic seconds, for `last_ack_mono`
         self._generation: int | None = None  # the connection our in-flight ids belong to
         self._inflight: dict[int, tuple[int, ...]] = {}  # message id -> seqs it carries
         self._inflight_seqs: set[int] = set()
@@ -87,7 +89,7 @@ class Publisher:
             # Not deleted means sent again later: a duplicate, never a loss.
             log.warning("outbox: could not delete acknowledged records: %s", exc)
         self.records_acked += len(seqs)
-        self.last_ack_mono = time.monotonic()
+        self.last_ack_mono = self._now()
 
     @property
     def inflight_messages(self) -> int:
@@ -106,6 +108,23 @@ class Publisher:
             payload = payloads.telemetry_message(self._bench_id, [item], historical=False)
             topic = "telemetry"
         return self._send(topic, payload, (item.seq,))
+
+    def send_unstored(self, item: Any) -> bool:
+        """Publish, once and untracked, a record the outbox refused (storage fault):
+        without a seq and flagged `stored: false`. False when offline: then it is lost,
+        which the storage fault already tells ops."""
+        if self._generation is None:
+            return False
+        if item.kind == "event":
+            payload = payloads.event_message(self._bench_id, item, historical=False, stored=False)
+        else:
+            payload = payloads.telemetry_message(
+                self._bench_id, [item], historical=False, stored=False
+            )
+        if self._link.publish(self._topic(item.kind), payload, qos=1) is None:
+            return False
+        self.messages_sent += 1
+        return True
 
     def pump(self) -> None:
         """Send backlog into the free in-flight slots."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,7 +33,7 @@ from bench_agent.errors import StorageError
 from bench_agent.hardware.backend import Hardware, build_hardware
 from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
 from bench_agent.mqtt import Acked, Connected, Disconnected, LinkEvent, MessageIn, MqttLink, Will
-from bench_agent.outbox import Kind, Outbox, OutboxItem
+from bench_agent.outbox import Kind, Outbox, OutboxItem, OutboxStats
 from bench_agent.publisher import Publisher
 from bench_agent.sampler import Sampler
 from bench_agent.soc import CHEMISTRIES, SocEstimator
@@ -136,6 +137,8 @@ class Agent:
                 )
             )
             self.clock = self.hardware.clock
+            self.boot_id = self.hardware.boot_id or self.boot_id
+            self._clock_synced = self.clock.synced()
             self.sampler = Sampler(
                 self.hardware.channels,
                 self.cfg.sampling.sample_interval_s,
@@ -146,6 +149,7 @@ class Agent:
                 Outbox(
                     self.cfg.storage.dir / "outbox.sqlite3",
                     max_bytes=self.cfg.storage.outbox_max_bytes,
+                    max_age_s=self.cfg.storage.outbox_max_age_s,
                 )
             )
             self.link = MqttLink(
@@ -162,6 +166,7 @@ class Agent:
                 bench_id=self.cfg.bench.id,
                 topic=self.cfg.topic,
                 max_payload_bytes=self.cfg.storage.max_payload_bytes,
+                now=self.clock.monotonic,
             )
             self.controller = Controller(
                 self.cfg.policy,
@@ -305,6 +310,7 @@ class Agent:
         self.hardware.tick()
         readings = self.sampler.sample(mono_s)
         self._last_sample_real = time.monotonic()
+        self._follow_clock_sync()
         self.controller.step(
             self.clock.wall().astimezone(self.cfg.tz),
             mono_s,
@@ -329,7 +335,34 @@ class Agent:
         if self.link.publish(self.cfg.topic("state"), payloads.encode(payload), retain=True):
             self._published_state_version = version
 
+    def _follow_clock_sync(self) -> None:
+        """When the wall clock becomes synced, records of this boot still waiting in
+        the outbox with an unsynced time get it corrected from their monotonic time."""
+        synced = self.clock.synced()
+        if synced and not self._clock_synced:
+            wall_minus_mono_s = self.clock.wall().timestamp() - self.clock.monotonic()
+            try:
+                corrected = self.outbox.correct_timestamps(self.boot_id, wall_minus_mono_s)
+            except StorageError as exc:
+                self.storage_errors += 1
+                self._raise_fault("storage", self.outbox.fault or str(exc))
+                return  # tried again at the next sample
+            log.info("clock synced: %d stored records got corrected timestamps", corrected)
+            self._clock_synced = True
+            self.emit_event("clock_synced", {"corrected_records": corrected})
+        elif not synced and self._clock_synced:
+            log.warning("clock no longer synced: records are flagged unsynced")
+            self._clock_synced = False
+
+    def _purge_expired(self, mono_s: float) -> None:
+        try:
+            self.outbox.purge_expired(self.boot_id, mono_s)
+        except StorageError as exc:
+            self.storage_errors += 1
+            self._raise_fault("storage", self.outbox.fault or str(exc))
+
     def _record_telemetry(self, mono_s: float, interval_s: float) -> None:
+        self._purge_expired(mono_s)
         body: dict[str, Any] = {
             "interval_s": interval_s,
             "channels": self.sampler.close_interval(),
@@ -368,19 +401,37 @@ class Agent:
 
     def _health(self, mono_s: float) -> dict[str, Any]:
         stats = self.outbox.stats()
+        last_ack = self.publisher.last_ack_mono
         return {
             "reconnects": self.link.reconnects,
             "sensor_errors": self.sampler.errors_total(),
             "storage_errors": self.storage_errors,
             "outbox_depth": stats.depth,
             "outbox_drops": stats.drops_total,
+            "outbox_oldest_age_s": self._oldest_age_s(stats, mono_s),
+            "last_publish_age_s": None if last_ack is None else round(mono_s - last_ack, 1),
         }
+
+    def _oldest_age_s(self, stats: OutboxStats, mono_s: float) -> float | None:
+        """Age of the oldest waiting record: boot-relative when it is of this boot,
+        else from its wall time when both it and the clock can be trusted."""
+        if stats.oldest_mono_s is None:
+            return None
+        if stats.oldest_boot_id == self.boot_id:
+            return round(max(0.0, mono_s - stats.oldest_mono_s), 1)
+        oldest = self.outbox.oldest(1, 1 << 30)
+        if not oldest or oldest[0].time_quality == "unsynced" or not self.clock.synced():
+            return None
+        recorded = datetime.fromisoformat(oldest[0].ts)
+        return round(max(0.0, (self.clock.wall() - recorded).total_seconds()), 1)
 
     def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
         """Record an event (committed at once) and publish it ahead of any backlog."""
         self._record("event", {"type": event_type, **data}, self.clock.monotonic())
 
     def _record(self, kind: Kind, body: dict[str, Any], mono_s: float) -> None:
+        """Store first, then publish live. When the disk refuses, the record still goes
+        out live, once, without a seq (`stored: false`) and the storage fault is raised."""
         synced = self.clock.synced()
         ts = payloads.iso_utc(self.clock.wall())
         quality = "synced" if synced else "unsynced"
@@ -390,12 +441,17 @@ class Agent:
             )
         except StorageError as exc:
             self.storage_errors += 1
+            self.publisher.send_unstored(
+                OutboxItem(0, kind, self.boot_id, mono_s, ts, quality, body, 0)
+            )
             self._raise_fault("storage", self.outbox.fault or str(exc))
             return
-        item = OutboxItem(seq, kind, self.boot_id, mono_s, ts, quality, body, 0)
-        self.publisher.send_live(item)
+        self.publisher.send_live(OutboxItem(seq, kind, self.boot_id, mono_s, ts, quality, body, 0))
         if kind == "telemetry":
             self._clear_fault("storage")
+        if dropped := self.outbox.take_new_drops():
+            # The drops are already counted (health.outbox_drops); this says when.
+            self.emit_event("outbox_dropped", {"records": dropped})
 
     # -- faults -------------------------------------------------------------
 

@@ -34,6 +34,10 @@ class Hardware(AbstractContextManager["Hardware"]):
     read_cpu_temperature: Callable[[], float | None]
     tick: Callable[[], None] = lambda: None
     simulation: Any = None  # the SimulatedBench, on the "sim" backend (tests and demo)
+    # The boot `clock.monotonic()` counts from, stamped on every record with its
+    # uptime. None: the kernel's boot_id. A simulated clock restarts with the
+    # process, so a simulated bench is a new "boot" each time the agent starts.
+    boot_id: str | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def tamper_open(self) -> bool | None:

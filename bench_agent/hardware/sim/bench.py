@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -202,4 +203,5 @@ def build_simulated_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> 
     )
     hardware._closers.append(bench.close)
     hardware.simulation = bench
+    hardware.boot_id = f"sim-{uuid.uuid4()}"
     return hardware
