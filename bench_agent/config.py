@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from bench_agent.counters import CountersConfig
 from bench_agent.errors import ConfigError
 from bench_agent.policy import (
     BatteryThresholds,
@@ -29,6 +30,7 @@ from bench_agent.policy import (
     Schedule,
     TemperatureLimits,
 )
+from bench_agent.uplink import UplinkConfig
 
 BENCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 TOPIC_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
@@ -174,6 +176,9 @@ class Config:
     battery: BatteryConfig
     policy: PolicyConfig
     commands: CommandsConfig
+    # Defaults so a Config built by hand (tests) needs neither table.
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    counters: CountersConfig = field(default_factory=CountersConfig)
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -366,6 +371,11 @@ def _parse(top: _Table, base: Path, source: Path) -> Config:
         ports=[o.name for o in outputs if o.name != "wifi"],
         outputs=[o.name for o in outputs],
     )
+    uplink_table = top.table("uplink")
+    uplink = _parse_uplink(uplink_table, outputs) if uplink_table else UplinkConfig()
+    counters = _parse_counters(
+        top.table("counters") or _Table(top.file, "counters", {}), sensors, outputs
+    )
     top.done()
     return Config(
         source=source,
@@ -383,6 +393,8 @@ def _parse(top: _Table, base: Path, source: Path) -> Config:
         battery=battery,
         policy=policy,
         commands=commands,
+        uplink=uplink,
+        counters=counters,
     )
 
 
@@ -603,6 +615,74 @@ def _parse_battery(t: _Table) -> BatteryConfig:
             capacity_ah=t.get_float("capacity_ah", 50.0, lo=1, hi=10_000),
             chemistry=t.get_choice("chemistry", ("lifepo4", "agm"), "lifepo4"),
             channel=t.get_str("channel", "battery"),
+        )
+
+
+DAY_S = 86400.0
+
+
+def _parse_uplink(t: _Table, outputs: tuple[OutputConfig, ...]) -> UplinkConfig:
+    with _checked(t):
+        # Writing the table means wanting it; `enabled = false` keeps the settings, off.
+        enabled = t.get_bool("enabled", True)
+        output = t.get_str("output", "wifi")
+        if enabled:
+            by_name = {o.name: o for o in outputs}
+            if output not in by_name:
+                known = ", ".join(by_name) or "none"
+                raise t.error("output", f"no output {output!r} in [outputs] (configured: {known})")
+            if by_name[output].backend == "nmcli":
+                # Taking a hotspot profile down does not power-cycle a hung router.
+                raise t.error("output", f"{output!r} uses nmcli; a power cycle needs a gpio output")
+        initial = t.get_float("backoff_initial_s", 3600.0, lo=60, hi=7 * DAY_S)
+        return _build(
+            t,
+            "backoff_max_s",
+            partial(
+                UplinkConfig,
+                enabled=enabled,
+                output=output,
+                offline_after_s=t.get_float("offline_after_s", 1800.0, lo=60, hi=7 * DAY_S),
+                power_off_s=t.get_float("power_off_s", 30.0, lo=1, hi=3600),
+                backoff_initial_s=initial,
+                backoff_max_s=t.get_float("backoff_max_s", 21600.0, lo=initial, hi=7 * DAY_S),
+                max_attempts_per_day=t.get_int("max_attempts_per_day", 4, lo=1, hi=96),
+                backoff_reset_after_s=t.get_float(
+                    "backoff_reset_after_s", 3600.0, lo=1, hi=7 * DAY_S
+                ),
+            ),
+        )
+
+
+def _parse_counters(
+    t: _Table, sensors: tuple[Ina219Config, ...], outputs: tuple[OutputConfig, ...]
+) -> CountersConfig:
+    channels = {s.name for s in sensors}
+    with _checked(t):
+        panel = t.get_str("panel_channel", None)
+        if panel is None:
+            # The reference wiring names the panel's channel "solar"; a bench without
+            # one (panel power from the charge controller only) has no solar_wh.
+            panel = "solar" if "solar" in channels else None
+        elif panel not in channels:
+            known = ", ".join(sorted(channels)) or "none"
+            raise t.error(
+                "panel_channel", f"no channel {panel!r} in [ina219] (configured: {known})"
+            )
+        output_names = [o.name for o in outputs]
+        return _build(
+            t,
+            "session_min_amps",
+            partial(
+                CountersConfig,
+                panel_channel=panel,
+                # A port and the access point are measured by the channel of their name.
+                ports=tuple(n for n in output_names if n != "wifi" and n in channels),
+                ap_channel="wifi" if "wifi" in channels else None,
+                hotspot_output="wifi" if "wifi" in output_names else None,
+                session_min_amps=t.get_float("session_min_amps", 0.1, lo=0.001, hi=10),
+                session_min_s=t.get_float("session_min_s", 120.0, lo=0, hi=DAY_S),
+            ),
         )
 
 

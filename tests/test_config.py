@@ -96,6 +96,52 @@ dir = "/tmp/x"
             "bad time window",
         ),
         ("[commands]\nmax_age_s = 1", "commands.max_age_s", "at least"),
+        ('[uplink]\noutput = "usb9"', "uplink.output", "no output 'usb9' in [outputs]"),
+        (
+            '[outputs.wifi]\nbackend = "nmcli"\nnmcli_connection = "Hotspot"\n[uplink]',
+            "uplink.output",
+            "needs a gpio output",
+        ),
+        ("[outputs.wifi]\npin = 22\n[uplink]\nenabled = 1", "uplink.enabled", "true or false"),
+        ("[outputs.wifi]\npin = 22\n[uplink]\nenabeld = true", "uplink.enabeld", "unknown key"),
+        (
+            "[outputs.wifi]\npin = 22\n[uplink]\noffline_after_s = 5",
+            "uplink.offline_after_s",
+            "at least",
+        ),
+        ("[outputs.wifi]\npin = 22\n[uplink]\npower_off_s = 0", "uplink.power_off_s", "at least"),
+        ("[outputs.wifi]\npin = 22\n[uplink]\npower_off_s = 7200", "uplink.power_off_s", "at most"),
+        (
+            "[outputs.wifi]\npin = 22\n[uplink]\nbackoff_initial_s = 7200\nbackoff_max_s = 3600",
+            "uplink.backoff_max_s",
+            "at least 7200",
+        ),
+        (
+            "[outputs.wifi]\npin = 22\n[uplink]\nbackoff_initial_s = 10",
+            "uplink.backoff_initial_s",
+            "at least",
+        ),
+        (
+            "[outputs.wifi]\npin = 22\n[uplink]\nmax_attempts_per_day = 0",
+            "uplink.max_attempts_per_day",
+            "at least",
+        ),
+        (
+            "[outputs.wifi]\npin = 22\n[uplink]\nmax_attempts_per_day = 2.5",
+            "uplink.max_attempts_per_day",
+            "an integer",
+        ),
+        (
+            "[outputs.wifi]\npin = 22\n[uplink]\nbackoff_reset_after_s = 0",
+            "uplink.backoff_reset_after_s",
+            "at least",
+        ),
+        ("[counters]\nsession_min_amps = 0", "counters.session_min_amps", "at least"),
+        ("[counters]\nsession_min_amps = 50", "counters.session_min_amps", "at most"),
+        ("[counters]\nsession_min_s = -1", "counters.session_min_s", "at least"),
+        ('[counters]\nsession_min_s = "2m"', "counters.session_min_s", "a number"),
+        ('[counters]\npanel_channel = "sun"', "counters.panel_channel", "no channel 'sun'"),
+        ("[counters]\nsessions_min_s = 60", "counters.sessions_min_s", "unknown key"),
     ],
 )
 def test_broken_config_is_one_line_naming_the_key(
