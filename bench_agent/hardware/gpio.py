@@ -8,12 +8,20 @@ so a pin the agent no longer drives means OFF.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
+import re
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from gpiozero import DigitalInputDevice, OutputDevice  # pure Python: imports off a Pi too
+
+from bench_agent.errors import BenchAgentError
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +72,117 @@ class GpioSwitch:
             self._device.close()
 
 
+class NmcliError(BenchAgentError, OSError):
+    """nmcli could not read or switch the hotspot. `fault` is a short, stable code.
+
+    An OSError, so the controller's `except OSError` around `Switch.set` reports
+    it as an `output_error` like any output that cannot be driven.
+    """
+
+    def __init__(self, fault: str, message: str) -> None:
+        super().__init__(message)
+        self.fault = fault
+
+
+# nmcli(1) "EXIT STATUS"; any other status is reported as nmcli_exit_<n>.
+_NMCLI_EXIT_FAULTS = {
+    3: "nmcli_wait_expired",  # --wait ran out; NetworkManager may still finish the job
+    4: "activation_failed",
+    5: "deactivation_failed",
+    8: "networkmanager_not_running",
+    10: "profile_missing",  # for `show` and `up`; a `down` exits 10 when already inactive
+}
+_NM_ACTIVE_STATES = frozenset({"activating", "activated", "deactivating", "deactivated"})
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")  # IFNAMSIZ is 16, with its NUL
+_STOP_WAIT_S = 1  # on close; NetworkManager completes a deactivation it accepted anyway
+
+
+def _run_bounded(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run `argv` (no shell), stdin from /dev/null, C locale; at most `timeout_s` seconds.
+
+    The child gets its own session so that on timeout its whole process group is
+    killed: a wrapper script whose child still holds the pipes would otherwise
+    keep `communicate()` waiting long after the timeout. Raises OSError when the
+    program cannot be started, `subprocess.TimeoutExpired` after the timeout.
+    """
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,  # nothing can ever prompt (nmcli --ask is never used)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        errors="replace",  # garbage bytes are unreadable output, not a crash
+        env={**os.environ, "LC_ALL": "C"},  # untranslated states and messages
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise  # leaving the with-block closes the pipes and reaps the child
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def _last_line(*texts: str) -> str:
+    for text in texts:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:200]
+    return "no output"
+
+
+def _parse_active_state(stdout: str) -> tuple[str, str | None]:
+    """`-t -f GENERAL.STATE,GENERAL.DEVICES connection show` -> (state, device or None).
+
+    An inactive profile has no active-connection section: nmcli prints nothing.
+    Raises ValueError for anything else nmcli is not known to print.
+    """
+    fields: dict[str, list[str]] = {"GENERAL.STATE": [], "GENERAL.DEVICES": []}
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or key not in fields:
+            raise ValueError(f"unexpected line {line[:80]!r}")
+        fields[key].append(value.strip())
+    states, devices = fields["GENERAL.STATE"], fields["GENERAL.DEVICES"]
+    if not states and not devices:
+        return "deactivated", None
+    if not states or any(state not in _NM_ACTIVE_STATES for state in states):
+        raise ValueError(f"unexpected state {states!r:.80}")
+    # Two profiles with the same name both show up; either one active serves phones.
+    state = "activated" if "activated" in states else states[0]
+    device = devices[0] if len(devices) == 1 and _IFNAME.fullmatch(devices[0]) else None
+    return state, device
+
+
 class NmcliHotspot:
     """The Pi's own radio as a NetworkManager hotspot profile, switched with nmcli.
 
-    `nmcli connection up|down id <profile>`; a polkit rule in deploy/ allows the
-    service user to do it. State is what we last asked for and NetworkManager
-    accepted: asking nmcli on every read would cost a D-Bus round trip per sample.
+    Exactly these invocations, never through a shell and never with a secret
+    (the profile holds its own PSK; a polkit rule in deploy/ lets the service
+    user activate it):
+
+        nmcli -t -f GENERAL.STATE,GENERAL.DEVICES connection show id <profile>
+        nmcli --wait <wait_s> connection up id <profile>
+        nmcli --wait <wait_s> connection down id <profile>
+        iw dev <ifname> station dump                       (client_count only)
+
+    `is_on` is what NetworkManager last reported or last accepted, never what
+    was merely asked for. It is learned at start, re-read every
+    `confirm_every_s` and whenever a failure left it unknown. An `up` is never
+    repeated while the profile is known to be active: re-activating a hotspot
+    restarts the access point and drops every phone on it.
+
+    Each call is bounded (`timeout_s`, which defaults to `wait_s` + 2 s) so a
+    hung NetworkManager costs the main loop at most that long. A failed call
+    (non-zero exit, nmcli missing, timeout, unreadable output) raises
+    `NmcliError`, keeps its code in `fault` until nmcli works again, is logged
+    once per streak, and is not retried before a backoff (`retry_min_s`
+    doubling to `retry_max_s`): meanwhile `set` raises at once. The
+    constructor never raises for nmcli: a broken hotspot must not stop the
+    agent's telemetry and USB ports.
     """
 
     def __init__(
@@ -77,55 +190,243 @@ class NmcliHotspot:
         name: str,
         connection: str,
         safe_state_on: bool,
-        run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
-        timeout_s: float = 20.0,
+        *,
+        wait_s: int = 8,
+        timeout_s: float | None = None,
+        stop_timeout_s: float = 2.0,
+        retry_min_s: float = 10.0,
+        retry_max_s: float = 300.0,
+        confirm_every_s: float = 300.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """Times in seconds. The defaults keep a hung nmcli (10 s) well inside the
+        30 s systemd watchdog, and a stop (2 s) inside the agent's 5 s stop budget."""
+        if wait_s < 1:
+            raise ValueError(
+                f"wait_s must be at least 1 (nmcli --wait 0 does not wait), got {wait_s}"
+            )
         self.name = name
         self.connection = connection
         self.safe_state_on = safe_state_on
-        self._run = run
-        self._timeout_s = timeout_s
+        self.fault: str | None = None  # a code from NmcliError while nmcli keeps failing
+        self._wait_s = int(wait_s)
+        self._timeout_s = float(wait_s + 2) if timeout_s is None else timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._retry_min_s = retry_min_s
+        self._retry_max_s = retry_max_s
+        self._confirm_every_s = confirm_every_s
+        self._monotonic = monotonic
         self._on = False
+        self._known = False  # _on was reported or accepted by NetworkManager; no failure since
+        self._wanted = safe_state_on  # what set() was last asked for
+        self._switch_failed = False  # the streak began with a failed up/down, not a read
+        self._device: str | None = None  # the radio's interface, from GENERAL.DEVICES
+        self._failures = 0
+        self._retry_at = -math.inf
+        self._check_at = -math.inf  # when `is_on` asks NetworkManager again
+        self._iw_failing = False
         self._closed = False
-        self.set(safe_state_on)
+        with contextlib.suppress(NmcliError):  # logged and kept in `fault`
+            self._refresh()
+        with contextlib.suppress(NmcliError):
+            self.set(safe_state_on)
+
+    # -- the Switch interface -----------------------------------------------------
 
     def set(self, on: bool) -> None:
-        verb = "up" if on else "down"
-        argv = [
-            "nmcli",
-            "--wait",
-            str(int(self._timeout_s)),
-            "connection",
-            verb,
-            "id",
-            self.connection,
-        ]
-        try:
-            result = self._run(
-                argv, capture_output=True, text=True, timeout=self._timeout_s + 5, check=False
+        """Switch the hotspot; raises NmcliError (an OSError) when it cannot."""
+        if self._closed:
+            raise NmcliError("closed", f"hotspot {self.name} is closed")
+        self._wanted = on
+        wait = self._retry_at - self._monotonic()
+        if wait > 0:
+            raise NmcliError(
+                self.fault or "nmcli_failing",
+                f"hotspot {self.name}: nmcli failing ({self.fault}), next try in {wait:.0f} s",
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise OSError(f"nmcli connection {verb} {self.connection!r} failed: {exc}") from exc
-        # "down" of a connection that is not active exits 10 ("no active connection"):
-        # the hotspot is off, which is what we wanted.
-        if result.returncode != 0 and not (not on and result.returncode == 10):
-            message = (result.stderr or result.stdout).strip().splitlines()
-            detail = message[-1] if message else f"exit {result.returncode}"
-            raise OSError(f"nmcli connection {verb} {self.connection!r}: {detail}")
-        self._on = on
+        if not self._known:
+            self._refresh()  # a timed-out `up` may have completed: ask before acting
+        if self._known and self._on == on:
+            return
+        self._switch(on, self._wait_s, self._timeout_s)
 
     @property
     def is_on(self) -> bool:
+        """True only while NetworkManager has the profile activated (as last learned).
+
+        May ask NetworkManager (bounded by `timeout_s`): when the state is due for
+        a re-read or unknown after a failure, and no backoff is running.
+        """
+        if not self._closed and self._monotonic() >= max(self._check_at, self._retry_at):
+            with contextlib.suppress(NmcliError):
+                self._refresh()
         return self._on
 
     def close(self) -> None:
+        """Back to the safe state, bounded by `stop_timeout_s`, backoff or not. Idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
-            self.set(self.safe_state_on)
+            if not self.safe_state_on:
+                # Sent even when known off: the last word on stop should be NetworkManager's.
+                self._switch(False, _STOP_WAIT_S, self._stop_timeout_s)
+            elif not (self._known and self._on):
+                self._switch(True, _STOP_WAIT_S, self._stop_timeout_s)
+        except NmcliError as exc:
+            log.warning(
+                "hotspot %s: could not return to its safe state: %s",
+                self.name,
+                exc,
+                extra={"output": self.name, "fault": exc.fault},
+            )
+
+    # -- optional extras ----------------------------------------------------------
+
+    def client_count(self) -> int | None:
+        """Wi-Fi stations associated with the hotspot, or None when it cannot tell.
+
+        Counts `Station ` lines of `iw dev <ifname> station dump`; the MAC
+        addresses in that dump are neither kept nor logged. 0 while the hotspot
+        is known off. Under the hardened unit `iw` needs AF_NETLINK.
+        """
+        if self._closed:
+            return None
+        if not self.is_on:
+            return 0 if self._known else None
+        if self._device is None and self._monotonic() >= self._retry_at:
+            with contextlib.suppress(NmcliError):
+                self._refresh()
+        if self._device is None or not self._on:
+            return None
+        argv = ["iw", "dev", self._device, "station", "dump"]
+        try:
+            result = _run_bounded(argv, self._timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self._iw_failed(type(exc).__name__)
+            return None
+        if result.returncode != 0:
+            self._iw_failed(f"exit {result.returncode}")
+            return None
+        self._iw_failing = False
+        return sum(1 for line in result.stdout.splitlines() if line.startswith("Station "))
+
+    # -- internals ----------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Learn the profile's state from NetworkManager; raises NmcliError."""
+        argv = ["nmcli", "-t", "-f", "GENERAL.STATE,GENERAL.DEVICES"]
+        argv += ["connection", "show", "id", self.connection]
+        result = self._invoke("show", argv, self._timeout_s)
+        if result.returncode != 0:
+            if result.returncode == 10:
+                self._on = False  # a profile that does not exist is not active
+            raise self._failed(
+                _NMCLI_EXIT_FAULTS.get(result.returncode, f"nmcli_exit_{result.returncode}"),
+                f"nmcli connection show: {_last_line(result.stderr, result.stdout)}",
+                switching=False,
+            )
+        try:
+            state, device = _parse_active_state(result.stdout)
+        except ValueError as exc:
+            raise self._failed(
+                "nmcli_unreadable", f"nmcli connection show: {exc}", switching=False
+            ) from None
+        if device is not None:
+            self._device = device
+        if state in ("activated", "deactivated"):
+            self._confirmed(state == "activated")
+        else:
+            # activating / deactivating: not serving phones yet (or any more); look again soon.
+            self._on = False
+            self._known = False
+            self._check_at = self._monotonic() + self._retry_min_s
+        # An answer ends a streak of failed reads. A failed switch ends only with the state
+        # that was asked for: the controller reads is_on before every retry, and that read
+        # must neither reset the backoff nor log the same failure again.
+        if not self._switch_failed or (self._known and self._on == self._wanted):
+            self._recovered()
+
+    def _switch(self, on: bool, wait_s: int, timeout_s: float) -> None:
+        verb = "up" if on else "down"
+        argv = ["nmcli", "--wait", str(wait_s), "connection", verb, "id", self.connection]
+        result = self._invoke(verb, argv, timeout_s)
+        # `down` of a profile that is not active exits 10: off is what was asked for.
+        if result.returncode == 0 or (not on and result.returncode == 10):
+            self._confirmed(on)
+            self._recovered()
+            return
+        raise self._failed(
+            _NMCLI_EXIT_FAULTS.get(result.returncode, f"nmcli_exit_{result.returncode}"),
+            f"nmcli connection {verb}: {_last_line(result.stderr, result.stdout)}",
+            switching=True,
+        )
+
+    def _invoke(
+        self, what: str, argv: list[str], timeout_s: float
+    ) -> subprocess.CompletedProcess[str]:
+        switching = what != "show"
+        try:
+            return _run_bounded(argv, timeout_s)
+        except FileNotFoundError:
+            raise self._failed("nmcli_missing", "nmcli not found on PATH", switching) from None
+        except subprocess.TimeoutExpired:
+            detail = f"nmcli connection {what}: no answer in {timeout_s:g} s, killed"
+            raise self._failed("nmcli_timeout", detail, switching) from None
         except OSError as exc:
-            log.warning("hotspot %s: could not return to its safe state: %s", self.name, exc)
+            raise self._failed(
+                "nmcli_not_runnable", f"nmcli cannot run: {exc}", switching
+            ) from None
+
+    def _confirmed(self, on: bool) -> None:
+        self._on = on
+        self._known = True
+        self._check_at = self._monotonic() + self._confirm_every_s
+
+    def _recovered(self) -> None:
+        if self.fault is not None:
+            log.info(
+                "hotspot %s: nmcli works again (after %s)",
+                self.name,
+                self.fault,
+                extra={"output": self.name},
+            )
+        self.fault = None
+        self._failures = 0
+        self._retry_at = -math.inf
+        self._switch_failed = False
+
+    def _failed(self, fault: str, detail: str, switching: bool) -> NmcliError:
+        """Record a failure (state unknown, backoff, fault) and return the error to raise."""
+        self._known = False
+        self._switch_failed = switching
+        self._failures += 1
+        delay = min(self._retry_min_s * 2 ** (self._failures - 1), self._retry_max_s)
+        self._retry_at = self._monotonic() + delay
+        self._check_at = -math.inf  # unknown now: read again as soon as the backoff allows
+        if self.fault is None:  # once per streak, no traceback: nothing here is a bug of ours
+            log.warning(
+                "hotspot %s: %s; retrying in %.0f s, quiet until nmcli works again",
+                self.name,
+                detail,
+                delay,
+                extra={"output": self.name, "fault": fault},
+            )
+        else:
+            log.debug("hotspot %s: still failing: %s", self.name, detail)
+        self.fault = fault
+        return NmcliError(fault, f"hotspot {self.name}: {detail}")
+
+    def _iw_failed(self, detail: str) -> None:
+        # Only the exit status: the tool's output may name stations (MAC addresses).
+        if not self._iw_failing:
+            log.warning(
+                "hotspot %s: cannot count Wi-Fi clients (iw: %s)",
+                self.name,
+                detail,
+                extra={"output": self.name},
+            )
+        self._iw_failing = True
 
 
 class TamperSwitch:
