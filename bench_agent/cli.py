@@ -2,6 +2,11 @@
 
 Errors are one line on stderr (no traceback unless `--debug`); a configuration
 error exits 78 (EX_CONFIG), which systemd's RestartPreventExitStatus honours.
+
+The technician's commands (status, usb, wifi, fault reset, selftest, events;
+techcli.py) talk to the running daemon over its control socket. Its path is
+`--socket`, else `$BENCH_AGENT_SOCKET`, else `[control] socket` of the config
+file when this user can read it, else the installed default.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bench_agent import __version__
+from bench_agent import __version__, techcli
 from bench_agent.config import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
 from bench_agent.logsetup import register_secret, setup_logging
@@ -27,12 +32,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", default=DEFAULT_CONFIG, help=f"configuration file ({DEFAULT_CONFIG})"
     )
+    parser.add_argument(
+        "--socket",
+        default=os.environ.get("BENCH_AGENT_SOCKET"),
+        help="the daemon's control socket (default: [control] socket of the config)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="run the agent in the foreground (what systemd starts)")
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_commands.add_parser("check", help="validate the configuration file and exit")
+    techcli.add_subcommands(commands)
     return parser
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    try:
+        return str(load_config(args.config).control.socket)
+    except ConfigError:
+        # The config may be unreadable to this user (0640): the socket is still
+        # where the installer puts it.
+        return techcli.DEFAULT_SOCKET
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "techcli_command", None) is not None:
+        code = techcli.dispatch(args, _socket_path(args))
+        assert code is not None
+        return code
     if args.command == "config":
         cfg = load_config(args.config)
         print(f"{cfg.source}: ok (bench {cfg.bench.id}, {cfg.hardware.backend} backend)")

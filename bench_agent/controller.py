@@ -60,6 +60,7 @@ class Controller:
         self._last_mono_s: float | None = None
         self._last_saved_mono_s: float | None = None
         self._last_inputs: PolicyInputs | None = None
+        self._output_errors: dict[str, str] = {}  # output -> the error of its failure streak
 
     # -- persistence ----------------------------------------------------------
 
@@ -143,9 +144,15 @@ class Controller:
                 try:
                     switch.set(decision.on)
                 except OSError as exc:
-                    log.error("output %s: could not switch: %s", name, exc)
-                    self._emit("output_error", {"output": name, "detail": str(exc)})
+                    # Retried every sample: tell it once per kind of failure, not 86 400
+                    # times a day. A backend may give a stable code (NmcliError.fault).
+                    kind = str(getattr(exc, "fault", None) or exc)
+                    if self._output_errors.get(name) != kind:
+                        log.error("output %s: could not switch: %s", name, exc)
+                        self._emit("output_error", {"output": name, "detail": str(exc)})
+                    self._output_errors[name] = kind
                     continue
+                self._output_errors.pop(name, None)
                 self._emit(
                     "output_switched",
                     {

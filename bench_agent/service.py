@@ -17,31 +17,41 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench_agent import __version__, payloads
+from bench_agent import __version__, payloads, statefile, uplink
 from bench_agent.commands import CommandProcessor, load_trusted_keys
 from bench_agent.config import Config
+from bench_agent.control import ControlError, ControlServer, ControlSocketError
+from bench_agent.control_api import LocalControl
 from bench_agent.controller import Controller
+from bench_agent.counters import DailyCounters
 from bench_agent.errors import StorageError
+from bench_agent.eventlog import EventLog
 from bench_agent.hardware.backend import Hardware, build_hardware
 from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
 from bench_agent.mqtt import Acked, Connected, Disconnected, LinkEvent, MessageIn, MqttLink, Will
 from bench_agent.outbox import Kind, Outbox, OutboxItem, OutboxStats
+from bench_agent.policy import Override
 from bench_agent.publisher import Publisher
 from bench_agent.sampler import Sampler
 from bench_agent.soc import CHEMISTRIES, SocEstimator
 from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
+from bench_agent.uplink import UplinkRecovery
 
 log = logging.getLogger(__name__)
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+COUNTERS_FILE = "daily-counters.json"
+UPLINK_FILE = "uplink-recovery.json"
+COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much counting
+WIFI_CLIENTS_EVERY_S = 60.0
 STOP_GRACE_S = 2.0
 # The charge controller's fields that go into telemetry (units in the names).
 CHARGER_FIELDS = (
@@ -83,11 +93,12 @@ class TamperChanged:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """Run `fn` on the main loop (e.g. for the control socket) and hand back its result."""
+    """Run `fn` on the main loop (for the control socket) and hand back its result
+    or the exception it raised, in `outcome` as ("ok", value) or ("error", exc)."""
 
     fn: Callable[[], Any]
-    done: threading.Event
-    result: list[Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: list[tuple[str, Any]] = field(default_factory=list)
 
 
 InboxItem = LinkEvent | StopRequested | TamperChanged | Call | ChargerSample
@@ -105,6 +116,11 @@ class Agent:
         self.events_dropped_unstored = 0
         self.storage_errors = 0
         self.tamper_open: bool | None = None
+        self._last_counted_mono: float | None = None
+        self._counters_saved_mono: float | None = None
+        self._reported_yesterday: date | None = None
+        self._wifi_clients: int | None = None
+        self._next_clients_query_mono = float("-inf")
         # Built in run(), inside the ExitStack that will close them.
         self.hardware: Hardware
         self.sampler: Sampler
@@ -145,6 +161,7 @@ class Agent:
                 on_fault=self._channel_fault,
             )
             self.cfg.storage.dir.mkdir(parents=True, exist_ok=True)
+            self.events = EventLog(self.cfg.storage.dir / "events.jsonl")
             self.outbox = stack.enter_context(
                 Outbox(
                     self.cfg.storage.dir / "outbox.sqlite3",
@@ -178,6 +195,15 @@ class Agent:
             )
             self.controller.load(self.clock.monotonic())
             stack.callback(self.controller.save)
+            self.counters = self._load_counters()
+            stack.callback(self._save_counters)
+            self.uplink = self._load_uplink()
+            stack.callback(
+                lambda: statefile.write_json(
+                    self.cfg.storage.dir / UPLINK_FILE, self.uplink.to_dict(self.clock.monotonic())
+                )
+            )
+            self._override_before_cycle: Override | None = None
             self._published_state_version = -1
             if self.outbox.fault:
                 self._raise_fault("storage", self.outbox.fault)
@@ -205,7 +231,10 @@ class Agent:
                 )  # entering the context starts the reader thread
             self.link.start()
             stack.callback(self._say_offline)
-            self.started_mono = self.clock.monotonic()
+            self.started_mono = self.link_changed_mono = self.clock.monotonic()
+            # Closed first on the way out (LIFO): no technician request reaches a
+            # loop that has stopped.
+            self._start_control_socket(stack)
             # Ready once config and hardware are up; the broker may be down for days.
             self.notifier.ready()
             if ready is not None:
@@ -213,6 +242,23 @@ class Agent:
             log.info("bench %s running (%s backend)", self.cfg.bench.id, self.cfg.hardware.backend)
             self._loop()
         return 0
+
+    def _start_control_socket(self, stack: ExitStack) -> None:
+        """The technician's socket. If it cannot be served (another agent holds it, a
+        bad group) the bench goes on without it: telemetry matters more, and the
+        fault tells ops."""
+        server = ControlServer(
+            self.cfg.control.socket,
+            LocalControl(self, self.run_on_loop).handle,
+            group=self.cfg.control.group,
+        )
+        try:
+            server.start()
+        except (OSError, ControlSocketError) as exc:
+            log.error("control socket %s not served: %s", self.cfg.control.socket, exc)
+            self._raise_fault("control_socket", str(exc)[:200])
+            return
+        stack.callback(server.close)
 
     def _install_signal_handlers(self, stack: ExitStack) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -227,6 +273,21 @@ class Agent:
 
     def request_stop(self) -> None:
         self.inbox.put(StopRequested("request"))
+
+    def run_on_loop(self, fn: Callable[[], Any], timeout_s: float) -> Any:
+        """From another thread: run `fn` on the main loop, wait at most `timeout_s`.
+
+        Raises ControlError "busy" when the loop does not answer in time (the call
+        may still run later), and re-raises what `fn` raised.
+        """
+        call = Call(fn)
+        self.inbox.put(call)
+        if not call.done.wait(timeout_s):
+            raise ControlError("busy", f"the agent did not answer within {timeout_s:g} s")
+        kind, value = call.outcome[0]
+        if kind == "error":
+            raise value
+        return value
 
     # -- the loop -----------------------------------------------------------
 
@@ -277,10 +338,12 @@ class Agent:
             case Acked(generation, mid):
                 self.publisher.on_acked(generation, mid)
             case Connected(generation):
+                self.link_changed_mono = self.clock.monotonic()
                 self.link.publish(self.cfg.topic("status"), self._status(online=True), retain=True)
                 self._publish_state(force=True)
                 self.publisher.on_connected(generation)
             case Disconnected():
+                self.link_changed_mono = self.clock.monotonic()
                 self.publisher.on_disconnected()
             case MessageIn(topic, payload, retained):
                 if topic == self.cfg.topic("cmd"):
@@ -298,11 +361,17 @@ class Agent:
                 self._stopping = True
             case ChargerSample():
                 self.charger_reading = item
-            case Call(fn, done, result):
-                try:
-                    result.append(fn())
-                finally:
-                    done.set()
+            case Call():
+                self._run_call(item)
+
+    @staticmethod
+    def _run_call(call: Call) -> None:
+        try:
+            call.outcome.append(("ok", call.fn()))
+        except Exception as exc:  # handed to the caller's thread, never kills the loop
+            call.outcome.append(("error", exc))
+        finally:
+            call.done.set()
 
     # -- sampling and recording ----------------------------------------------
 
@@ -311,13 +380,105 @@ class Agent:
         readings = self.sampler.sample(mono_s)
         self._last_sample_real = time.monotonic()
         self._follow_clock_sync()
-        self.controller.step(
-            self.clock.wall().astimezone(self.cfg.tz),
-            mono_s,
-            readings,
-            cpu_c=self.hardware.cpu_temperature(),
-        )
+        local_now = self.clock.wall().astimezone(self.cfg.tz)
+        # What the outputs were during the interval that just ended, for the counters.
+        outputs_on = {name: switch.is_on for name, switch in self.hardware.outputs.items()}
+        self._recover_uplink(mono_s, local_now.date())
+        self.controller.step(local_now, mono_s, readings, cpu_c=self.hardware.cpu_temperature())
+        self._count(local_now, mono_s, readings, outputs_on)
         self._publish_state()
+
+    # -- uplink recovery ------------------------------------------------------
+
+    def _load_uplink(self) -> UplinkRecovery:
+        saved = statefile.read_text(self.cfg.storage.dir / UPLINK_FILE)
+        recovery, problem = UplinkRecovery.restore(self.cfg.uplink, saved, self.clock.monotonic())
+        if problem is not None:
+            log.warning("uplink recovery: %s", problem)
+        return recovery
+
+    def _recover_uplink(self, mono_s: float, today: date) -> None:
+        """Power-cycle the router/AP output when the broker has been unreachable too
+        long (uplink.py decides when); before the policy runs, so its hold applies now."""
+        cfg = self.cfg.uplink
+        switch = self.hardware.outputs.get(cfg.output)
+        if not cfg.enabled or switch is None:
+            return
+        action = self.uplink.step(mono_s, today, self.link.connected, switch.is_on)
+        if action is None:
+            return
+        self.emit_event(uplink.EVENT_TYPE, action.event())
+        overrides = self.controller.overrides
+        if action.kind == "power_off":
+            # A technician's override on that output comes back after the cycle.
+            self._override_before_cycle = overrides.get(action.output)
+            self.controller.set_override(
+                action.output, False, action.hold_off_s, uplink.OVERRIDE_SOURCE, mono_s
+            )
+        elif action.kind == "power_on":
+            held = overrides.get(action.output)
+            if held is not None and held.source == uplink.OVERRIDE_SOURCE:
+                self.controller.set_override(action.output, None, None, held.source, mono_s)
+            self._restore_override(action.output, mono_s)
+        statefile.write_json(self.cfg.storage.dir / UPLINK_FILE, self.uplink.to_dict(mono_s))
+        self._publish_state(force=True)
+
+    def _restore_override(self, output: str, mono_s: float) -> None:
+        before, self._override_before_cycle = self._override_before_cycle, None
+        if before is None or before.state is None:
+            return
+        remaining = None if before.expires_mono_s is None else before.expires_mono_s - mono_s
+        if remaining is None or remaining > 0:
+            self.controller.set_override(output, before.state, remaining, before.source, mono_s)
+
+    # -- daily counters -------------------------------------------------------
+
+    def _load_counters(self) -> DailyCounters:
+        today = self.clock.wall().astimezone(self.cfg.tz).date()
+        saved = statefile.read_text(self.cfg.storage.dir / COUNTERS_FILE)
+        counters, problem = DailyCounters.restore(self.cfg.counters, saved, today)
+        if problem is not None:
+            log.warning("daily counters start at zero: %s", problem)
+        return counters
+
+    def _save_counters(self) -> None:
+        statefile.write_json(self.cfg.storage.dir / COUNTERS_FILE, self.counters.to_dict())
+
+    def _count(
+        self,
+        local_now: datetime,
+        mono_s: float,
+        readings: Mapping[str, Any],
+        outputs_on: Mapping[str, bool],
+    ) -> None:
+        # A stalled loop is not extrapolated: a sample stands for at most 3 intervals.
+        dt_s = 0.0
+        if self._last_counted_mono is not None:
+            dt_s = min(mono_s - self._last_counted_mono, 3 * self.cfg.sampling.sample_interval_s)
+        self._last_counted_mono = mono_s
+        if mono_s >= self._next_clients_query_mono:
+            # Asking the radio costs a subprocess: once a minute is plenty for a daily max.
+            self._wifi_clients = self.hardware.wifi_clients()
+            self._next_clients_query_mono = mono_s + WIFI_CLIENTS_EVERY_S
+        self.counters.add_sample(local_now, dt_s, readings, outputs_on, self._wifi_clients)
+        if self._counters_saved_mono is None:
+            self._counters_saved_mono = mono_s
+        elif mono_s - self._counters_saved_mono >= COUNTERS_SAVE_EVERY_S:
+            self._save_counters()
+            self._counters_saved_mono = mono_s
+
+    def today(self) -> dict[str, Any]:
+        """Today's counters, as in telemetry and the technician's status."""
+        return self.counters.day_payload(self.counters.today)
+
+    def _counters_for_telemetry(self) -> dict[str, Any]:
+        """`today`, and `yesterday` once, in the first record after local midnight."""
+        body = {"today": self.today()}
+        yesterday = self.counters.yesterday
+        if yesterday is not None and yesterday.day != self._reported_yesterday:
+            body["yesterday"] = self.counters.day_payload(yesterday)
+            self._reported_yesterday = yesterday.day
+        return body
 
     def _publish_state(self, *, force: bool = False) -> None:
         """The retained `state`: published on connect and whenever it changes."""
@@ -370,9 +531,10 @@ class Agent:
             "battery": self.controller.state_payload(mono_s)["battery"],
             "tamper_open": self.tamper_open,
             "cpu_temp_c": self.hardware.cpu_temperature(),
-            "charger": self._charger_summary(),
+            "charger": self._charger_for_telemetry(),
             "faults": sorted(self.faults),
-            "health": self._health(mono_s),
+            "health": self.health(mono_s),
+            **self._counters_for_telemetry(),
         }
         self._record("telemetry", body, mono_s)
         health = body["health"]
@@ -381,15 +543,25 @@ class Agent:
             f"broker {link}; outbox {health['outbox_depth']}; faults {len(self.faults)}"
         )
 
-    def _charger_summary(self) -> dict[str, Any] | None:
-        """The charge controller's latest reading, or None; raises/clears the stale fault."""
+    def _charger_for_telemetry(self) -> dict[str, Any] | None:
+        """The charger summary; raises or clears the stale fault on the way."""
         if self.charger is None or self.cfg.charger is None:
             return None
-        if self.charger.is_stale(time.monotonic(), self.cfg.charger.stale_after_s):
+        if self.charger_stale():
             self._raise_fault("charger", "no_valid_block")
-            return None
-        self._clear_fault("charger")
-        if self.charger_reading is None:
+        else:
+            self._clear_fault("charger")
+        return self.charger_summary()
+
+    def charger_stale(self) -> bool:
+        """No valid block for `stale_after_s` (a reader just started has that much grace)."""
+        if self.charger is None or self.cfg.charger is None:
+            return False
+        return self.charger.is_stale(time.monotonic(), self.cfg.charger.stale_after_s)
+
+    def charger_summary(self) -> dict[str, Any] | None:
+        """The charge controller's latest valid reading, or None (none yet, or stale)."""
+        if self.charger_reading is None or self.charger_stale():
             return None
         reading = self.charger_reading.reading
         fields = {name: getattr(reading, name) for name in CHARGER_FIELDS}
@@ -399,7 +571,7 @@ class Agent:
             for k, v in fields.items()
         }
 
-    def _health(self, mono_s: float) -> dict[str, Any]:
+    def health(self, mono_s: float) -> dict[str, Any]:
         stats = self.outbox.stats()
         last_ack = self.publisher.last_ack_mono
         return {
@@ -426,12 +598,15 @@ class Agent:
         return round(max(0.0, (self.clock.wall() - recorded).total_seconds()), 1)
 
     def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
-        """Record an event (committed at once) and publish it ahead of any backlog."""
-        self._record("event", {"type": event_type, **data}, self.clock.monotonic())
+        """Record an event (committed at once), publish it ahead of any backlog, and
+        keep it in the bench's own history for `bench-agent events`."""
+        item, stored = self._record("event", {"type": event_type, **data}, self.clock.monotonic())
+        self.events.append(payloads.record(item, historical=False, stored=stored))
 
-    def _record(self, kind: Kind, body: dict[str, Any], mono_s: float) -> None:
+    def _record(self, kind: Kind, body: dict[str, Any], mono_s: float) -> tuple[OutboxItem, bool]:
         """Store first, then publish live. When the disk refuses, the record still goes
-        out live, once, without a seq (`stored: false`) and the storage fault is raised."""
+        out live, once, without a seq (`stored: false`) and the storage fault is raised.
+        Returns the record and whether it was stored."""
         synced = self.clock.synced()
         ts = payloads.iso_utc(self.clock.wall())
         quality = "synced" if synced else "unsynced"
@@ -441,17 +616,18 @@ class Agent:
             )
         except StorageError as exc:
             self.storage_errors += 1
-            self.publisher.send_unstored(
-                OutboxItem(0, kind, self.boot_id, mono_s, ts, quality, body, 0)
-            )
+            unstored = OutboxItem(0, kind, self.boot_id, mono_s, ts, quality, body, 0)
+            self.publisher.send_unstored(unstored)
             self._raise_fault("storage", self.outbox.fault or str(exc))
-            return
-        self.publisher.send_live(OutboxItem(seq, kind, self.boot_id, mono_s, ts, quality, body, 0))
+            return unstored, False
+        item = OutboxItem(seq, kind, self.boot_id, mono_s, ts, quality, body, 0)
+        self.publisher.send_live(item)
         if kind == "telemetry":
             self._clear_fault("storage")
         if dropped := self.outbox.take_new_drops():
             # The drops are already counted (health.outbox_drops); this says when.
             self.emit_event("outbox_dropped", {"records": dropped})
+        return item, True
 
     # -- faults -------------------------------------------------------------
 

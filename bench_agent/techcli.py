@@ -720,6 +720,10 @@ def event_text(event_type: str) -> str:
         "over_temperature": _("load shed, too hot"),
         "temperature_restored": _("temperature normal again"),
         "config_reloaded": _("configuration reloaded"),
+        "command": _("command"),
+        "clock_synced": _("clock synced"),
+        "outbox_dropped": _("outbox full, oldest records dropped"),
+        "uplink_recovery": _("uplink recovery"),
     }
     return texts.get(event_type, event_type)
 

@@ -267,3 +267,60 @@ def test_signed_remote_command_switches_a_port_and_bad_ones_change_nothing(
     assert len(offs) == 1
     command_events = [m.json() for m in recorder.on("event") if m.json()["type"] == "command"]
     assert [e["id"] for e in command_events] == [good["id"]]
+
+
+def test_power_cycles_the_access_point_when_the_broker_stays_unreachable(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess]
+) -> None:
+    uplink = {
+        "enabled": True,
+        "output": "wifi",
+        "offline_after_s": 600,  # 2.5 s real at 240x
+        "power_off_s": 60,
+        "backoff_initial_s": 3600,
+        "max_attempts_per_day": 4,
+    }
+    agent = start_agent(broker.port, {"uplink": uplink})
+    recorder.wait_for("status", lambda p: p["online"] is True)
+    broker.stop()
+    time.sleep(6)  # > offline_after_s + power_off_s in real seconds, < the backoff (15 s)
+    broker.start()
+    off = recorder.wait_for(
+        "event", lambda p: p["type"] == "uplink_recovery" and p["action"] == "power_off", 30
+    )
+    on = recorder.wait_for(
+        "event", lambda p: p["type"] == "uplink_recovery" and p["action"] == "power_on", 30
+    )
+    for event in (off, on):
+        validate("event", event)
+    assert off["reason"] == "broker_unreachable" and off["output"] == "wifi"
+    assert off["attempt"] == 1 and off["hold_off_s"] == 60
+    assert off["down_for_s"] >= 600
+    assert on["seq"] > off["seq"]
+    # The switch itself, with the reason the policy gives: held off by the recovery.
+    switched = recorder.wait_for(
+        "event",
+        lambda p: p["type"] == "output_switched" and p["output"] == "wifi" and p["to"] == "off",
+        30,
+    )
+    assert "uplink_recovery" in json.dumps(switched)
+    assert off["seq"] < switched["seq"] < on["seq"]
+    # Back on after the hold: a later switch of wifi to on.
+    recorder.wait_for(
+        "event",
+        lambda p: (
+            p["type"] == "output_switched"
+            and p["output"] == "wifi"
+            and p["to"] == "on"
+            and p["seq"] > on["seq"]
+        ),
+        30,
+    )
+    # Exactly one attempt within the backoff.
+    attempts = [
+        m.json()
+        for m in recorder.on("event")
+        if m.json()["type"] == "uplink_recovery" and m.json()["action"] == "power_off"
+    ]
+    assert len(attempts) == 1
+    assert agent.stop() == 0

@@ -77,10 +77,14 @@ STATUS: dict[str, Any] = {
     ],
     "tamper_open": False,
     "today": {
+        "date": "2026-03-20",
         "solar_wh": 812.4,
         "usb_wh": {"usb1": 40.2, "usb2": 3.1},
+        "ap_wh": 61.0,
         "sessions": {"usb1": 5, "usb2": 1},
         "hotspot_h": 9.5,
+        "wifi_clients_max": None,
+        "unmeasured_h": {},
     },
 }
 

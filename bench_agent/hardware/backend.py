@@ -46,6 +46,12 @@ class Hardware(AbstractContextManager["Hardware"]):
     def cpu_temperature(self) -> float | None:
         return self.read_cpu_temperature()
 
+    def wifi_clients(self) -> int | None:
+        """Wi-Fi clients associated now, where the hotspot backend can tell; else None."""
+        hotspot = self.outputs.get("wifi")
+        count = getattr(hotspot, "client_count", None)
+        return count() if callable(count) else None
+
     def close(self) -> None:
         """Outputs to their safe state first, then everything else. Idempotent."""
         closers, self._closers = self._closers, []

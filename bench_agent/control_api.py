@@ -1,0 +1,348 @@
+"""The daemon's side of the control socket: the methods of control.py's protocol.
+
+`LocalControl.handle` runs on the control server's thread. It checks the
+parameters there, then hands the work to the agent's main loop (the one place
+that acts, STYLE.md) and waits a bounded time for the answer, so a technician's
+`usb 2 off` goes through exactly the path an ops command over MQTT takes:
+`CommandProcessor.handle_local` → the same validation → the same controller.
+
+Texts for people in self-test results are marked with ``N_`` and translated by
+the CLI; what the check saw (`detail`) is mostly values and codes, which read
+the same in every language.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from bench_agent import __version__, payloads
+from bench_agent.config import load_config
+from bench_agent.control import ControlError
+from bench_agent.errors import ConfigError
+from bench_agent.i18n import N_
+
+if TYPE_CHECKING:
+    from bench_agent.service import Agent
+
+T = TypeVar("T")
+
+CALL_TIMEOUT_S: Final = 3.0  # the server thread waits this long for the main loop
+SELFTEST_TIMEOUT_S: Final = 10.0
+MAX_EVENTS: Final = 1000
+MIN_FREE_BYTES: Final = 16 * 1024 * 1024  # below this the SD card is "full" for the self-test
+# Plausible readings for the self-test: a bus above its range or a current far over
+# the shunt's rating is a wiring or calibration fault, not a measurement.
+BUS_VOLTS_MARGIN: Final = 1.05
+AMPS_MARGIN: Final = 1.5
+
+RunOnLoop = Callable[[Callable[[], Any], float], Any]
+
+
+class LocalControl:
+    """`handle(method, params)` for `ControlServer`; `run_on_loop(fn, timeout_s)` is the
+    agent's bridge to its main loop (raises ControlError "busy" on timeout)."""
+
+    def __init__(self, agent: Agent, run_on_loop: RunOnLoop) -> None:
+        self._agent = agent
+        self._run = run_on_loop
+
+    def handle(self, method: str, params: Mapping[str, Any]) -> Any:
+        if method == "status":
+            _no_params(params)
+            return self._run(lambda: build_status(self._agent), CALL_TIMEOUT_S)
+        if method == "override.set":
+            request = _override_request(params)
+            return self._run(lambda: self._override(request), CALL_TIMEOUT_S)
+        if method == "fault.reset":
+            name = _fault_name(params)
+            return self._run(lambda: self._fault_reset(name), CALL_TIMEOUT_S)
+        if method == "events":
+            since_s, limit = _events_params(params)
+            return self._run(lambda: self._events(since_s, limit), CALL_TIMEOUT_S)
+        if method == "selftest":
+            _no_params(params)
+            return self._run(lambda: {"checks": selftest(self._agent)}, SELFTEST_TIMEOUT_S)
+        raise ControlError("unknown_method", f"no method {method[:40]!r}")
+
+    # -- on the main loop -----------------------------------------------------
+
+    def _override(self, request: dict[str, Any]) -> dict[str, Any]:
+        output = request["output"]
+        if output not in self._agent.hardware.outputs:
+            return {"accepted": False, "reason": f"unknown_output: {output}"}
+        args: dict[str, Any] = {"state": request["state"]}
+        if "duration_s" in request:
+            args["duration_s"] = request["duration_s"]
+        if output == "wifi":
+            action = "wifi.set"
+        else:
+            action, args["port"] = "usb.set", output
+        reply = self._agent.commands.handle_local({"action": action, "args": args})
+        if reply["ok"]:
+            return {"accepted": True}
+        error = reply["error"]
+        if error["code"] == "refused":
+            return {"accepted": False, "reason": error["message"]}
+        raise ControlError("bad_params", error["message"])
+
+    def _fault_reset(self, name: str | None) -> dict[str, Any]:
+        args = {} if name is None else {"name": name}
+        reply = self._agent.commands.handle_local({"action": "fault.reset", "args": args})
+        if not reply["ok"]:
+            raise ControlError("bad_params", reply["error"]["message"])
+        return {"reset": reply["result"]["reset"]}
+
+    def _events(self, since_s: float | None, limit: int) -> dict[str, Any]:
+        agent = self._agent
+        since = None if since_s is None else agent.clock.wall() - timedelta(seconds=since_s)
+        return {"events": agent.events.recent(since=since, limit=limit)}
+
+
+# -- parameters (checked on the server thread: a bad request never reaches the loop)
+
+
+def _no_params(params: Mapping[str, Any]) -> None:
+    if params:
+        raise ControlError("bad_params", f"takes no parameters, got {sorted(params)[0]!r}")
+
+
+def _override_request(params: Mapping[str, Any]) -> dict[str, Any]:
+    extra = set(params) - {"output", "state", "duration_s"}
+    if extra:
+        raise ControlError("bad_params", f"unknown parameter {sorted(extra)[0]!r}")
+    output, state = params.get("output"), params.get("state")
+    if not isinstance(output, str) or not output:
+        raise ControlError("bad_params", "output must be an output name, e.g. usb1 or wifi")
+    if state not in ("on", "off", "auto"):
+        raise ControlError("bad_params", "state must be on, off or auto")
+    request: dict[str, Any] = {"output": output, "state": state}
+    if "duration_s" in params:
+        duration = params["duration_s"]
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
+            raise ControlError("bad_params", "duration_s must be a number of seconds > 0")
+        request["duration_s"] = duration
+    return request
+
+
+def _fault_name(params: Mapping[str, Any]) -> str | None:
+    extra = set(params) - {"name"}
+    if extra:
+        raise ControlError("bad_params", f"unknown parameter {sorted(extra)[0]!r}")
+    name = params.get("name")
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ControlError("bad_params", "name must be a string, e.g. usb1")
+    # The technician names the port; the fault it latched is "overcurrent.<port>".
+    return name if "." in name else f"overcurrent.{name}"
+
+
+def _events_params(params: Mapping[str, Any]) -> tuple[float | None, int]:
+    extra = set(params) - {"since_s", "limit"}
+    if extra:
+        raise ControlError("bad_params", f"unknown parameter {sorted(extra)[0]!r}")
+    since_s = params.get("since_s")
+    if since_s is not None and (
+        isinstance(since_s, bool) or not isinstance(since_s, int | float) or since_s < 0
+    ):
+        raise ControlError("bad_params", "since_s must be a number of seconds >= 0")
+    limit = params.get("limit", MAX_EVENTS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_EVENTS:
+        raise ControlError("bad_params", f"limit must be an integer in [1, {MAX_EVENTS}]")
+    return since_s, limit
+
+
+# -- the status object (schemas/control-status.schema.json) ----------------------
+
+
+def build_status(agent: Agent) -> dict[str, Any]:
+    now = agent.clock.monotonic()
+    health = agent.health(now)
+    stats = agent.outbox.stats()
+    state = agent.controller.state_payload(now)
+    link: dict[str, Any] = {
+        "connected": agent.link.connected,
+        "last_publish_age_s": health["last_publish_age_s"],
+        "reconnects": agent.link.reconnects,
+        "last_error": agent.link.last_error,
+    }
+    link_age = round(max(0.0, now - agent.link_changed_mono), 1)
+    link["since_s" if agent.link.connected else "down_since_s"] = link_age
+    latest = agent.sampler.latest()
+    sensor_faults = agent.sampler.faults()
+    channels = {
+        name: {
+            "volts": None if reading is None else round(reading.volts, 3),
+            "amps": None if reading is None else round(reading.amps, 4),
+            "watts": None if reading is None else round(reading.watts, 3),
+            "fault": sensor_faults.get(name),
+        }
+        for name, reading in latest.items()
+    }
+    faults = dict(agent.faults)
+    for name in state["latched_faults"]:
+        faults.setdefault(name, "latched off until reset")
+    return {
+        "bench": agent.cfg.bench.id,
+        "agent_version": __version__,
+        "uptime_s": round(max(0.0, now - agent.started_mono), 1),
+        "clock": {"synced": agent.clock.synced(), "wall": payloads.iso_utc(agent.clock.wall())},
+        "link": link,
+        "outbox": {
+            "depth": stats.depth,
+            "oldest_age_s": health["outbox_oldest_age_s"],
+            "drops": stats.drops_total,
+            "fault": stats.fault,
+        },
+        "channels": channels,
+        "battery": state["battery"],
+        "charger": _charger_status(agent),
+        "outputs": state["outputs"],
+        "faults": [{"name": k, "detail": v} for k, v in sorted(faults.items())],
+        "tamper_open": agent.tamper_open,
+        "today": agent.today(),
+    }
+
+
+def _charger_status(agent: Agent) -> dict[str, Any] | None:
+    if agent.cfg.charger is None:
+        return None
+    summary = agent.charger_summary()
+    if summary is None:
+        error = "stale" if agent.charger_stale() else "no_data"
+        return {"state": None, "error": error, "panel_watts": None, "yield_today_kwh": None}
+    return {
+        "state": summary["charge_state"],
+        "error": summary["error"],
+        "panel_watts": summary["panel_watts"],
+        "yield_today_kwh": summary["yield_today_kwh"],
+    }
+
+
+# -- the self-test ---------------------------------------------------------------
+
+
+def _check(name: str, ok: bool, detail: str, hint: str = "") -> dict[str, Any]:
+    return {"name": name, "ok": ok, "detail": detail, "hint": "" if ok else hint}
+
+
+def selftest(agent: Agent) -> list[dict[str, Any]]:
+    """One check per part: config, each sensor, charger, broker, clock, storage."""
+    checks = [_config_check(agent)]
+    checks += _sensor_checks(agent)
+    if agent.cfg.charger is not None:
+        summary = agent.charger_summary()
+        if summary is None:
+            checks.append(
+                _check(
+                    "charger",
+                    False,
+                    N_("no valid data from the charge controller"),
+                    N_("check the VE.Direct cable and the serial port in [charger]"),
+                )
+            )
+        else:
+            error = summary["error"]
+            detail = f"{summary['charge_state']}, {summary['battery_volts']} V"
+            checks.append(
+                _check(
+                    "charger",
+                    error in (None, "no_error"),
+                    detail if error in (None, "no_error") else f"{detail}, error {error}",
+                    N_("the charge controller reports an error: see its manual or VictronConnect"),
+                )
+            )
+    mqtt = agent.cfg.mqtt
+    where = f"{mqtt.host}:{mqtt.port}{' TLS' if mqtt.tls else ''}"
+    if agent.link.connected:
+        checks.append(_check("broker", True, where))
+    else:
+        checks.append(
+            _check(
+                "broker",
+                False,
+                f"{where}: {agent.link.last_error or 'not connected yet'}",
+                N_("check the uplink (router, SIM), the broker address and the certificates"),
+            )
+        )
+    synced = agent.clock.synced()
+    checks.append(
+        _check(
+            "clock",
+            synced,
+            N_("synced") if synced else N_("not synced"),
+            N_("check NTP: timedatectl timesync-status"),
+        )
+    )
+    checks.append(_storage_check(agent))
+    return checks
+
+
+def _config_check(agent: Agent) -> dict[str, Any]:
+    """The file on disk, read again: an edit since the start shows up here."""
+    try:
+        load_config(agent.cfg.source)
+    except ConfigError as exc:
+        return _check(
+            "config", False, str(exc), N_("fix the file, then run: bench-agent config check")
+        )
+    return _check("config", True, str(agent.cfg.source))
+
+
+def _sensor_checks(agent: Agent) -> list[dict[str, Any]]:
+    checks = []
+    latest = agent.sampler.latest()
+    faults = agent.sampler.faults()
+    for sensor in agent.cfg.sensors:
+        reading = latest.get(sensor.name)
+        name = f"sensor.{sensor.name}"
+        if reading is None:
+            checks.append(
+                _check(
+                    name,
+                    False,
+                    faults.get(sensor.name) or "no reading",
+                    N_("check the sensor's wiring and its I2C address (i2cdetect -y 1)"),
+                )
+            )
+            continue
+        detail = f"{reading.volts:.2f} V, {reading.amps:.3f} A"
+        plausible = (
+            0.0 <= reading.volts <= sensor.bus_range_volts * BUS_VOLTS_MARGIN
+            and abs(reading.amps) <= sensor.max_amps * AMPS_MARGIN
+        )
+        checks.append(
+            _check(
+                name,
+                plausible,
+                detail,
+                N_("implausible reading: check the shunt and the calibration in the config"),
+            )
+        )
+    return checks
+
+
+def _storage_check(agent: Agent) -> dict[str, Any]:
+    directory = agent.cfg.storage.dir
+    fault = agent.outbox.fault
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError as exc:
+        return _check("storage", False, str(exc), N_("the storage directory is missing"))
+    detail = f"{free // (1024 * 1024)} MiB free"
+    if fault is not None:
+        return _check(
+            "storage",
+            False,
+            f"{fault}, {detail}",
+            N_("free space on the SD card or replace it; the outbox lives in [storage] dir"),
+        )
+    return _check(
+        "storage",
+        free >= MIN_FREE_BYTES,
+        detail,
+        N_("free space on the SD card; the outbox lives in [storage] dir"),
+    )

@@ -1,0 +1,110 @@
+"""The bench's own history of events, for `bench-agent events` with the uplink down.
+
+The outbox forgets an event once the broker acknowledges it, so the technician's
+history is kept apart: one JSON line per event (as published, seq included) in
+`<storage.dir>/events.jsonl`, the newest `keep` of them.
+
+Why a plain file: events are rare (a few an hour), appended whole and read
+rarely, so a line per event is the cheapest thing for the SD card and readable
+with `tail` when the agent itself is broken. When the file holds twice `keep`
+lines it is rewritten with the newest `keep` (write to a temporary file, then
+rename, so a crash leaves the old or the new file, never half of one). Writes
+are not fsynced: the outbox already made the event durable; losing the last
+line of the history in a power cut is acceptable.
+
+A line that does not parse (a torn last line after a crash) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEP = 1000
+
+
+class EventLog:
+    """The newest `keep` events, in memory and in `path`. Never raises for disk trouble."""
+
+    def __init__(self, path: Path, keep: int = DEFAULT_KEEP) -> None:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.path = Path(path)
+        self.keep = keep
+        self._events: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._lines_in_file = 0
+        self._write_failed = False
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            with self.path.open(encoding="utf-8", errors="replace") as lines:
+                for line in lines:
+                    self._lines_in_file += 1
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict):
+                        self._events.append(event)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("event history %s unreadable: %s", self.path, exc)
+
+    def append(self, event: Mapping[str, Any]) -> None:
+        """Add one event (the published form: seq, ts, time_quality, type, …)."""
+        record = dict(event)
+        self._events.append(record)
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        try:
+            if self._lines_in_file + 1 > 2 * self.keep:
+                self._rewrite()
+            else:
+                with self.path.open("a", encoding="utf-8") as out:
+                    out.write(line)
+                self._lines_in_file += 1
+        except OSError as exc:
+            if not self._write_failed:  # once per streak: a full disk is reported elsewhere
+                log.warning("event history %s not written: %s", self.path, exc)
+            self._write_failed = True
+            return
+        self._write_failed = False
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            for event in self._events:
+                out.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
+        os.replace(tmp, self.path)
+        self._lines_in_file = len(self._events)
+
+    def recent(
+        self, *, since: datetime | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Oldest first: the events at or after `since` (by their `ts`), the last `limit`."""
+        events = list(self._events)
+        if since is not None:
+            events = [e for e in events if _after(e.get("ts"), since)]
+        if limit is not None:
+            events = events[-limit:] if limit > 0 else []
+        return events
+
+
+def _after(ts: Any, since: datetime) -> bool:
+    """True when `ts` (ISO 8601) is at or after `since`; an unreadable ts is kept."""
+    if not isinstance(ts, str):
+        return True
+    try:
+        when = datetime.fromisoformat(ts)
+    except ValueError:
+        return True
+    return when >= since
