@@ -717,6 +717,20 @@ class CommandProcessor:
 
     # -- entry points --------------------------------------------------------
 
+    def reconfigure(
+        self,
+        *,
+        trusted_keys: Mapping[str, Ed25519PublicKey],
+        allow_unsigned: bool,
+        max_age_s: float,
+    ) -> None:
+        """New keys and limits after a configuration reload (SIGHUP); the replay
+        store and the reply cache are kept, so nothing runs twice across it."""
+        with self._lock:
+            self._keys = dict(trusted_keys)
+            self.allow_unsigned = allow_unsigned
+            self.max_age_s = max_age_s
+
     def handle_mqtt(self, payload: bytes, *, retained: bool) -> bytes | None:
         """The reply to publish on `cmd/reply`, or None (retained: ignored)."""
         if retained:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
@@ -27,12 +27,12 @@ from typing import Any
 
 from bench_agent import __version__, payloads, statefile, uplink
 from bench_agent.commands import CommandProcessor, load_trusted_keys
-from bench_agent.config import Config
+from bench_agent.config import Config, load_config
 from bench_agent.control import ControlError, ControlServer, ControlSocketError
 from bench_agent.control_api import LocalControl
 from bench_agent.controller import Controller
 from bench_agent.counters import DailyCounters
-from bench_agent.errors import StorageError
+from bench_agent.errors import ConfigError, StorageError
 from bench_agent.eventlog import EventLog
 from bench_agent.hardware.backend import Hardware, build_hardware
 from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 COUNTERS_FILE = "daily-counters.json"
+# What SIGHUP applies live. The rest (hardware, outputs, MQTT, storage, ...) is
+# built once at start: a change there is refused and needs a restart.
+LIVE_RELOADABLE = frozenset({"policy", "commands", "uplink"})
 UPLINK_FILE = "uplink-recovery.json"
 COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much counting
 WIFI_CLIENTS_EVERY_S = 60.0
@@ -87,6 +90,11 @@ class StopRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadRequested:
+    """SIGHUP: read the configuration file again."""
+
+
+@dataclass(frozen=True, slots=True)
 class TamperChanged:
     is_open: bool
 
@@ -101,7 +109,7 @@ class Call:
     outcome: list[tuple[str, Any]] = field(default_factory=list)
 
 
-InboxItem = LinkEvent | StopRequested | TamperChanged | Call | ChargerSample
+InboxItem = LinkEvent | StopRequested | ReloadRequested | TamperChanged | Call | ChargerSample
 
 
 class Agent:
@@ -131,16 +139,7 @@ class Agent:
     # -- wiring -----------------------------------------------------------------
 
     def run(self, ready: Callable[[], None] | None = None) -> int:
-        trusted_keys = (
-            load_trusted_keys(self.cfg.commands.trusted_keys)
-            if self.cfg.commands.trusted_keys.is_dir()
-            else {}
-        )
-        if not trusted_keys:
-            log.warning(
-                "no trusted ops keys in %s: signed commands will be refused",
-                self.cfg.commands.trusted_keys,
-            )
+        trusted_keys = self._trusted_keys(self.cfg)
         with ExitStack() as stack:
             self._install_signal_handlers(stack)
             self.notifier = stack.enter_context(Notifier())
@@ -270,6 +269,8 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous = signal.signal(sig, handler)
             stack.callback(signal.signal, sig, previous)
+        previous = signal.signal(signal.SIGHUP, lambda *_: self.inbox.put(ReloadRequested()))
+        stack.callback(signal.signal, signal.SIGHUP, previous)
 
     def request_stop(self) -> None:
         self.inbox.put(StopRequested("request"))
@@ -355,6 +356,8 @@ class Agent:
                     self.tamper_open = is_open
                     self.emit_event("tamper", {"open": is_open})
                     self._publish_state(force=True)
+            case ReloadRequested():
+                self._reload_config()
             case StopRequested(name):
                 log.info("stopping (%s)", name)
                 self.notifier.stopping()
@@ -363,6 +366,59 @@ class Agent:
                 self.charger_reading = item
             case Call():
                 self._run_call(item)
+
+    def _reload_config(self) -> None:
+        """SIGHUP: apply what can change live (policy thresholds and schedules, ops
+        keys and command limits, uplink recovery); anything else needs a restart,
+        and a broken file changes nothing. Each outcome is an event."""
+        try:
+            new = load_config(self.cfg.source)
+        except ConfigError as exc:
+            log.error("configuration not reloaded: %s", exc)
+            self.emit_event("config_reload_refused", {"reason": "invalid", "detail": str(exc)})
+            return
+        changed = sorted(
+            f.name
+            for f in fields(Config)
+            if f.name != "source" and getattr(new, f.name) != getattr(self.cfg, f.name)
+        )
+        needs_restart = [name for name in changed if name not in LIVE_RELOADABLE]
+        if needs_restart:
+            log.error(
+                "configuration not reloaded: [%s] changed, which needs a restart "
+                "(systemctl restart bench-agent)",
+                "], [".join(needs_restart),
+            )
+            self.emit_event(
+                "config_reload_refused", {"reason": "needs_restart", "tables": needs_restart}
+            )
+            return
+        now = self.clock.monotonic()
+        self.controller.policy = new.policy
+        self.commands.reconfigure(
+            trusted_keys=self._trusted_keys(new),
+            allow_unsigned=new.commands.allow_unsigned,
+            max_age_s=new.commands.max_age_s,
+        )
+        self.uplink = UplinkRecovery.from_dict(new.uplink, self.uplink.to_dict(now), now)
+        self.cfg = new
+        log.info("configuration reloaded: %s", ", ".join(changed) or "ops keys only")
+        self.emit_event("config_reloaded", {"tables": changed})
+        self._publish_state(force=True)
+
+    @staticmethod
+    def _trusted_keys(cfg: Config) -> dict[str, Any]:
+        keys = (
+            load_trusted_keys(cfg.commands.trusted_keys)
+            if cfg.commands.trusted_keys.is_dir()
+            else {}
+        )
+        if not keys:
+            log.warning(
+                "no trusted ops keys in %s: signed commands will be refused",
+                cfg.commands.trusted_keys,
+            )
+        return dict(keys)
 
     @staticmethod
     def _run_call(call: Call) -> None:

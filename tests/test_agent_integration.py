@@ -324,3 +324,67 @@ def test_power_cycles_the_access_point_when_the_broker_stays_unreachable(
     ]
     assert len(attempts) == 1
     assert agent.stop() == 0
+
+
+def test_sighup_applies_policy_live_and_refuses_what_needs_a_restart(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    agent = start_agent(broker.port)
+    recorder.wait_for("status", lambda p: p["online"] is True)
+    config = tmp_path / "bench.toml"
+    original = config.read_text()
+
+    def events_of(kind: str) -> list[dict[str, Any]]:
+        return [m.json() for m in recorder.on("event") if m.json()["type"] == kind]
+
+    # A new schedule for the hotspot: applied without a restart.
+    # (The simulated day starts at 05:00: a late-evening window turns the hotspot off.)
+    sim_config(tmp_path, broker.port, {"policy": {"schedule": {"wifi": ["23:00-23:30"]}}})
+    agent.signal(signal.SIGHUP)
+    reloaded = recorder.wait_for("event", lambda p: p["type"] == "config_reloaded", 20)
+    validate("event", reloaded)
+    assert reloaded["tables"] == ["policy"]
+    switched = recorder.wait_for(
+        "event",
+        lambda p: p["type"] == "output_switched" and p["output"] == "wifi" and p["to"] == "off",
+        20,
+    )
+    assert switched["reason"] == "schedule_off" and switched["seq"] > reloaded["seq"]
+    # The same process and the same MQTT session: no offline status, no reconnect.
+    assert agent.proc.poll() is None
+    assert [m.json()["online"] for m in recorder.on("status")] == [True]
+
+    # A broken file changes nothing and says why.
+    config.write_text(original + "\n[bench\n")
+    agent.signal(signal.SIGHUP)
+    refused = recorder.wait_for(
+        "event", lambda p: p["type"] == "config_reload_refused" and p["reason"] == "invalid", 20
+    )
+    assert "bench.toml" in refused["detail"]
+
+    # A new broker port needs a restart: refused, the agent goes on as it was.
+    sim_config(tmp_path, broker.port + 1)
+    agent.signal(signal.SIGHUP)
+    refused = recorder.wait_for(
+        "event",
+        lambda p: p["type"] == "config_reload_refused" and p["reason"] == "needs_restart",
+        20,
+    )
+    assert "mqtt" in refused["tables"]
+    seq_before = max(recorder.all_seqs())
+    wait_until(lambda: max(recorder.all_seqs()) > seq_before + 1, 20, "telemetry goes on")
+    assert len(events_of("config_reloaded")) == 1
+    assert agent.stop() == 0
+
+
+def test_an_unrecoverable_start_failure_exits_non_zero_in_one_line(
+    broker: Broker, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    # The storage directory cannot exist: a regular file sits where its parent should be.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    agent = start_agent(broker.port, {"storage": {"dir": str(blocker / "state")}})
+    code = agent.wait(30)
+    assert code not in (0, 78), agent.log
+    assert "Traceback" not in agent.log
+    assert agent.log.strip().splitlines()[-1].startswith("bench-agent: ")
