@@ -356,7 +356,9 @@ def record_live(outbox: Outbox, rng: random.Random, minute: int) -> OutboxItem:
     body = telemetry_body(rng, minute, depth=0)
     boot, mono, ts = current_boot_id(), time.monotonic(), iso_utc(time.time())
     seq = outbox.put("telemetry", body, boot_id=boot, mono_s=mono, ts=ts, time_quality="synced")
-    return OutboxItem(seq, "telemetry", boot, mono, ts, "synced", body, 0)
+    return OutboxItem.of(
+        seq, "telemetry", body, boot_id=boot, mono_s=mono, ts=ts, time_quality="synced"
+    )
 
 
 def drain_with_outbox(outbox: Outbox, port: int, live_every_s: float, timeout_s: float) -> Run:
@@ -473,7 +475,15 @@ def drain_with_paho(
             nonlocal next_live, next_seq
             body = telemetry_body(rng, len(live), depth=0)
             mono, ts = time.monotonic(), iso_utc(time.time())
-            item = OutboxItem(next_seq, "telemetry", current_boot_id(), mono, ts, "synced", body, 0)
+            item = OutboxItem.of(
+                next_seq,
+                "telemetry",
+                body,
+                boot_id=current_boot_id(),
+                mono_s=mono,
+                ts=ts,
+                time_quality="synced",
+            )
             payload = payloads.telemetry_message(BENCH_ID, [item], historical=False)
             live_mids.add(client.publish(TELEMETRY_TOPIC, payload, qos=1).mid)
             live[next_seq] = mono
@@ -753,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds, median reported (3)")
     parser.add_argument(
-        "--quick", action="store_true", help="one round of 500 records, live every 20 ms"
+        "--quick", action="store_true", help="one round of 3,000 records, live every 2 ms"
     )
     parser.add_argument("--dir", type=Path, default=None, help="outbox directory (/var/tmp)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
@@ -763,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.subscriber is not None:
         return subscriber_main(args.subscriber, args.subscriber_timeout)
     records, live_ms, rounds = (
-        (500, 20.0, 1) if args.quick else (args.records, args.live_ms, args.rounds)
+        (3000, 2.0, 1) if args.quick else (args.records, args.live_ms, args.rounds)
     )
     if records < 1 or live_ms <= 0 or rounds < 1:
         parser.error("--records and --rounds must be >= 1 and --live-ms > 0")

@@ -173,7 +173,12 @@ _COLUMNS = "seq, kind, boot_id, mono_s, ts, time_quality, size, body"
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
-    """One stored record, as the publisher needs it."""
+    """One stored record, as the publisher needs it.
+
+    The body stays the compact JSON text it was stored as: the publisher splices
+    it into the message without decoding and re-encoding it, which is most of the
+    CPU a backlog drain costs (bench/bench_drain.py). `body` decodes on demand.
+    """
 
     seq: int
     kind: str  # "telemetry" | "event"
@@ -181,8 +186,34 @@ class OutboxItem:
     mono_s: float  # monotonic seconds since that boot, at recording
     ts: str  # ISO 8601 UTC wall time at recording (or corrected afterwards)
     time_quality: str  # "synced" | "unsynced" | "corrected"
-    body: dict[str, Any]  # the record without seq/ts/time_quality/boot_id/uptime
-    size: int  # bytes of the stored body (compact JSON, UTF-8)
+    body_json: str  # the record without the envelope: a compact JSON object
+    size: int  # bytes of the stored body (UTF-8)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.body_json)
+        return body
+
+    @classmethod
+    def of(
+        cls,
+        seq: int,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        boot_id: str,
+        mono_s: float,
+        ts: str,
+        time_quality: str,
+    ) -> OutboxItem:
+        """An item from a body dict (a record just made, not read back from the store)."""
+        text = encode_body(body)
+        return cls(seq, kind, boot_id, mono_s, ts, time_quality, text, len(text.encode()))
+
+
+def encode_body(body: dict[str, Any]) -> str:
+    """The stored form of a body: compact JSON, UTF-8 text, no NaN."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +369,7 @@ class Outbox:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
         if time_quality not in TIME_QUALITIES:
             raise ValueError(f"time_quality must be one of {sorted(TIME_QUALITIES)}")
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        data = encode_body(body)
         size = len(data.encode())
         if size > self.max_bytes:
             raise ValueError(f"record of {size} bytes exceeds the outbox cap {self.max_bytes}")
@@ -564,7 +595,7 @@ class Outbox:
             for seq, kind, boot_id, mono_s, ts, quality, size, body in cursor:
                 if seq in exclude or seq in self._pending_acks:
                     continue
-                yield OutboxItem(seq, kind, boot_id, mono_s, ts, quality, json.loads(body), size)
+                yield OutboxItem(seq, kind, boot_id, mono_s, ts, quality, body, size)
         except sqlite3.Error as exc:
             raise self._read_failed(exc) from exc
 

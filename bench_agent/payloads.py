@@ -32,10 +32,16 @@ class Recorded(Protocol):
     def time_quality(self) -> str: ...
     @property
     def body(self) -> dict[str, Any]: ...
+    @property
+    def body_json(self) -> str: ...
+
+
+def _text(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _text(obj).encode()
 
 
 def iso_utc(when: datetime) -> str:
@@ -43,13 +49,10 @@ def iso_utc(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record(item: Recorded, *, historical: bool, stored: bool = True) -> dict[str, Any]:
-    """One telemetry record or event as it goes on the wire: envelope fields, then body.
-
-    A record the outbox could not store (storage fault) has no seq -- a seq is
-    only ever issued by a commit, so that a gap means lost data -- and is
-    flagged `"stored": false` instead.
-    """
+def _envelope(item: Recorded, *, historical: bool, stored: bool) -> dict[str, Any]:
+    """A record's envelope fields. A record the outbox could not store (storage fault)
+    has no seq -- a seq is only ever issued by a commit, so that a gap means lost
+    data -- and is flagged `"stored": false` instead."""
     out: dict[str, Any] = {"seq": item.seq} if stored else {}
     out.update(
         ts=item.ts,
@@ -61,20 +64,39 @@ def record(item: Recorded, *, historical: bool, stored: bool = True) -> dict[str
         out["historical"] = True
     if not stored:
         out["stored"] = False
-    out.update(item.body)
     return out
+
+
+def record(item: Recorded, *, historical: bool, stored: bool = True) -> dict[str, Any]:
+    """One telemetry record or event as a dict: envelope fields, then body."""
+    return {**_envelope(item, historical=historical, stored=stored), **item.body}
+
+
+def record_json(item: Recorded, *, historical: bool, stored: bool = True) -> str:
+    """`record` as compact JSON, spliced from the stored body text without decoding it
+    (the body's keys never collide with the envelope's)."""
+    envelope = _text(_envelope(item, historical=historical, stored=stored))
+    body = item.body_json
+    return envelope if body == "{}" else f"{envelope[:-1]},{body[1:]}"
+
+
+def telemetry_frame(bench_id: str) -> tuple[str, str]:
+    """The text around a telemetry message's records: prefix + ",".join(records) + suffix."""
+    head = _text({"v": CONTRACT_VERSION, "bench": bench_id})
+    return head[:-1] + ',"records":[', "]}"
 
 
 def telemetry_message(
     bench_id: str, items: Iterable[Recorded], *, historical: bool, stored: bool = True
 ) -> bytes:
-    records = [record(item, historical=historical, stored=stored) for item in items]
-    return encode({"v": CONTRACT_VERSION, "bench": bench_id, "records": records})
+    prefix, suffix = telemetry_frame(bench_id)
+    records = ",".join(record_json(i, historical=historical, stored=stored) for i in items)
+    return f"{prefix}{records}{suffix}".encode()
 
 
 def event_message(bench_id: str, item: Recorded, *, historical: bool, stored: bool = True) -> bytes:
-    body = record(item, historical=historical, stored=stored)
-    return encode({"v": CONTRACT_VERSION, "bench": bench_id, **body})
+    head = _text({"v": CONTRACT_VERSION, "bench": bench_id})
+    return f"{head[:-1]},{record_json(item, historical=historical, stored=stored)[1:]}".encode()
 
 
 def status_message(

@@ -144,19 +144,26 @@ class Publisher:
         if items[0].kind == "event":
             payload = payloads.event_message(self._bench_id, items[0], historical=True)
             return self._send("event", payload, (items[0].seq,))
-        batch = []
+        # The store bounds the batch by stored body size; each record's envelope adds
+        # ~120 bytes, so records are added while the exact message still fits (always
+        # at least one). The stored JSON is spliced in, never decoded (see payloads).
+        prefix, suffix = payloads.telemetry_frame(self._bench_id)
+        budget = self._max_payload_bytes - len(prefix.encode()) - len(suffix)
+        records: list[str] = []
+        seqs: list[int] = []
+        used = 0
         for item in items:
             if item.kind != "telemetry":
                 break
-            batch.append(item)
-        # The store bounds the batch by stored body size; the envelope adds a little,
-        # so trim until the encoded message fits.
-        while True:
-            payload = payloads.telemetry_message(self._bench_id, batch, historical=True)
-            if len(payload) <= self._max_payload_bytes or len(batch) == 1:
+            text = payloads.record_json(item, historical=True)
+            size = len(text.encode()) + (1 if records else 0)  # the comma
+            if records and used + size > budget:
                 break
-            batch = batch[: max(1, len(batch) * 3 // 4)]
-        return self._send("telemetry", payload, tuple(item.seq for item in batch))
+            records.append(text)
+            seqs.append(item.seq)
+            used += size
+        payload = f"{prefix}{','.join(records)}{suffix}".encode()
+        return self._send("telemetry", payload, tuple(seqs))
 
     def _send(self, leaf: str, payload: bytes, seqs: tuple[int, ...]) -> bool:
         mid = self._link.publish(self._topic(leaf), payload, qos=1)

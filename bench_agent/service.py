@@ -672,11 +672,15 @@ class Agent:
             )
         except StorageError as exc:
             self.storage_errors += 1
-            unstored = OutboxItem(0, kind, self.boot_id, mono_s, ts, quality, body, 0)
+            unstored = OutboxItem.of(
+                0, kind, body, boot_id=self.boot_id, mono_s=mono_s, ts=ts, time_quality=quality
+            )
             self.publisher.send_unstored(unstored)
             self._raise_fault("storage", self.outbox.fault or str(exc))
             return unstored, False
-        item = OutboxItem(seq, kind, self.boot_id, mono_s, ts, quality, body, 0)
+        item = OutboxItem.of(
+            seq, kind, body, boot_id=self.boot_id, mono_s=mono_s, ts=ts, time_quality=quality
+        )
         self.publisher.send_live(item)
         if kind == "telemetry":
             self._clear_fault("storage")
