@@ -911,8 +911,10 @@ class CommandProcessor:
         source: str,
         key_id: str | None,
     ) -> dict[str, Any]:
+        # An override remembers who set it: "ops:<key id>", or "technician".
+        who = source if key_id is None else f"{source}:{key_id}"
         try:
-            reply = ok_reply(command_id, self._dispatch(action, args, source))
+            reply = ok_reply(command_id, self._dispatch(action, args, who))
             _encode(reply)  # a result that cannot be sent is an internal error, not a crash
         except CommandError as exc:
             reply = error_reply(command_id, exc.code, exc.message)

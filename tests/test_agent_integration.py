@@ -55,6 +55,11 @@ def test_publishes_schema_valid_telemetry_and_retained_status(
     wait_until(lambda: len(recorder.telemetry_records()) >= 3, 4 * PUBLISH_REAL_S + 5, "3 records")
     seqs = [r["seq"] for r in recorder.telemetry_records()]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    # The retained state: every output with its reason, schema-valid.
+    state = recorder.wait_for("state")
+    validate("state", state)
+    assert set(state["outputs"]) == {"usb1", "usb2", "wifi"}
+    assert all(o["reason"] for o in state["outputs"].values())
     assert agent.proc.poll() is None
 
 
@@ -267,6 +272,13 @@ def test_signed_remote_command_switches_a_port_and_bad_ones_change_nothing(
     assert len(offs) == 1
     command_events = [m.json() for m in recorder.on("event") if m.json()["type"] == "command"]
     assert [e["id"] for e in command_events] == [good["id"]]
+    # The retained state says why usb2 is off, who said so, and until when.
+    state = recorder.wait_for("state", lambda p: p["outputs"]["usb2"]["reason"] == "override_off")
+    assert state["outputs"]["usb2"]["on"] is False
+    assert state["outputs"]["usb2"]["override"]["state"] == "off"
+    assert state["outputs"]["usb2"]["override"]["source"].endswith("ops-test")
+    for message in recorder.on("state") + recorder.on("event"):
+        validate("state" if message.topic.endswith("/state") else "event", message.json())
 
 
 def test_power_cycles_the_access_point_when_the_broker_stays_unreachable(
