@@ -176,25 +176,25 @@ def error_code(reply: dict[str, Any]) -> str:
         (
             "usb.set",
             {"port": "usb2", "state": "off", "duration_s": 1800},
-            ("set_override", "usb2", False, 1800.0, "ops"),
+            ("set_override", "usb2", False, 1800.0, "ops:ops-alice"),
             {"output": "usb2", "state": "off", "duration_s": 1800.0},
         ),
         (
             "usb.set",
             {"port": "usb1", "state": "on"},
-            ("set_override", "usb1", True, None, "ops"),
+            ("set_override", "usb1", True, None, "ops:ops-alice"),
             {"output": "usb1", "state": "on", "duration_s": None},
         ),
         (
             "wifi.set",
             {"state": "auto"},
-            ("set_override", "wifi", None, None, "ops"),
+            ("set_override", "wifi", None, None, "ops:ops-alice"),
             {"output": "wifi", "state": "auto", "duration_s": None},
         ),
         (
             "wifi.set",
             {"state": "on", "duration_s": 7200.5},
-            ("set_override", "wifi", True, 7200.5, "ops"),
+            ("set_override", "wifi", True, 7200.5, "ops:ops-alice"),
             {"output": "wifi", "state": "on", "duration_s": 7200.5},
         ),
         ("fault.reset", {}, ("reset_fault", None), {"reset": ["overcurrent.usb1"]}),
@@ -393,7 +393,9 @@ def test_allow_unsigned_accepts_unsigned_and_warns_loudly(
         del c["bench"]
         assert rig.send(c)["ok"] is True
         assert any("UNSIGNED" in r.message and c["id"] in r.message for r in caplog.records)
-    assert rig.control.calls == [("set_override", "usb1", False, None, "ops")]
+    assert rig.control.calls == [
+        ("set_override", "usb1", False, None, "ops")
+    ]  # unsigned: no key to name
     assert rig.events[0]["key_id"] is None
     # A signature, when present, is still checked.
     assert error_code(rig.send(cmd("rebirth", key=OTHER_KEY))) == "bad_signature"
@@ -435,7 +437,7 @@ def test_same_id_with_other_content_is_replayed(rig: Rig) -> None:
     rig.send(first)
     again = _resigned(first, args={"port": "usb1", "state": "on"})
     assert error_code(rig.send(again)) == "replayed"
-    assert rig.control.mutations() == [("set_override", "usb1", False, None, "ops")]
+    assert rig.control.mutations() == [("set_override", "usb1", False, None, "ops:ops-alice")]
 
 
 def test_replay_is_refused_after_a_restart_even_before_the_clock_syncs(tmp_path: Path) -> None:
