@@ -32,6 +32,8 @@ from bench_agent.soc import SocEstimator
 
 log = logging.getLogger(__name__)
 
+SAFE_STATE = "safe_state"  # reason code: before the first decision, and on stop
+
 EmitEvent = Callable[[str, dict[str, Any]], None]
 PERSIST_EVERY_S = 900.0  # agent seconds between saves of SoC and latches (SD-card wear)
 
@@ -206,7 +208,7 @@ class Controller:
             override = self.overrides.get(name)
             outputs[name] = {
                 "on": switch.is_on,
-                "reason": decision.reason if decision else "safe_state",
+                "reason": decision.reason if decision else SAFE_STATE,
                 "detail": decision.detail if decision else "before the first decision",
                 "override": None
                 if override is None
@@ -233,6 +235,17 @@ class Controller:
                 "over_temperature": self.state.over_temperature,
             },
         }
+
+    def enter_safe_state(self, detail: str) -> None:
+        """Every output to its configured safe state, as decisions: each switch is an
+        `output_switched` event (reason `safe_state`) and the state changes, so ops see
+        it before the agent stops."""
+        self._apply(
+            {
+                name: Decision(switch.safe_state_on, SAFE_STATE, detail)
+                for name, switch in self.outputs.items()
+            }
+        )
 
     def safe_state(self) -> None:
         """Every output to its configured safe state (on stop)."""

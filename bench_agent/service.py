@@ -230,6 +230,9 @@ class Agent:
                 )  # entering the context starts the reader thread
             self.link.start()
             stack.callback(self._say_offline)
+            # Runs before _say_offline (LIFO): the switches to the safe state are
+            # events and a state update that still reach the broker.
+            stack.callback(self._enter_safe_state)
             self.started_mono = self.link_changed_mono = self.clock.monotonic()
             # Closed first on the way out (LIFO): no technician request reaches a
             # loop that has stopped.
@@ -719,6 +722,10 @@ class Agent:
             version=__version__,
             reason=reason,
         )
+
+    def _enter_safe_state(self) -> None:
+        self.controller.enter_safe_state("agent stopping")
+        self._publish_state(force=True)
 
     def _say_offline(self) -> None:
         """Clean shutdown: retained status offline, acknowledged if the broker is there."""

@@ -706,12 +706,6 @@ def test_an_error_escaping_the_loop_still_puts_every_output_in_its_safe_state(
     assert offline["reason"] == "shutdown"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on stop the outputs go to their safe state in Hardware.close() (after "
-    "the link is closed) with no output_switched event, and the retained state keeps "
-    "saying the ports are on",
-)
 def test_the_switch_to_the_safe_state_on_stop_is_reported(
     tmp_path: Path, broker: Broker, recorder: Recorder
 ) -> None:

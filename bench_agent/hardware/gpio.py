@@ -30,6 +30,7 @@ class Switch(Protocol):
     """One switched load."""
 
     name: str
+    safe_state_on: bool  # the state it takes before the first decision and on stop
 
     def set(self, on: bool) -> None:
         """Switch the load; raises OSError when the switch cannot be driven."""
