@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -200,6 +202,9 @@ def test_indonesian_output(daemon: Path) -> None:
     events = cli(daemon, "events", lang=ID)
     assert events.returncode == 0
     assert "usb.set" in events.stdout
+    wifi_id, wifi_en = cli(daemon, "wifi", "auto", lang=ID), cli(daemon, "wifi", "auto")
+    assert wifi_id.returncode == wifi_en.returncode == 0
+    assert wifi_id.stdout != wifi_en.stdout  # the same answer, in Indonesian
     reset = cli(daemon, "fault", "reset", lang=ID)
     assert reset.returncode == 0
     assert reset.stdout.strip() != "No latched faults to reset."
@@ -234,3 +239,32 @@ def test_permission_denied_is_one_line(daemon: Path) -> None:
         assert done.returncode == 77, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert word in done.stderr.lower()
+
+
+def test_status_watch_refreshes_until_ctrl_c(daemon: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "bench_agent",
+        "--socket",
+        str(daemon),
+        "status",
+        "--watch",
+        "0.5",
+    ]
+    env = {**os.environ, **ID, "PYTHONPATH": str(REPO)}
+    watch = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        time.sleep(2.0)  # a few refreshes
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=10)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, err
+    assert "Traceback" not in err
+    assert out.count("sim-bench-01") >= 2  # refreshed, not printed once
+    assert "wifi" in out.lower() or "Wi-Fi" in out
