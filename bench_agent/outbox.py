@@ -358,10 +358,14 @@ class Outbox:
         mono_s: float,
         ts: str,
         time_quality: str,
+        in_flight: Collection[int] = (),
     ) -> int:
         """Store one record and return its seq, committed before returning.
 
         `mono_s`: monotonic seconds since boot `boot_id`; `ts`: ISO 8601 UTC.
+        `in_flight`: seqs published and waiting for their PUBACK. The cap never drops
+        them (they are about to leave anyway, and a drop must mean "never sent"): it
+        drops older ones only, and the file may exceed the cap by their size briefly.
         Raises ValueError for a bad argument (nothing written) and StorageError
         when the disk refuses (see `fault`); the seq is not consumed then.
         """
@@ -392,7 +396,9 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (seq, kind, boot_id, mono_s, ts, time_quality, size, data),
                 )
-                dropped, dropped_bytes = self._drop_over_cap(conn, self._bytes - freed + size)
+                dropped, dropped_bytes = self._drop_over_cap(
+                    conn, self._bytes - freed + size, in_flight
+                )
                 if dropped:
                     _set_meta(conn, "drops_total", self._drops_total + dropped)
                 conn.execute("COMMIT")
@@ -614,14 +620,17 @@ class Outbox:
             _delete_seqs(conn, self._pending_acks)
         return sum(self._pending_acks.values())
 
-    def _drop_over_cap(self, conn: sqlite3.Connection, total: int) -> tuple[int, int]:
-        """Delete the oldest rows until `total` body bytes fit the cap; (count, bytes)."""
+    def _drop_over_cap(
+        self, conn: sqlite3.Connection, total: int, in_flight: Collection[int]
+    ) -> tuple[int, int]:
+        """Delete the oldest rows until `total` body bytes fit the cap, stopping at the
+        first one in flight (drops stay "the oldest"); (count, bytes)."""
         if total <= self.max_bytes:
             return 0, 0
         victims: dict[int, int] = {}
         freed = 0
         for seq, size in conn.execute("SELECT seq, size FROM outbox ORDER BY seq"):
-            if total - freed <= self.max_bytes:
+            if total - freed <= self.max_bytes or seq in in_flight:
                 break
             victims[seq] = size
             freed += size
@@ -774,8 +783,13 @@ class Outbox:
         power_lost = meta.get("clean", 1) == 0 and (
             not self._boot_id or meta.get("boot_id") != self._boot_id
         )
+        # A file that never ran (deleted and made anew) cannot know the seqs issued.
+        # Otherwise, on the same boot the file holds every commit (a process crash
+        # loses nothing in the page cache), and a seq only in the floor file was never
+        # committed, so never published: reusing it is safe, skipping it a false gap.
+        fresh_file = "boot_id" not in meta
         last = db_last
-        if floor is not None and (replaced or db_last < floor or power_lost):
+        if floor is not None and (replaced or power_lost or (fresh_file and db_last < floor)):
             # The file may not hold the newest seq issued: jump past all of them.
             last = max(db_last, floor + SEQ_FLOOR_EVERY - 1)
             if last != db_last:

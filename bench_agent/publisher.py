@@ -95,6 +95,11 @@ class Publisher:
     def inflight_messages(self) -> int:
         return len(self._inflight)
 
+    @property
+    def inflight_seqs(self) -> frozenset[int]:
+        """Seqs published and waiting for their PUBACK (the outbox's cap spares them)."""
+        return frozenset(self._inflight_seqs)
+
     # -- sending --------------------------------------------------------------
 
     def send_live(self, item: Any) -> bool:

@@ -118,7 +118,9 @@ class Agent:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.boot_id = read_boot_id()
-        self.inbox: queue.Queue[InboxItem] = queue.Queue()
+        # SimpleQueue: its put() is reentrant, so the signal handlers may call it while
+        # the main loop is inside get() (queue.Queue could deadlock on its lock).
+        self.inbox: queue.SimpleQueue[InboxItem] = queue.SimpleQueue()
         self._stopping = False
         self.faults: dict[str, str] = {}  # fault code -> detail, e.g. "sensor.usb1"
         self.events_dropped_unstored = 0
@@ -346,6 +348,7 @@ class Agent:
                 self.link.publish(self.cfg.topic("status"), self._status(online=True), retain=True)
                 self._publish_state(force=True)
                 self.publisher.on_connected(generation)
+                self._report_drops()
             case Disconnected():
                 self.link_changed_mono = self.clock.monotonic()
                 self.publisher.on_disconnected()
@@ -671,7 +674,13 @@ class Agent:
         quality = "synced" if synced else "unsynced"
         try:
             seq = self.outbox.put(
-                kind, body, boot_id=self.boot_id, mono_s=mono_s, ts=ts, time_quality=quality
+                kind,
+                body,
+                boot_id=self.boot_id,
+                mono_s=mono_s,
+                ts=ts,
+                time_quality=quality,
+                in_flight=self.publisher.inflight_seqs,
             )
         except StorageError as exc:
             self.storage_errors += 1
@@ -687,10 +696,19 @@ class Agent:
         self.publisher.send_live(item)
         if kind == "telemetry":
             self._clear_fault("storage")
-        if dropped := self.outbox.take_new_drops():
-            # The drops are already counted (health.outbox_drops); this says when.
-            self.emit_event("outbox_dropped", {"records": dropped})
+        self._report_drops()
         return item, True
+
+    def _report_drops(self) -> None:
+        """One `outbox_dropped` event per outage, sent once the broker is back: an
+        event stored while offline would itself be dropped by the full outbox."""
+        if not self.link.connected:
+            return
+        if dropped := self.outbox.take_new_drops():
+            # The drops are already counted (health.outbox_drops); this says when,
+            # and `total` makes the latest event authoritative on its own.
+            total = self.outbox.stats().drops_total
+            self.emit_event("outbox_dropped", {"records": dropped, "total": total})
 
     # -- faults -------------------------------------------------------------
 

@@ -108,7 +108,7 @@ class Recorder:
         self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
         # Back within 0.2 s of a broker restart, before the agent (its backoff starts at
         # 0.5 s): a test that flaps the broker must not miss what the agent sends next.
-        self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.2)
+        self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.2)  # type: ignore[arg-type]  # paho sleeps for a float; its annotation says int
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._subscribed.wait(10):

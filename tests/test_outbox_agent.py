@@ -353,16 +353,6 @@ def test_kill_9_at_random_moments_with_a_flapping_broker_loses_and_reuses_nothin
 # -- c) cap overflow --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "outbox_dropped events are stored in the outbox and dropped by the cap themselves "
-        "(one per record during an outage), so their sum falls short of the gap; and the "
-        "cap drops records in flight that are then delivered, so health.outbox_drops can "
-        "exceed the gap"
-    ),
-)
 def test_a_full_outbox_drops_exactly_the_oldest_and_reports_the_count(
     broker: DurableBroker, recorder: DurableRecorder, start_agent: StartAgent
 ) -> None:
