@@ -214,9 +214,10 @@ def _charger_status(agent: Agent) -> dict[str, Any] | None:
     if summary is None:
         error = "stale" if agent.charger_stale() else "no_data"
         return {"state": None, "error": error, "panel_watts": None, "yield_today_kwh": None}
+    error = summary["error"]
     return {
         "state": summary["charge_state"],
-        "error": summary["error"],
+        "error": None if error == "no_error" else error,
         "panel_watts": summary["panel_watts"],
         "yield_today_kwh": summary["yield_today_kwh"],
     }

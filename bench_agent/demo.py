@@ -2,9 +2,11 @@
 
 Starts a mosquitto on a free loopback port, the agent (`bench-agent run`) on the
 simulated bench of `config/sim-bench.toml` with its scripted demo day, and shows
-what city ops receive: a compact table of the latest telemetry, the outputs
-with the reason for each, and the latest events — refreshed as messages arrive.
-Ctrl-C (or `--duration` seconds) stops everything it started.
+what city ops receive (a compact table of the latest telemetry, the outputs
+with the reason for each, the latest events — refreshed as messages arrive)
+and what a field technician sees (`bench-agent status`, read every 2 s over the
+agent's control socket, exactly as the CLI prints it). Ctrl-C (or `--duration`
+seconds) stops everything it started.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+from bench_agent.control import ControlClient
+from bench_agent.errors import BenchAgentError
+from bench_agent.techcli import format_status
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_CONFIG = REPO / "config" / "sim-bench.toml"
@@ -146,6 +152,37 @@ class OpsView:
 _ENVELOPE = {"v", "bench", "seq", "ts", "time_quality", "boot_id", "uptime_s", "historical"}
 
 
+class TechnicianView:
+    """`bench-agent status` as a technician at the bench reads it (over the socket)."""
+
+    REFRESH_S = 2.0
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self._client = ControlClient(socket_path, timeout_s=3.0)
+        self._lines = ["waiting for the agent's control socket…"]
+        self._next = 0.0
+
+    def refresh(self, now: float) -> bool:
+        """Ask the agent again when due; True when the view changed."""
+        if now < self._next:
+            return False
+        self._next = now + self.REFRESH_S
+        try:
+            self._lines = format_status(self._client.call("status"))
+        except (BenchAgentError, OSError) as exc:
+            self._lines = [f"(control socket: {exc})"]
+        return True
+
+    def render(self) -> str:
+        rule = "— what a technician sees: bench-agent status " + "—" * 34
+        hint = (
+            f"try: .venv/bin/bench-agent --socket {self.socket_path} usb 2 off --for 30m"
+            "  (or: selftest, events, LANG=id_ID.UTF-8 …)"
+        )
+        return "\n".join([rule, *self._lines, "", hint])
+
+
 Started = tuple[int, subprocess.Popen[bytes], subprocess.Popen[bytes], Any]
 
 
@@ -192,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         port, broker, agent, agent_log = _start(workdir)
         view = OpsView()
+        technician = TechnicianView(workdir / "control.sock")
         client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
         client.on_message = view.on_message
         client.on_connect = lambda c, *_a: c.subscribe("smartbench/#", qos=1)
@@ -206,13 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"demo: the agent exited ({agent.returncode}); its log:", file=sys.stderr)
                     print((workdir / "agent.log").read_text()[-3000:], file=sys.stderr)
                     return 1
-                if view.changed.wait(0.5):
-                    view.changed.clear()
-                    if interactive:
-                        sys.stdout.write("\x1b[H\x1b[2J" + view.render() + "\n")
-                        sys.stdout.flush()
+                ops_changed = view.changed.wait(0.5)
+                view.changed.clear()
+                if (technician.refresh(time.monotonic()) or ops_changed) and interactive:
+                    screen = view.render() + "\n\n" + technician.render()
+                    sys.stdout.write("\x1b[H\x1b[2J" + screen + "\n")
+                    sys.stdout.flush()
             if not interactive:
-                print(view.render())
+                technician.refresh(float("inf"))
+                print(view.render() + "\n\n" + technician.render())
         except KeyboardInterrupt:
             pass
         finally:
