@@ -26,6 +26,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench_agent.config import MqttConfig
 
@@ -250,7 +251,15 @@ class MqttLink:
             self._note_failure(f"broker refused the connection: {reason_code}")
             return
         for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+            if self._cfg.protocol == "5":
+                # Without retainAsPublished the broker clears the retain flag when it
+                # forwards a retained message live, and a retained command published
+                # while we are online would look like a fresh one. MQTT 3.1.1 has no
+                # such option (README: retained commands there are caught only at
+                # subscribe time; signatures and the replay store still hold).
+                client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            else:
+                client.subscribe(topic, qos=1)
         with self._lock:
             self._generation += 1
             self.reconnects = self._generation - 1

@@ -17,6 +17,7 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
@@ -55,6 +56,7 @@ LIVE_RELOADABLE = frozenset({"policy", "commands", "uplink"})
 UPLINK_FILE = "uplink-recovery.json"
 COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much counting
 WIFI_CLIENTS_EVERY_S = 60.0
+MAX_PENDING_REPLIES = 256
 STOP_GRACE_S = 2.0
 # The charge controller's fields that go into telemetry (units in the names).
 CHARGER_FIELDS = (
@@ -130,6 +132,9 @@ class Agent:
         self._counters_saved_mono: float | None = None
         self._reported_yesterday: date | None = None
         self._wifi_clients: int | None = None
+        # Bounded: a flood of commands cannot grow memory; the oldest reply goes first.
+        self._pending_replies: deque[bytes] = deque(maxlen=MAX_PENDING_REPLIES)
+        self.replies_dropped = 0
         self._next_clients_query_mono = float("-inf")
         # Built in run(), inside the ExitStack that will close them.
         self.hardware: Hardware
@@ -337,7 +342,24 @@ class Agent:
                 item = self.inbox.get_nowait()
             except queue.Empty:
                 break
+        self._send_replies()
         self.publisher.pump()
+
+    def _queue_reply(self, reply: bytes) -> None:
+        if len(self._pending_replies) == MAX_PENDING_REPLIES:
+            self.replies_dropped += 1
+            if self.replies_dropped % 100 == 1:  # a flood: say so, but not per reply
+                log.warning("command replies dropped: %d so far", self.replies_dropped)
+        self._pending_replies.append(reply)
+        self._send_replies()
+
+    def _send_replies(self) -> None:
+        """Command replies waiting for room in paho's bounded queue (a burst of commands
+        on a slow link) or for the link; sent in order, ahead of the backlog."""
+        while self._pending_replies:
+            if self.link.publish(self.cfg.topic("cmd/reply"), self._pending_replies[0]) is None:
+                return
+            self._pending_replies.popleft()
 
     def _handle(self, item: InboxItem) -> None:
         match item:
@@ -356,7 +378,7 @@ class Agent:
                 if topic == self.cfg.topic("cmd"):
                     reply = self.commands.handle_mqtt(payload, retained=retained)
                     if reply is not None:
-                        self.link.publish(self.cfg.topic("cmd/reply"), reply)
+                        self._queue_reply(reply)
             case TamperChanged(is_open):
                 if is_open != self.tamper_open:
                     self.tamper_open = is_open

@@ -395,11 +395,6 @@ def test_a_retained_command_waiting_on_the_broker_is_ignored(
     assert "ignored a retained message on cmd" in bench.agent.log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mqtt.py subscribes without retainAsPublished: the broker clears the retain "
-    "flag on live delivery, so a retained command published while the bench is online runs",
-)
 def test_a_retained_command_published_while_the_bench_is_online_is_ignored(
     start_bench: Callable[..., Bench],
 ) -> None:
@@ -633,11 +628,6 @@ def tcp_rx_queue(local_port: int | None = None, remote_port: int | None = None) 
     return fullest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.py drops a reply when paho's outgoing queue (50, mqtt.py) is full: "
-    "link.publish returns None and the reply is neither kept nor logged",
-)
 def test_a_burst_of_commands_on_a_slow_link_still_gets_every_reply(
     broker: Broker, recorder: Recorder, start_bench: Callable[..., Bench]
 ) -> None:
