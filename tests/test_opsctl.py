@@ -50,7 +50,7 @@ def test_keygen_writes_a_secret_private_key_and_an_installable_public_key(
     assert list(keys) == ["ops-alice"]
     # The pair matches: what the private key signs, the installed public key verifies.
     signature = load_private_key(private).sign(b"x")
-    keys["ops-alice"].verify(signature, b"x")
+    keys["ops-alice"].verify(b"x", signature)  # PyNaCl: message, then signature
     assert "ops-alice.pub" in capsys.readouterr().out
 
 
@@ -196,7 +196,7 @@ def test_send_signs_publishes_and_prints_the_ok_reply(
     reply = json.loads(capsys.readouterr().out)
     assert reply["ok"] is True
     assert reply["result"] == {"output": "usb1", "state": "off", "duration_s": 1800.0}
-    assert setup.control.calls == [("set_override", "usb1", False, 1800.0, "ops")]
+    assert setup.control.calls == [("set_override", "usb1", False, 1800.0, "ops:ops-alice")]
     assert setup.events[0]["key_id"] == "ops-alice" and setup.events[0]["id"] == reply["id"]
 
 
