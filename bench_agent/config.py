@@ -30,6 +30,7 @@ from bench_agent.policy import (
     Schedule,
     TemperatureLimits,
 )
+from bench_agent.soc import CHEMISTRIES, DEFAULT_REST_CURRENT_C
 from bench_agent.uplink import UplinkConfig
 
 BENCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -157,6 +158,19 @@ class BatteryConfig:
     capacity_ah: float
     chemistry: Literal["lifepo4", "agm"]
     channel: str  # the INA219 channel on the battery; positive amps = charging
+    # A steady discharge below this fraction of the capacity (A per Ah) counts as rest
+    # for the state-of-charge estimator's voltage anchor.
+    rest_current_c: float = DEFAULT_REST_CURRENT_C
+    # Ω, battery and cabling: the I·R correction of the estimator and of the voltage
+    # safety net. None: the chemistry's typical figure for this capacity.
+    internal_resistance_ohm: float | None = None
+
+    @property
+    def resistance_ohm(self) -> float:
+        """The internal resistance in use (configured, or the chemistry's typical one)."""
+        if self.internal_resistance_ohm is not None:
+            return self.internal_resistance_ohm
+        return CHEMISTRIES[self.chemistry].resistance_ohm_ah / self.capacity_ah
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +384,8 @@ def _parse(top: _Table, base: Path, source: Path) -> Config:
         top.table("policy") or _Table(top.file, "policy", {}),
         ports=[o.name for o in outputs if o.name != "wifi"],
         outputs=[o.name for o in outputs],
+        battery=battery,
+        battery_measured=battery.channel in {s.name for s in sensors},
     )
     uplink_table = top.table("uplink")
     uplink = _parse_uplink(uplink_table, outputs) if uplink_table else UplinkConfig()
@@ -615,7 +631,36 @@ def _parse_battery(t: _Table) -> BatteryConfig:
             capacity_ah=t.get_float("capacity_ah", 50.0, lo=1, hi=10_000),
             chemistry=t.get_choice("chemistry", ("lifepo4", "agm"), "lifepo4"),
             channel=t.get_str("channel", "battery"),
+            # C/100 is true rest (the least that makes sense); above C/5 the I·R
+            # correction is bigger than LiFePO4's whole plateau.
+            rest_current_c=t.get_float("rest_current_c", DEFAULT_REST_CURRENT_C, lo=0.01, hi=0.2),
+            internal_resistance_ohm=t.get_float("internal_resistance_ohm", None, lo=0, hi=1),
         )
+
+
+# Voltage safety net defaults per chemistry, in V of a 12 V battery at rest (the policy
+# corrects the measured voltage by I·R first): (Wi-Fi off below, USB off below, both
+# back at). They sit BELOW the state-of-charge levels (30 % / 15 %) on purpose: they are
+# the net for an estimate gone wrong, not a second opinion on a good one. And ABOVE the
+# low-voltage disconnects that protect the battery itself (a BMS at 2.5-2.8 V per cell,
+# 10-11.2 V; the load output of a solar controller or a BatteryProtect, typically set
+# between 10.5 and 12 V; the simulated bench's controller at 12.0 V for LiFePO4 and
+# 11.8 V for AGM), which cut everything, the Pi and the uplink included. The percentages
+# below are read off the estimator's charts (bench_agent/soc.py), which the simulated
+# battery also follows.
+_VOLTAGE_NET: dict[str, tuple[float, float, float]] = {
+    # LiFePO4 (4S): the plateau ends at ~3.2 V per cell (12.8 V, ~20 %); 3.10 V per
+    # cell (12.4 V) is ~15 % left and 3.05 V (12.2 V) ~12 %, on the steep knee where a
+    # volt means something (0.08 V per %), unlike the plateau (~0.01 V per %). Back at
+    # 3.25 V per cell (13.0 V): on the plateau again, ~40 % at rest, where the Wi-Fi's
+    # own state-of-charge level brings it back too.
+    "lifepo4": (12.4, 12.2, 13.0),
+    # AGM: a sloping curve (~0.013 V per %): 12.0 V is ~27 % and 11.9 V ~20 % at rest;
+    # lead-acid is worn by every deep discharge, so the net sits higher in % than
+    # LiFePO4's. Back at 12.5 V, ~65 % at rest, which a charging battery passes at
+    # once and a resting one only when really recharged.
+    "agm": (12.0, 11.9, 12.5),
+}
 
 
 DAY_S = 86400.0
@@ -696,16 +741,54 @@ def _parse_window(t: _Table, key: str, text: Any) -> tuple[time, time]:
         raise t.error(key, f"bad time window {text!r}") from None
 
 
-def _parse_policy(t: _Table, ports: list[str], outputs: list[str]) -> PolicyConfig:
+def _parse_policy_battery(
+    t: _Table, battery: BatteryConfig, battery_measured: bool
+) -> BatteryThresholds:
+    wifi_v, usb_v, restore_v = _VOLTAGE_NET[battery.chemistry]
+    with _checked(t):
+        pct = (
+            t.get_float("wifi_off_below_pct", 30.0, lo=0, hi=100),
+            t.get_float("wifi_on_above_pct", 40.0, lo=0, hi=100),
+            t.get_float("usb_off_below_pct", 15.0, lo=0, hi=100),
+            t.get_float("usb_on_above_pct", 25.0, lo=0, hi=100),
+        )
+        volts = (
+            t.get_float("wifi_off_below_volts", wifi_v, lo=8, hi=16),
+            t.get_float("usb_off_below_volts", usb_v, lo=8, hi=16),
+            t.get_float("restore_above_volts", restore_v, lo=8, hi=16),
+        )
+        delay = t.get_float("voltage_delay_s", 90.0, lo=0, hi=3600)
+    # Without a sensor on the battery there is no voltage to watch; a voltage rule
+    # waiting for one would hold every shed load off forever.
+    wifi_volts, usb_volts, restore_volts = volts if battery_measured else (None, None, None)
+    try:
+        return BatteryThresholds(
+            wifi_off_below_pct=pct[0],
+            wifi_on_above_pct=pct[1],
+            usb_off_below_pct=pct[2],
+            usb_on_above_pct=pct[3],
+            wifi_off_below_volts=wifi_volts,
+            usb_off_below_volts=usb_volts,
+            restore_above_volts=restore_volts,
+            voltage_delay_s=delay,
+            internal_resistance_ohm=battery.resistance_ohm,
+        )
+    except ValueError as exc:
+        # "usb_off_below_volts: must be below …": name the key that has to change.
+        name, _, problem = str(exc).partition(": ")
+        raise t.error(name, problem) from None
+
+
+def _parse_policy(
+    t: _Table,
+    ports: list[str],
+    outputs: list[str],
+    battery: BatteryConfig,
+    battery_measured: bool,
+) -> PolicyConfig:
     with _checked(t):
         battery_t = t.table("battery") or _Table(t.file, t.key("battery"), {})
-        with _checked(battery_t):
-            battery = (
-                battery_t.get_float("wifi_off_below_pct", 30.0, lo=0, hi=100),
-                battery_t.get_float("wifi_on_above_pct", 40.0, lo=0, hi=100),
-                battery_t.get_float("usb_off_below_pct", 15.0, lo=0, hi=100),
-                battery_t.get_float("usb_on_above_pct", 25.0, lo=0, hi=100),
-            )
+        thresholds = _parse_policy_battery(battery_t, battery, battery_measured)
         temp_t = t.table("temperature") or _Table(t.file, t.key("temperature"), {})
         with _checked(temp_t):
             temperature = (
@@ -739,7 +822,7 @@ def _parse_policy(t: _Table, ports: list[str], outputs: list[str]) -> PolicyConf
             "battery",
             lambda: PolicyConfig(
                 ports={p: PortLimits(*limits) for p in ports},
-                battery=BatteryThresholds(*battery),
+                battery=thresholds,
                 temperature=TemperatureLimits(*temperature),
                 schedules=schedules,
                 defaults=defaults,

@@ -111,6 +111,9 @@ class Controller:
             now_local=now_local,
             mono_s=mono_s,
             soc_pct=self.soc.soc_pct,
+            # The voltage safety net reads the battery itself, not the estimate.
+            battery_volts=battery.volts if battery is not None else None,
+            battery_amps=battery.amps if battery is not None else None,
             port_amps={p: (r.amps if (r := readings.get(p)) else None) for p in self.policy.ports},
             enclosure_c=enclosure_c,
             cpu_c=cpu_c,

@@ -23,11 +23,31 @@ Priority, highest first; the first layer that has an opinion decides:
      ``shed_above_c`` or the CPU above ``cpu_shed_above_c``, and resumes only when
      every known temperature is below its resume level (hysteresis). Reason
      ``over_temperature``.
-2. **Battery protection** with hysteresis (only ever switches OFF): Wi-Fi goes off
-   when the state of charge falls below ``wifi_off_below_pct`` and comes back only
-   above ``wifi_on_above_pct``; the USB ports likewise with the ``usb_*`` levels.
-   Wi-Fi is shed first (``usb_off_below_pct < wifi_off_below_pct``) because phone
-   charging is the service people rely on in an emergency. Reason ``battery_low``.
+2. **Battery protection** with hysteresis (only ever switches OFF), two rules:
+   - State of charge: Wi-Fi goes off when the state of charge falls below
+     ``wifi_off_below_pct`` and comes back only above ``wifi_on_above_pct``; the USB
+     ports likewise with the ``usb_*`` levels. Wi-Fi is shed first
+     (``usb_off_below_pct < wifi_off_below_pct``) because phone charging is the
+     service people rely on in an emergency. Reason ``battery_low``.
+   - Voltage, the safety net under the estimate: the state of charge is an estimate
+     and can be badly wrong (a battery that lost capacity, a count that drifted), so,
+     like the low-voltage disconnect of every solar charge controller, the battery's
+     own voltage sheds loads whatever the estimate says. The voltage is corrected for
+     the load (V − I·R, ``internal_resistance_ohm``: a phone plugged in must not read
+     as an empty battery). Below ``wifi_off_below_volts`` for ``voltage_delay_s`` Wi-Fi
+     goes off, below the lower ``usb_off_below_volts`` the USB ports too (the delay, as
+     in a BatteryProtect, lets a passing sag go by; only a voltage back more than 50 mV
+     above the level restarts it, so sensor noise cannot postpone a shed). A load shed
+     by voltage comes back only when the voltage has stayed at or above
+     ``restore_above_volts`` for ``voltage_delay_s`` AND the state of charge is above
+     that load's ``*_on_above_pct`` (a voltage shed is evidence the charge is low; the
+     sun lifts the voltage long before it has put the charge back). Reason
+     ``battery_voltage_low`` when the state of charge did not shed the load itself:
+     that reason tells ops the estimate is wrong; when both hold the reason stays
+     ``battery_low`` and the detail gives both. All ``*_volts`` None: the rule is off
+     (no battery channel).
+   Either rule shedding or restoring a load is a ``battery_shed`` /
+   ``battery_restored`` event; a load already shed by one rule is not shed again.
 3. **Manual overrides** (on or off, optionally expiring, from the CLI or city ops).
    They never beat layers 1-2. An expired override is ignored and reported once as
    an ``override_expired`` event; the controller, which owns the override store,
@@ -43,6 +63,10 @@ Unknown readings (``None`` or NaN, e.g. a sensor that stopped answering):
   was shed stays shed and one that was on stays on. Switching everything off on a
   flaky battery sensor would punish the public for a sensor fault; switching shed
   loads back on could flatten a battery we already know was low.
+- an unknown battery voltage likewise neither sheds nor restores (the sensor fault
+  is reported as its own fault), and neither starts nor resets the voltage delay; an
+  unknown current is taken as 0 A (no correction, which under a discharge reads
+  low: the safe side).
 - an unknown port current neither counts towards nor resets the consecutive-sample
   count (a missed sample does not prove the fault has gone).
 - unknown temperatures keep the previous over-temperature flag; with one sensor
@@ -70,6 +94,7 @@ OVERCURRENT_LATCHED: Final = "overcurrent_latched"
 COOLDOWN: Final = "cooldown"
 OVER_TEMPERATURE: Final = "over_temperature"
 BATTERY_LOW: Final = "battery_low"
+BATTERY_VOLTAGE_LOW: Final = "battery_voltage_low"
 OVERRIDE_ON: Final = "override_on"
 OVERRIDE_OFF: Final = "override_off"
 SCHEDULE_ON: Final = "schedule_on"
@@ -145,16 +170,37 @@ class PortLimits:
         _check(self.trip_forget_s > 0, "trip_forget_s", "must be > 0", self.trip_forget_s)
 
 
+VOLTS_RANGE: Final = (8.0, 16.0)  # V: what a 12 V battery's levels can sensibly be
+MIN_VOLTS_HYSTERESIS: Final = 0.1  # V between shedding and restoring: noise, load steps
+VOLTS_NOISE: Final = 0.05  # V above a shed level that does not yet count as recovered
+
+
 @dataclass(frozen=True, slots=True)
 class BatteryThresholds:
-    """State-of-charge levels, in %, for battery-protection load shedding."""
+    """Battery-protection levels: state of charge in %, and the voltage safety net in V.
+
+    The voltage levels are for the open-circuit voltage, i.e. the terminal voltage
+    corrected by the current × ``internal_resistance_ohm``; all three None turns the
+    voltage rule off.
+    """
 
     wifi_off_below_pct: float
     wifi_on_above_pct: float
     usb_off_below_pct: float
     usb_on_above_pct: float
+    wifi_off_below_volts: float | None = None
+    usb_off_below_volts: float | None = None
+    restore_above_volts: float | None = None
+    voltage_delay_s: float = 90.0  # s a voltage must hold before it sheds or restores
+    internal_resistance_ohm: float = 0.0  # battery + cabling, for the I·R correction
+
+    @property
+    def voltage_rule(self) -> bool:
+        """Whether the voltage safety net is on."""
+        return self.wifi_off_below_volts is not None
 
     def __post_init__(self) -> None:
+        self._check_volts()
         for name in (
             "wifi_off_below_pct",
             "wifi_on_above_pct",
@@ -181,6 +227,46 @@ class BatteryThresholds:
             "usb_off_below_pct",
             f"must be below wifi_off_below_pct ({self.wifi_off_below_pct}): Wi-Fi is shed first",
             self.usb_off_below_pct,
+        )
+
+    def _check_volts(self) -> None:
+        _finite("voltage_delay_s", self.voltage_delay_s)
+        _check(
+            0.0 <= self.voltage_delay_s <= 3600.0,
+            "voltage_delay_s",
+            "must be between 0 and 3600",
+            self.voltage_delay_s,
+        )
+        _finite("internal_resistance_ohm", self.internal_resistance_ohm)
+        _check(
+            0.0 <= self.internal_resistance_ohm <= 1.0,
+            "internal_resistance_ohm",
+            "must be between 0 and 1",
+            self.internal_resistance_ohm,
+        )
+        names = ("wifi_off_below_volts", "usb_off_below_volts", "restore_above_volts")
+        levels = [getattr(self, name) for name in names]
+        if all(level is None for level in levels):
+            return
+        lo, hi = VOLTS_RANGE
+        for name, level in zip(names, levels, strict=True):
+            _check(level is not None, name, "the voltage levels go together: set all three", level)
+            assert level is not None
+            _finite(name, level)
+            _check(lo <= level <= hi, name, f"must be between {lo:g} and {hi:g} V", level)
+        wifi, usb, restore = levels
+        assert wifi is not None and usb is not None and restore is not None
+        _check(
+            usb < wifi,
+            "usb_off_below_volts",
+            f"must be below wifi_off_below_volts ({wifi:g}): Wi-Fi is shed first",
+            usb,
+        )
+        _check(
+            restore >= wifi + MIN_VOLTS_HYSTERESIS,
+            "restore_above_volts",
+            f"must be at least {MIN_VOLTS_HYSTERESIS:g} V above wifi_off_below_volts ({wifi:g})",
+            restore,
         )
 
 
@@ -353,6 +439,8 @@ class PolicyInputs:
     now_local: datetime
     mono_s: float
     soc_pct: float | None
+    battery_volts: float | None  # V at the battery's terminals, under whatever load
+    battery_amps: float | None  # A through the battery, + = charging
     port_amps: Mapping[str, float | None]
     enclosure_c: float | None
     cpu_c: float | None
@@ -383,6 +471,15 @@ class PortFault:
 
 
 @dataclass(frozen=True, slots=True)
+class VoltageWatch:
+    """The voltage safety net of one class of load (the Wi-Fi, or the USB ports)."""
+
+    shed: bool = False  # held off by the voltage rule
+    low_since_mono_s: float | None = None  # below the shed level, continuously, since
+    high_since_mono_s: float | None = None  # (while shed) at/above the restore level since
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyEvent:
     """Something the controller should publish as an MQTT event (kind is a stable code)."""
 
@@ -409,9 +506,11 @@ class PolicyState:
     """
 
     ports: Mapping[str, PortFault] = field(default_factory=dict)
-    wifi_battery_shed: bool = False
+    wifi_battery_shed: bool = False  # by the state-of-charge rule
     usb_battery_shed: bool = False
     over_temperature: bool = False
+    wifi_voltage: VoltageWatch = field(default_factory=VoltageWatch)
+    usb_voltage: VoltageWatch = field(default_factory=VoltageWatch)
     outputs: Mapping[str, bool] = field(default_factory=dict)
     events: tuple[PolicyEvent, ...] = ()
 
@@ -425,6 +524,16 @@ class PolicyState:
     @property
     def latched_ports(self) -> tuple[str, ...]:
         return tuple(sorted(p for p, f in self.ports.items() if f.latched))
+
+    @property
+    def wifi_shed(self) -> bool:
+        """Wi-Fi is held off for the battery, by either rule."""
+        return self.wifi_battery_shed or self.wifi_voltage.shed
+
+    @property
+    def usb_shed(self) -> bool:
+        """The USB ports are held off for the battery, by either rule."""
+        return self.usb_battery_shed or self.usb_voltage.shed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for persistence across restarts (latched faults survive a reboot).
@@ -445,6 +554,10 @@ class PolicyState:
             "wifi_battery_shed": self.wifi_battery_shed,
             "usb_battery_shed": self.usb_battery_shed,
             "over_temperature": self.over_temperature,
+            # A voltage shed survives a restart (restoring needs the voltage again, for
+            # the whole delay); the delays themselves start over.
+            "wifi_voltage_shed": self.wifi_voltage.shed,
+            "usb_voltage_shed": self.usb_voltage.shed,
         }
 
     @classmethod
@@ -478,11 +591,25 @@ class PolicyState:
                 cooldown_until_mono_s=mono_s + cfg.ports[port].cooldown_s if cooling else None,
             )
         flags = {}
-        for name in ("wifi_battery_shed", "usb_battery_shed", "over_temperature"):
+        names = (
+            "wifi_battery_shed",
+            "usb_battery_shed",
+            "over_temperature",
+            "wifi_voltage_shed",  # absent in files written before the voltage rule
+            "usb_voltage_shed",
+        )
+        for name in names:
             value = data.get(name, False)
             _check(isinstance(value, bool), name, "must be bool", value)
             flags[name] = value
-        return cls(ports=ports, **flags)
+        return cls(
+            ports=ports,
+            wifi_battery_shed=flags["wifi_battery_shed"],
+            usb_battery_shed=flags["usb_battery_shed"],
+            over_temperature=flags["over_temperature"],
+            wifi_voltage=VoltageWatch(shed=flags["wifi_voltage_shed"]),
+            usb_voltage=VoltageWatch(shed=flags["usb_voltage_shed"]),
+        )
 
 
 # --------------------------------------------------------------------------- policy
@@ -527,6 +654,112 @@ def _update_battery(
     if was_shed and soc <= on_above:
         return True, f"battery {soc:.1f}%, back on above {on_above:.1f}%"
     return False, f"battery {soc:.1f}%"
+
+
+def _open_circuit_volts(b: BatteryThresholds, inputs: PolicyInputs) -> tuple[float, str] | None:
+    """The battery's voltage corrected for its current, and how it was read; None unknown."""
+    volts = _known(inputs.battery_volts)
+    if volts is None:
+        return None
+    amps = _known(inputs.battery_amps)
+    if not amps or b.internal_resistance_ohm == 0.0:
+        return volts, f"battery {volts:.2f} V"
+    # amps < 0 while discharging: the battery's own voltage is above its terminals'.
+    corrected = volts - amps * b.internal_resistance_ohm
+    return corrected, f"battery {corrected:.2f} V ({volts:.2f} V at {amps:+.2f} A)"
+
+
+def _update_voltage(
+    b: BatteryThresholds,
+    *,
+    off_below: float | None,
+    reading: tuple[float, str] | None,
+    soc_allows: bool,
+    on_above_pct: float,
+    mono_s: float,
+    watch: VoltageWatch,
+) -> tuple[VoltageWatch, str]:
+    """The voltage safety net of one class of load: its new state and why."""
+    restore = b.restore_above_volts
+    if off_below is None or restore is None:
+        return VoltageWatch(), ""
+    if reading is None:
+        verb = "kept off" if watch.shed else "kept on"
+        return watch, f"battery voltage unknown; {verb} (off below {off_below:.2f} V)"
+    volts, text = reading
+    delay = b.voltage_delay_s
+    if volts < off_below:
+        since = mono_s if watch.low_since_mono_s is None else watch.low_since_mono_s
+        shed = watch.shed or mono_s - since >= delay
+        held = f" for {mono_s - since:.0f} s" if shed else ""
+        return VoltageWatch(shed, since, None), f"{text} < {off_below:.2f} V{held}"
+    if not watch.shed:
+        # Shedding is the safe side: noise around the level must not keep restarting
+        # the delay, so only a clear recovery does (restoring, below, is strict).
+        noise = volts <= off_below + VOLTS_NOISE
+        return (watch if noise else VoltageWatch()), text
+    high_since = None
+    if volts >= restore:
+        high_since = mono_s if watch.high_since_mono_s is None else watch.high_since_mono_s
+        if mono_s - high_since >= delay and soc_allows:
+            return VoltageWatch(), f"{text} ≥ {restore:.2f} V for {mono_s - high_since:.0f} s"
+    back_on = f"back on at {restore:.2f} V and above {on_above_pct:.1f}%"
+    return VoltageWatch(True, None, high_since), f"{text}, {back_on}"
+
+
+def _protect_load(
+    cfg: PolicyConfig,
+    state: PolicyState,
+    *,
+    wifi: bool,
+    soc: float | None,
+    reading: tuple[float, str] | None,
+    mono_s: float,
+) -> tuple[bool, VoltageWatch, Decision | None, list[PolicyEvent]]:
+    """Battery protection of the Wi-Fi (``wifi``) or of the USB ports.
+
+    Returns the state-of-charge flag, the voltage watch, the decision while the load
+    is held off for the battery (None: not held), and the shed/restored events.
+    """
+    b = cfg.battery
+    if wifi:
+        off_pct, on_pct, off_volts = (
+            b.wifi_off_below_pct,
+            b.wifi_on_above_pct,
+            b.wifi_off_below_volts,
+        )
+        soc_was, watch, was_shed = state.wifi_battery_shed, state.wifi_voltage, state.wifi_shed
+    else:
+        off_pct, on_pct, off_volts = b.usb_off_below_pct, b.usb_on_above_pct, b.usb_off_below_volts
+        soc_was, watch, was_shed = state.usb_battery_shed, state.usb_voltage, state.usb_shed
+    soc_shed, soc_detail = _update_battery(soc, off_pct, on_pct, soc_was)
+    voltage, volt_detail = _update_voltage(
+        b,
+        off_below=off_volts,
+        reading=reading,
+        soc_allows=soc is not None and soc > on_pct,
+        on_above_pct=on_pct,
+        mono_s=mono_s,
+        watch=watch,
+    )
+    # battery_voltage_low only where the estimate did not see it coming: that reason
+    # then tells ops the state of charge is wrong (an ageing battery, a drifted count).
+    both = "; ".join(d for d in (soc_detail, volt_detail) if d)
+    off = None
+    if soc_shed:
+        off = Decision(False, BATTERY_LOW, both)
+    elif voltage.shed:
+        off = Decision(False, BATTERY_VOLTAGE_LOW, volt_detail)
+    detail = off.detail if off else both
+    events = _transition_events(
+        was_shed,
+        off is not None,
+        shed=EVENT_BATTERY_SHED,
+        restored=EVENT_BATTERY_RESTORED,
+        outputs=[WIFI] if wifi else cfg.ports,
+        detail=detail,
+    )
+    return soc_shed, voltage, off, events
 
 
 def _held_off(
@@ -635,29 +868,14 @@ def decide(
     )
 
     soc = _known(inputs.soc_pct)
-    b = cfg.battery
-    wifi_shed, wifi_detail = _update_battery(
-        soc, b.wifi_off_below_pct, b.wifi_on_above_pct, state.wifi_battery_shed
+    reading = _open_circuit_volts(cfg.battery, inputs)
+    wifi_soc_shed, wifi_voltage, wifi_off, wifi_events = _protect_load(
+        cfg, state, wifi=True, soc=soc, reading=reading, mono_s=inputs.mono_s
     )
-    usb_shed, usb_detail = _update_battery(
-        soc, b.usb_off_below_pct, b.usb_on_above_pct, state.usb_battery_shed
+    usb_soc_shed, usb_voltage, usb_off, usb_events = _protect_load(
+        cfg, state, wifi=False, soc=soc, reading=reading, mono_s=inputs.mono_s
     )
-    events += _transition_events(
-        state.wifi_battery_shed,
-        wifi_shed,
-        shed=EVENT_BATTERY_SHED,
-        restored=EVENT_BATTERY_RESTORED,
-        outputs=[WIFI],
-        detail=wifi_detail,
-    )
-    events += _transition_events(
-        state.usb_battery_shed,
-        usb_shed,
-        shed=EVENT_BATTERY_SHED,
-        restored=EVENT_BATTERY_RESTORED,
-        outputs=cfg.ports,
-        detail=usb_detail,
-    )
+    events += wifi_events + usb_events
 
     # Layer 1 decisions, per output; layer 2 only switches off, so store it the same way.
     forced: dict[str, Decision] = {}
@@ -675,10 +893,8 @@ def decide(
             continue
         if hot:
             forced[output] = Decision(False, OVER_TEMPERATURE, temp_detail)
-        elif output == WIFI and wifi_shed:
-            forced[output] = Decision(False, BATTERY_LOW, wifi_detail)
-        elif output != WIFI and usb_shed:
-            forced[output] = Decision(False, BATTERY_LOW, usb_detail)
+        elif (off := wifi_off if output == WIFI else usb_off) is not None:
+            forced[output] = off
 
     overrides, expired = _live_overrides(inputs.overrides, cfg.outputs, inputs.mono_s)
     events += expired
@@ -689,9 +905,11 @@ def decide(
     }
     new_state = PolicyState(
         ports=faults,
-        wifi_battery_shed=wifi_shed,
-        usb_battery_shed=usb_shed,
+        wifi_battery_shed=wifi_soc_shed,
+        usb_battery_shed=usb_soc_shed,
         over_temperature=hot,
+        wifi_voltage=wifi_voltage,
+        usb_voltage=usb_voltage,
         outputs={o: d.on for o, d in decisions.items()},
         events=tuple(events),
     )
@@ -779,6 +997,7 @@ __all__ = [
     "PortLimits",
     "Schedule",
     "TemperatureLimits",
+    "VoltageWatch",
     "check_override",
     "decide",
     "reset_fault",

@@ -8,13 +8,29 @@ How the estimate is kept honest:
   is multiplied by the chemistry's charge efficiency, since not every amp-hour put
   in can be taken out). It drifts: sensor gain/offset and efficiency errors add up,
   so the uncertainty grows by ``drift_fraction`` of every amp-hour counted.
-- **Rest anchor**: after the battery has rested (|I| < C/100) for ``rest_s``, its
-  terminal voltage is close to its open-circuit voltage, which the chemistry's OCV
-  curve turns into a state of charge. How much that reading is worth depends on the
-  curve's slope there: a ±``ocv_tolerance_v`` error is 1-2 % on an AGM curve but
+- **Rest anchor**: after the battery has rested for ``rest_s``, its terminal voltage
+  corrected for the current (V − I·R, R the internal resistance) is close to its
+  open-circuit voltage, which the chemistry's OCV curve turns into a state of
+  charge. "Rest" is |I| < C/100 as before, **or a light steady discharge**: below
+  ``rest_current_c`` × C (default C/20), moving by less than half that. A
+  bench never truly rests: its own night load (the Pi and the access point, ~0.7 A)
+  is above C/100 of a 50 Ah battery, so with true rest only, the estimate could go
+  a whole night without meeting the voltage, and a battery holding less than counted
+  (ageing, a drifted count) was run flat while the agent still believed 50 %.
+  A light *charge* never counts as rest: charging lifts the voltage by more than
+  I·R (polarisation; hours of it on lead-acid), so it would read high, the unsafe
+  side; a discharge that is under-corrected reads low, the safe side.
+  How much a reading is worth depends on the curve's slope there and on the size of
+  the I·R correction: a ±``ocv_tolerance_v`` error is 1-2 % on an AGM curve but
   several % on LiFePO4's flat plateau. The reading is therefore fused with the
   running estimate, each weighted by its inverse variance (a one-state Kalman
-  update), instead of replacing it.
+  update), instead of replacing it. Two refinements keep that fusion honest:
+  within one rest period a later (better settled) reading *replaces* the earlier
+  one rather than being counted again (the same systematic error would otherwise
+  look like new evidence every ``rest_s``); and when reading and estimate disagree
+  by more than three of the count's sigmas, the count's uncertainty is raised to a
+  third of the gap (a count can be 40 points off after capacity fade, which no
+  drift model foresees; within the noise this changes nothing).
 - **Full-charge anchor**: voltage at or above the chemistry's ``charged_volts`` with
   the charge current tapered below the tail current (``tail_current_c`` × capacity)
   for ``charged_detect_s`` means full: 100 % (the rule a Victron BMV uses).
@@ -43,6 +59,9 @@ _FULL_UNCERTAINTY_PCT: Final = 0.5
 _BMV_UNCERTAINTY_PCT: Final = 1.0
 _CONFIDENCE_ZERO_AT_PCT: Final = 25.0
 _COUNTED_SOURCE_PCT: Final = 1.0  # counted this much (% of capacity) since an anchor: "coulomb"
+_TRUE_REST_C: Final = 0.01  # |I| below C/100 is rest, charging or discharging
+_GAP_SIGMAS: Final = 3.0  # a reading this many sigmas from the count: the count is wrong
+DEFAULT_REST_CURRENT_C: Final = 0.05  # C/20: the bench's own night load on 15 Ah and up
 
 
 def _finite(name: str, value: float) -> None:
@@ -59,7 +78,8 @@ class Chemistry:
     charged_volts: float  # V; at or above this with a tapered current, the battery is full
     tail_current_c: float  # fraction of capacity (in A per Ah) below which charge has tapered
     charge_efficiency: float  # Ah retrievable per Ah put in
-    rest_s: float  # s at |I| < C/100 before the voltage is taken as open-circuit
+    rest_s: float  # s at rest (or a light steady load) before the voltage is taken as OCV
+    resistance_ohm_ah: float  # internal resistance × capacity, with cabling: R = this / Ah
 
     def __post_init__(self) -> None:
         if len(self.ocv_curve) < 2:
@@ -73,7 +93,13 @@ class Chemistry:
             raise ValueError("ocv_curve: volts and % must both be strictly rising")
         if pcts[0] != 0.0 or pcts[-1] != 100.0:
             raise ValueError(f"ocv_curve: must run from 0 % to 100 % (got {pcts[0]}..{pcts[-1]})")
-        for name in ("charged_volts", "tail_current_c", "charge_efficiency", "rest_s"):
+        for name in (
+            "charged_volts",
+            "tail_current_c",
+            "charge_efficiency",
+            "rest_s",
+            "resistance_ohm_ah",
+        ):
             _finite(name, getattr(self, name))
         if not 0.0 < self.charge_efficiency <= 1.0:
             raise ValueError(f"charge_efficiency: must be in (0, 1] (got {self.charge_efficiency})")
@@ -81,6 +107,10 @@ class Chemistry:
             raise ValueError(f"tail_current_c: must be in (0, 1) (got {self.tail_current_c})")
         if self.rest_s <= 0 or self.charged_volts <= 0:
             raise ValueError("rest_s and charged_volts: must be > 0")
+        if not 0.0 <= self.resistance_ohm_ah <= 10.0:
+            raise ValueError(
+                f"resistance_ohm_ah: must be in [0, 10] (got {self.resistance_ohm_ah})"
+            )
 
     def _segment(self, volts: float) -> int:
         """Index i of the curve segment [i, i+1] holding ``volts`` (end segments beyond)."""
@@ -95,6 +125,14 @@ class Chemistry:
         pct = p0 + (volts - v0) * (p1 - p0) / (v1 - v0)
         return min(max(pct, 0.0), 100.0)
 
+    def volts_at(self, pct: float) -> float:
+        """The rested open-circuit voltage at ``pct`` % (the inverse of :meth:`pct_at`)."""
+        pcts = [p for _, p in self.ocv_curve]
+        i = min(max(bisect.bisect_right(pcts, pct) - 1, 0), len(pcts) - 2)
+        (v0, p0), (v1, p1) = self.ocv_curve[i], self.ocv_curve[i + 1]
+        pct = min(max(pct, 0.0), 100.0)
+        return v0 + (pct - p0) * (v1 - v0) / (p1 - p0)
+
     def volts_per_pct(self, volts: float) -> float:
         """The curve's slope at ``volts``, in V per % of charge."""
         i = self._segment(volts)
@@ -103,26 +141,39 @@ class Chemistry:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Chemistry:
+        """Rebuild from ``asdict``; a built-in's name gives today's built-in.
+
+        The stored copy is still checked (a corrupt file is refused), but a curve is
+        code, not state: a corrected curve must reach benches that saved the old one.
+        """
         try:
             curve = tuple((float(v), float(p)) for v, p in data["ocv_curve"])
-            return cls(
+            stored = cls(
                 name=str(data["name"]),
                 ocv_curve=curve,
                 charged_volts=float(data["charged_volts"]),
                 tail_current_c=float(data["tail_current_c"]),
                 charge_efficiency=float(data["charge_efficiency"]),
                 rest_s=float(data["rest_s"]),
+                # Saved before the field existed: the typical figure of a 12 V battery.
+                resistance_ohm_ah=float(data.get("resistance_ohm_ah", 1.0)),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"chemistry: malformed ({exc!r})") from exc
+        return CHEMISTRIES.get(stored.name, stored)
 
 
 # 12 V LiFePO4 (4S), rested open-circuit voltage, from the usual manufacturer charts
-# (Battle Born, Victron, Renogy and similar agree within ~0.05 V): 13.6 V rested full,
-# ~13.3-13.4 V at 90-99 %, a flat 13.0-13.2 V plateau from 40 to 70 %, 12.8 V at 20 %,
-# 12.0 V at 10 %, 10.0 V empty (2.5 V per cell). The plateau is why rest anchors in the
-# middle count for little. Full-charge detection follows Victron's LiFePO4 advice:
-# absorption 14.2 V, "charged" at ≥ 14.0 V once the current has tapered below 4 % C.
+# (Battle Born, Victron, Renogy and similar agree within ~0.05 V at the knee; in the
+# plateau published charts differ by up to 10 points, which is why a plateau anchor
+# counts for little): 13.6 V rested full, ~13.3-13.4 V at 90-99 %, a flat 13.0-13.2 V
+# plateau from 40 to 70 %, 12.8 V at 20 %, 12.0 V at 10 %, 10.0 V empty (2.5 V per
+# cell). This curve is also the simulated bench's true battery (hardware/sim/physics.py
+# takes it from here), so simulated runs test the agent, not a disagreement between two
+# charts. Full-charge detection follows Victron's LiFePO4 advice: absorption 14.2 V,
+# "charged" at ≥ 14.0 V once the current has tapered below 4 % C. Resistance: 12 V
+# LiFePO4 datasheets give 10-25 mΩ for 50-100 Ah (cells, BMS switches, terminals),
+# about 1 Ω·Ah; a lower figure under-corrects, which reads low under discharge (safe).
 LIFEPO4_12V: Final = Chemistry(
     name="lifepo4",
     ocv_curve=(
@@ -143,6 +194,7 @@ LIFEPO4_12V: Final = Chemistry(
     tail_current_c=0.04,
     charge_efficiency=0.99,  # coulombic efficiency of LiFePO4 is 99 %+
     rest_s=1800.0,  # LiFePO4 relaxes within minutes; 30 min is conservative
+    resistance_ohm_ah=1.0,  # 20 mΩ for 50 Ah
 )
 
 # 12 V AGM lead-acid, rested open-circuit voltage at 25 °C, from the usual AGM charts
@@ -150,6 +202,8 @@ LIFEPO4_12V: Final = Chemistry(
 # ~11.6 V empty; close to linear, ~0.012 V per %. Lead-acid needs hours to relax,
 # hence 4 h of rest. Victron's defaults for "charged": absorption (14.4 V) − 0.2 V,
 # tail current 4 % of capacity. Charge efficiency ~85-90 % (gassing, heat).
+# Resistance: AGM datasheets give 6-12 mΩ for 50-100 Ah, but under a steady load
+# lead-acid also sags by its polarisation, about as much again: 1.2 Ω·Ah.
 AGM_12V: Final = Chemistry(
     name="agm",
     ocv_curve=(
@@ -169,6 +223,7 @@ AGM_12V: Final = Chemistry(
     tail_current_c=0.04,
     charge_efficiency=0.88,
     rest_s=4 * 3600.0,
+    resistance_ohm_ah=1.2,  # 24 mΩ for 50 Ah
 )
 
 CHEMISTRIES: Final[Mapping[str, Chemistry]] = {"lifepo4": LIFEPO4_12V, "agm": AGM_12V}
@@ -180,7 +235,10 @@ class SocEstimator:
     Not thread-safe; the controller's loop owns it. ``chemistry`` is a
     :class:`Chemistry` or the name of a built-in one ("lifepo4", "agm").
     ``initial_pct`` None means unknown: the first sample's voltage gives a
-    low-confidence seed.
+    low-confidence seed. ``rest_current_c``: a steady discharge below this fraction
+    of the capacity (A per Ah) counts as rest. ``resistance_ohm``: the battery's
+    internal resistance with its cabling, for the I·R correction (None: the
+    chemistry's typical figure for this capacity; 0: no correction).
     """
 
     def __init__(
@@ -193,6 +251,8 @@ class SocEstimator:
         charged_detect_s: float = 180.0,
         ocv_tolerance_v: float = 0.02,
         drift_fraction: float = 0.02,
+        rest_current_c: float = DEFAULT_REST_CURRENT_C,
+        resistance_ohm: float | None = None,
     ) -> None:
         _finite("capacity_ah", capacity_ah)
         if capacity_ah <= 0:
@@ -215,18 +275,34 @@ class SocEstimator:
             _finite("rest_s", rest_s)
             if rest_s <= 0:
                 raise ValueError(f"rest_s: must be > 0 (got {rest_s})")
+        _finite("rest_current_c", rest_current_c)
+        # Below C/100 it would be stricter than true rest; far above C/5 the I·R
+        # correction is larger than the plateau it is meant to read.
+        if not _TRUE_REST_C <= rest_current_c <= 0.2:
+            raise ValueError(f"rest_current_c: must be in [0.01, 0.2] (got {rest_current_c})")
+        if resistance_ohm is None:
+            resistance_ohm = chemistry.resistance_ohm_ah / capacity_ah
+        _finite("resistance_ohm", resistance_ohm)
+        if not 0.0 <= resistance_ohm <= 1.0:
+            raise ValueError(f"resistance_ohm: must be in [0, 1] (got {resistance_ohm})")
         self.capacity_ah = float(capacity_ah)
         self.chemistry = chemistry
         self.rest_s = chemistry.rest_s if rest_s is None else float(rest_s)
         self.charged_detect_s = float(charged_detect_s)
         self.ocv_tolerance_v = float(ocv_tolerance_v)
         self.drift_fraction = float(drift_fraction)
+        self.rest_current_c = float(rest_current_c)
+        self.resistance_ohm = float(resistance_ohm)
 
         self._soc: float | None = None
         self._uncertainty = _SEED_UNCERTAINTY_PCT
         self._anchor: Source = "coulomb"
         self._ah_since_anchor = 0.0  # throughput, |Ah|
         self._rested_s = 0.0
+        self._rest_ref_amps: float | None = None  # the current this rest period started at
+        # The estimate before this rest period's first anchor, as (offset from the
+        # current estimate, uncertainty): what a later reading is fused with instead.
+        self._rest_prior: tuple[float, float] | None = None
         self._charged_s = 0.0
         if initial_pct is not None:
             self._check_pct("initial_pct", initial_pct)
@@ -284,12 +360,17 @@ class SocEstimator:
             self._anchor = "voltage_anchor"
         self._count(amps, dt_s)
 
-        if abs(amps) < self.capacity_ah / 100.0:
-            self._rested_s += dt_s
+        if not self._is_rest_current(amps):
+            self._end_rest()
+        elif not self._is_steady(amps):
+            # A new rest, or the light load stepped: the voltage has to settle again.
+            self._end_rest()
+            self._rest_ref_amps = amps
+            self._rested_s = dt_s
         else:
-            self._rested_s = 0.0
-        if self._rested_s >= self.rest_s:
-            self._rest_anchor(volts)
+            self._rested_s += dt_s
+        if self._rest_ref_amps is not None and self._rested_s >= self.rest_s:
+            self._rest_anchor(amps, volts)
             self._rested_s = 0.0  # next rest anchor after another rest_s
 
         tail_amps = self.chemistry.tail_current_c * self.capacity_ah
@@ -305,27 +386,76 @@ class SocEstimator:
         self._check_pct("soc_pct", soc_pct)
         self._set_anchor(float(soc_pct), _BMV_UNCERTAINTY_PCT, "bmv")
 
+    def _is_rest_current(self, amps: float) -> bool:
+        """True rest either way, or a light discharge (never a light charge: see above)."""
+        if amps >= 0:
+            return amps < _TRUE_REST_C * self.capacity_ah
+        return -amps < self.rest_current_c * self.capacity_ah
+
+    def _is_steady(self, amps: float) -> bool:
+        """Whether ``amps`` continues the rest period that started at its reference.
+
+        Between two discharges the current may move by half the rest threshold (C/40
+        by default: one phone plugged in or out on a 50 Ah battery): the I·R
+        correction takes the step's ohmic part at once, and what remains to settle is
+        a few mV, inside the reading's tolerance. Anything involving a charge current
+        keeps true rest's C/100: the sun coming up is a ramp, not a rest, and charging
+        moves LiFePO4 onto the upper branch of its OCV hysteresis.
+        """
+        ref = self._rest_ref_amps
+        if ref is None:
+            return False
+        band_c = _TRUE_REST_C
+        if ref < 0 and amps < 0:
+            band_c = max(band_c, self.rest_current_c / 2.0)
+        return abs(amps - ref) <= band_c * self.capacity_ah
+
+    def _end_rest(self) -> None:
+        self._rest_ref_amps = None
+        self._rested_s = 0.0
+        self._rest_prior = None
+
     def _count(self, amps: float, dt_s: float) -> None:
         assert self._soc is not None
         ah = amps * dt_s / 3600.0
         stored_ah = ah * self.chemistry.charge_efficiency if ah > 0 else ah
-        self._soc = min(100.0, max(0.0, self._soc + 100.0 * stored_ah / self.capacity_ah))
+        before = self._soc
+        delta_pct = 100.0 * stored_ah / self.capacity_ah
+        self._soc = min(100.0, max(0.0, before + delta_pct))
         self._ah_since_anchor += abs(ah)
-        self._uncertainty = min(
-            _SEED_UNCERTAINTY_PCT * 2,
-            self._uncertainty + self.drift_fraction * 100.0 * abs(ah) / self.capacity_ah,
-        )
+        drift_pct = self.drift_fraction * 100.0 * abs(ah) / self.capacity_ah
+        self._uncertainty = min(_SEED_UNCERTAINTY_PCT * 2, self._uncertainty + drift_pct)
+        if self._rest_prior is not None:
+            # The prior moves with the count, as the estimate does.
+            offset, prior_u = self._rest_prior
+            prior = min(100.0, max(0.0, before + offset + delta_pct))
+            self._rest_prior = (prior - self._soc, prior_u + drift_pct)
 
-    def _rest_anchor(self, volts: float) -> None:
+    def _rest_anchor(self, amps: float, volts: float) -> None:
         assert self._soc is not None
-        measured = self.chemistry.pct_at(volts)
-        measured_u = max(0.5, self.ocv_tolerance_v / self.chemistry.volts_per_pct(volts))
+        # amps < 0 when discharging: the open-circuit voltage is above the terminal's.
+        ocv = volts - amps * self.resistance_ohm
+        measured = self.chemistry.pct_at(ocv)
+        # The I·R correction is taken as known to ±100 % (temperature, age, cabling).
+        tolerance_v = self.ocv_tolerance_v + abs(amps) * self.resistance_ohm
+        measured_u = max(0.5, tolerance_v / self.chemistry.volts_per_pct(ocv))
+        if self._rest_prior is None:
+            self._rest_prior = (0.0, self._uncertainty)
+        offset, prior_u = self._rest_prior
+        prior = min(100.0, max(0.0, self._soc + offset))
+        # A gap the two uncertainties do not explain means the count is wrong by
+        # about that much (capacity fade, a drifted sensor): say so, and let the
+        # reading pull accordingly; within the noise this changes nothing.
+        gap_u = abs(measured - prior) / _GAP_SIGMAS
+        prior_u_now = max(prior_u, gap_u)
         # Inverse-variance fusion: a flat part of the curve moves the estimate little.
-        w_est, w_meas = 1.0 / self._uncertainty**2, 1.0 / measured_u**2
-        fused = (self._soc * w_est + measured * w_meas) / (w_est + w_meas)
+        w_est, w_meas = 1.0 / prior_u_now**2, 1.0 / measured_u**2
+        fused = (prior * w_est + measured * w_meas) / (w_est + w_meas)
         self._set_anchor(fused, math.sqrt(1.0 / (w_est + w_meas)), "voltage_anchor")
+        self._rest_prior = (prior - self._soc, prior_u)
 
     def _set_anchor(self, pct: float, uncertainty: float, source: Source) -> None:
+        self._rest_prior = None  # a full or BMV anchor supersedes this rest's readings
         self._soc = min(100.0, max(0.0, pct))
         self._uncertainty = uncertainty
         self._anchor = source
@@ -349,6 +479,8 @@ class SocEstimator:
             "charged_detect_s": self.charged_detect_s,
             "ocv_tolerance_v": self.ocv_tolerance_v,
             "drift_fraction": self.drift_fraction,
+            "rest_current_c": self.rest_current_c,
+            "resistance_ohm": self.resistance_ohm,
             "soc_pct": self._soc,
             "uncertainty_pct": self._uncertainty,
             "anchor": self._anchor,
@@ -373,6 +505,9 @@ class SocEstimator:
                 charged_detect_s=data["charged_detect_s"],
                 ocv_tolerance_v=data["ocv_tolerance_v"],
                 drift_fraction=data["drift_fraction"],
+                # Saved before these existed: today's defaults.
+                rest_current_c=data.get("rest_current_c", DEFAULT_REST_CURRENT_C),
+                resistance_ohm=data.get("resistance_ohm"),
             )
             uncertainty, anchor, counted = (
                 data["uncertainty_pct"],
@@ -391,4 +526,12 @@ class SocEstimator:
         return est
 
 
-__all__ = ["AGM_12V", "CHEMISTRIES", "LIFEPO4_12V", "Chemistry", "SocEstimator", "Source"]
+__all__ = [
+    "AGM_12V",
+    "CHEMISTRIES",
+    "DEFAULT_REST_CURRENT_C",
+    "LIFEPO4_12V",
+    "Chemistry",
+    "SocEstimator",
+    "Source",
+]

@@ -91,6 +91,41 @@ dir = "/tmp/x"
         ('[hardware]\nbackend = "sim"', "sim", "missing table"),
         ("[policy.battery]\nwifi_off_below_pct = 50\nwifi_on_above_pct = 40", "policy", "wifi"),
         (
+            "[policy.battery]\nwifi_off_below_volts = 7.5",
+            "policy.battery.wifi_off_below_volts",
+            "at least 8",
+        ),
+        (
+            "[policy.battery]\nrestore_above_volts = 16.5",
+            "policy.battery.restore_above_volts",
+            "at most 16",
+        ),
+        (
+            '[policy.battery]\nusb_off_below_volts = "12"',
+            "policy.battery.usb_off_below_volts",
+            "a number",
+        ),
+        # the USB ports' level above the hotspot's (12.4 V for LiFePO4 by default)
+        (
+            "[ina219.battery]\naddress = 0x41\nshunt_ohms = 0.01\nmax_amps = 10\n"
+            "[policy.battery]\nusb_off_below_volts = 12.5",
+            "policy.battery.usb_off_below_volts",
+            "must be below wifi_off_below_volts (12.4)",
+        ),
+        (
+            "[ina219.battery]\naddress = 0x41\nshunt_ohms = 0.01\nmax_amps = 10\n"
+            "[policy.battery]\nrestore_above_volts = 12.45",
+            "policy.battery.restore_above_volts",
+            "at least 0.1 V above",
+        ),
+        ("[policy.battery]\nvoltage_delay_s = -1", "policy.battery.voltage_delay_s", "at least"),
+        ("[policy.battery]\nvoltage_delay_s = 7200", "policy.battery.voltage_delay_s", "at most"),
+        ("[policy.battery]\nwifi_off_below_v = 12", "policy.battery.wifi_off_below_v", "unknown"),
+        ("[battery]\nrest_current_c = 0.001", "battery.rest_current_c", "at least 0.01"),
+        ("[battery]\nrest_current_c = 0.5", "battery.rest_current_c", "at most 0.2"),
+        ("[battery]\ninternal_resistance_ohm = -0.1", "battery.internal_resistance_ohm", "least"),
+        ("[battery]\ninternal_resistance_ohm = 2", "battery.internal_resistance_ohm", "at most 1"),
+        (
             '[outputs.wifi]\npin = 4\n[policy.schedule]\nwifi = ["25:00-22:00"]',
             "policy.schedule.wifi",
             "bad time window",
@@ -198,3 +233,49 @@ def test_run_with_a_bad_config_exits_78_before_touching_hardware(tmp_path: Path)
     assert result.returncode == 78
     assert result.stderr.strip().count("\n") == 0 and "bench.id" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+# The battery channel of MINIMAL + what a table needs, for the voltage rule tests.
+WITH_BATTERY = "[ina219.battery]\naddress = 0x41\nshunt_ohms = 0.01\nmax_amps = 10"
+
+
+@pytest.mark.parametrize(
+    ("change", "volts", "resistance_ohm"),
+    [
+        # per chemistry (where the numbers come from: config.py, _VOLTAGE_NET)
+        (WITH_BATTERY, (12.4, 12.2, 13.0), 1.0 / 50),
+        (WITH_BATTERY + '\n[battery]\nchemistry = "agm"\ncapacity_ah = 100', (12.0, 11.9, 12.5),
+         1.2 / 100),
+        # set by hand, and a measured resistance
+        (WITH_BATTERY + "\n[battery]\ninternal_resistance_ohm = 0.035\n[policy.battery]\n"
+         "wifi_off_below_volts = 12.6\nusb_off_below_volts = 12.3\nrestore_above_volts = 13.1",
+         (12.6, 12.3, 13.1), 0.035),
+        # no sensor on the battery: nothing to watch, the rule is off (it would otherwise
+        # hold every shed load off for ever, waiting for a voltage)
+        ("", (None, None, None), 1.0 / 50),
+        (WITH_BATTERY + '\n[battery]\nchannel = "batt"', (None, None, None), 1.0 / 50),
+    ],
+)  # fmt: skip
+def test_the_voltage_safety_net_defaults_per_chemistry(
+    tmp_path: Path,
+    change: str,
+    volts: tuple[float | None, float | None, float | None],
+    resistance_ohm: float,
+) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(_merge_tables(MINIMAL, change) if change else MINIMAL)
+    cfg = load_config(path)
+    b = cfg.policy.battery
+    assert (b.wifi_off_below_volts, b.usb_off_below_volts, b.restore_above_volts) == volts
+    assert b.voltage_rule is (volts[0] is not None)
+    assert b.internal_resistance_ohm == pytest.approx(resistance_ohm)
+    assert cfg.battery.resistance_ohm == pytest.approx(resistance_ohm)
+    assert b.voltage_delay_s == 90.0
+    assert cfg.battery.rest_current_c == 0.05
+
+
+def test_shipped_configs_have_the_voltage_safety_net_on() -> None:
+    for path in (REFERENCE, SIM):
+        cfg = load_config(path)
+        assert cfg.policy.battery.voltage_rule, path
+        assert cfg.policy.battery.internal_resistance_ohm > 0, path

@@ -6,14 +6,19 @@ import dataclasses
 import itertools
 import math
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench_agent import soc
+from bench_agent.config import load_config
 from bench_agent.hardware.sim.physics import (
     CHEMISTRIES,
     OUTPUTS,
@@ -21,9 +26,13 @@ from bench_agent.hardware.sim.physics import (
     BenchModel,
     BenchParams,
 )
+from bench_agent.policy import PolicyConfig, PolicyInputs, PolicyState, decide
+from bench_agent.soc import SocEstimator
+from tests.support import dump_toml
 
 JAKARTA = ZoneInfo("Asia/Jakarta")
 QUIET = BenchParams(phone_traffic=0.0)  # no random phones: loads are what the test sets
+SIM_CONFIG = Path(__file__).resolve().parent.parent / "config" / "sim-bench.toml"
 
 
 def local_midnight(day: date) -> datetime:
@@ -449,3 +458,159 @@ def test_invariants_hold_whatever_the_script(ops: list[tuple[object, ...]], seed
                 assert amps == 0.0
         values = [model.channel(name).bus_volts for name in ("solar", "battery", "wifi")]
         assert all(math.isfinite(v) and v >= 0 for v in values)
+
+
+# -------------------------------------------- the battery the agent's estimator reads
+
+
+@pytest.mark.parametrize("chemistry", ["lifepo4", "agm"])
+@pytest.mark.parametrize("soc_pct", [3.0, 15.0, 18.0, 30.0, 45.0, 70.0, 95.0])
+def test_the_model_battery_follows_the_estimators_chart(chemistry: str, soc_pct: float) -> None:
+    """One chart for both: a rested model battery reads, through the agent's own curve
+    and after the I·R of the Pi's small load, exactly its true state of charge."""
+    chem: Literal["lifepo4", "agm"] = "agm" if chemistry == "agm" else "lifepo4"
+    params = dataclasses.replace(QUIET, battery_chemistry=chem, initial_soc_pct=soc_pct)
+    model = make(params)
+    model.advance(model.now_utc + timedelta(minutes=1))  # midnight: no sun, the Pi only
+    battery = model.channel("battery")
+    r_ohm = CHEMISTRIES[chemistry].resistance_ohm_ah / params.battery_capacity_ah
+    ocv = battery.bus_volts - battery.current_amps * r_ohm
+    assert battery.current_amps < 0
+    assert soc.CHEMISTRIES[chemistry].pct_at(ocv) == pytest.approx(model.true_soc_pct, abs=0.01)
+
+
+def test_an_ocv_offset_shifts_the_battery_by_exactly_that() -> None:
+    plain = make(dataclasses.replace(QUIET, initial_soc_pct=50.0))
+    shifted = make(dataclasses.replace(QUIET, initial_soc_pct=50.0, ocv_offset_volts=0.03))
+    volts = [m.channel("battery").bus_volts for m in (plain, shifted)]
+    # (the constant-power loads draw a hair less at the higher voltage)
+    assert volts[1] - volts[0] == pytest.approx(0.03, abs=1e-4)
+    for bad in (0.6, -0.51, math.nan):
+        with pytest.raises(ValueError, match="ocv_offset_volts"):
+            dataclasses.replace(QUIET, ocv_offset_volts=bad)
+
+
+@dataclasses.dataclass
+class Night:
+    """The model, the agent's estimator and its policy, one sample a minute."""
+
+    model: BenchModel
+    est: SocEstimator
+    policy: PolicyConfig
+    state: PolicyState = dataclasses.field(default_factory=PolicyState)
+    switched: list[tuple[datetime, str, bool, str, float]] = dataclasses.field(
+        default_factory=list
+    )  # (local time, output, on, reason, true state of charge)
+    lvd_at: datetime | None = None
+
+    def run(self, minutes: int, every_hour: Callable[[BenchModel], None] | None = None) -> None:
+        for _ in range(minutes):
+            self.model.advance(self.model.now_utc + timedelta(seconds=60))
+            local = self.model.now_utc.astimezone(JAKARTA)
+            if every_hour is not None and local.minute == 0:
+                every_hour(self.model)
+            battery = self.model.channel("battery")
+            self.est.update(battery.current_amps, battery.bus_volts, 60.0)
+            inputs = PolicyInputs(
+                now_local=local,
+                mono_s=self.model.now_utc.timestamp(),
+                soc_pct=self.est.soc_pct,
+                battery_volts=battery.bus_volts,
+                battery_amps=battery.current_amps,
+                port_amps={p: self.model.channel(p).current_amps for p in PORTS},
+                enclosure_c=None,
+                cpu_c=None,
+            )
+            self.state, decisions = decide(self.policy, inputs, self.state)
+            for output, decision in decisions.items():
+                if self.model.output(output) != decision.on:
+                    self.model.set_output(output, decision.on)
+                    self.switched.append(
+                        (local, output, decision.on, decision.reason, self.model.true_soc_pct)
+                    )
+            if self.model.lvd_tripped:
+                # The charge controller's disconnect may come, once the Pi alone has
+                # drained what was left; it must never be what cut a load the agent
+                # still had on.
+                assert not any(self.model.output(o) for o in OUTPUTS), (local, self.switched)
+                self.lvd_at = self.lvd_at or local
+
+    def first_off(self, output: str) -> tuple[datetime, str, bool, str, float]:
+        return next(s for s in self.switched if s[1] == output and not s[2])
+
+
+def evening(chemistry: str, seed: int = 7) -> BenchModel:
+    chem: Literal["lifepo4", "agm"] = "agm" if chemistry == "agm" else "lifepo4"
+    params = dataclasses.replace(BenchParams(), battery_chemistry=chem, initial_soc_pct=55.0)
+    model = BenchModel(params, datetime(2026, 11, 27, 19, tzinfo=JAKARTA), seed)
+    for output in OUTPUTS:
+        model.set_output(output, True)
+    return model
+
+
+def agent_policy(tmp_path: Path, chemistry: str) -> PolicyConfig:
+    """The policy the shipped simulated bench gets, with the [policy.battery] defaults."""
+    data = tomllib.loads(SIM_CONFIG.read_text())
+    data["battery"]["chemistry"] = chemistry
+    data["sim"]["scenario"] = str(SIM_CONFIG.parent / data["sim"]["scenario"])
+    (tmp_path / "bench.toml").write_text(dump_toml(data))
+    return load_config(tmp_path / "bench.toml").policy
+
+
+def test_a_battery_holding_far_less_than_counted_is_found_by_the_night_load(
+    tmp_path: Path,
+) -> None:
+    """issue 4, on the physics alone: demo.toml's ageing battery (the charge falls to
+    18 % at 19:10 while the count says 55 %). The hotspot and the Pi are a rest now, so
+    the estimate meets the voltage within the half hour and sheds the hotspot itself."""
+    model = evening("lifepo4")
+    night = Night(model, SocEstimator(50.0, "lifepo4", 55.0), agent_policy(tmp_path, "lifepo4"))
+    night.run(10)
+    model.set_soc(18.0)
+    night.run(10 * 60)
+    when, _, _, reason, true_soc = night.first_off("wifi")
+    assert reason == "battery_low"
+    assert when.hour == 19 and 15.0 < true_soc < 18.0
+    assert night.est.soc_pct is not None
+    assert night.est.soc_pct == pytest.approx(model.true_soc_pct, abs=1.5)
+
+
+def plug_two_phones(model: BenchModel) -> None:
+    for port in PORTS:
+        if model.output(port) and not model.has_phone(port):
+            model.plug_phone(port, amps=2.0)
+
+
+@pytest.mark.parametrize("chemistry", ["lifepo4", "agm"])
+def test_the_voltage_net_sheds_before_the_low_voltage_disconnect_when_the_count_is_wrong(
+    tmp_path: Path, chemistry: str
+) -> None:
+    """An estimate that never meets the voltage (here: no rest is ever long enough) and
+    says 55 % all night, phones on both ports every hour: the battery's own voltage
+    sheds the hotspot, then the ports, above the charge controller's low-voltage
+    disconnect (which would cut the Pi too); each once, no flapping."""
+    model = evening(chemistry)
+    blind = SocEstimator(50.0, chemistry, 55.0, rest_s=1e12)
+    policy = agent_policy(tmp_path, chemistry)
+    night = Night(model, blind, policy)
+    model.set_soc(25.0)
+    night.run(11 * 60, every_hour=plug_two_phones)  # 19:00 to 06:00
+    assert blind.soc_pct is not None and blind.soc_pct > 30.0  # the estimate never shed
+    wifi, usb1, usb2 = (night.first_off(o) for o in ("wifi", "usb1", "usb2"))
+    assert wifi[3] == usb1[3] == usb2[3] == "battery_voltage_low"
+    assert wifi[0] <= usb1[0] == usb2[0]
+    chart = soc.CHEMISTRIES[chemistry]
+    b = policy.battery
+    assert b.wifi_off_below_volts is not None and b.usb_off_below_volts is not None
+    # shed near where the levels say (the true charge, on the shared chart; the 90 s
+    # delay and the I·R left uncorrected under two phones are worth a point or two)
+    assert wifi[4] == pytest.approx(chart.pct_at(b.wifi_off_below_volts), abs=3.0)
+    assert usb1[4] == pytest.approx(chart.pct_at(b.usb_off_below_volts), abs=3.0)
+    # each output switched exactly once (off), and never back on during the night
+    assert sorted((o, on) for _, o, on, _, _ in night.switched) == [
+        ("usb1", False),
+        ("usb2", False),
+        ("wifi", False),
+    ]
+    if night.lvd_at is not None:
+        assert night.lvd_at > usb1[0] + timedelta(hours=1)

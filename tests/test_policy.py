@@ -27,6 +27,7 @@ from bench_agent.policy import (
     PortLimits,
     Schedule,
     TemperatureLimits,
+    VoltageWatch,
     check_override,
     decide,
     reset_fault,
@@ -43,14 +44,25 @@ LIMITS = PortLimits(
     latch_after_trips=3,
     trip_forget_s=600.0,
 )
+# The voltage safety net on, with the shipped LiFePO4 levels, as every configured bench has it.
+WIFI_OFF_V, USB_OFF_V, RESTORE_V, DELAY_S, R_OHM = 12.4, 12.2, 13.0, 90.0, 0.02
 BATTERY = BatteryThresholds(
-    wifi_off_below_pct=30.0, wifi_on_above_pct=40.0, usb_off_below_pct=15.0, usb_on_above_pct=25.0
+    wifi_off_below_pct=30.0,
+    wifi_on_above_pct=40.0,
+    usb_off_below_pct=15.0,
+    usb_on_above_pct=25.0,
+    wifi_off_below_volts=WIFI_OFF_V,
+    usb_off_below_volts=USB_OFF_V,
+    restore_above_volts=RESTORE_V,
+    voltage_delay_s=DELAY_S,
+    internal_resistance_ohm=R_OHM,
 )
 TEMPERATURE = TemperatureLimits(
     shed_above_c=60.0, resume_below_c=50.0, cpu_shed_above_c=80.0, cpu_resume_below_c=70.0
 )
 ALL_OUTPUTS = ("usb1", "usb2", WIFI)
 SAFETY_REASONS = {"overcurrent_trip", "overcurrent_latched", "cooldown", "over_temperature"}
+BATTERY_REASONS = {"battery_low", "battery_voltage_low"}
 
 
 def make_cfg(
@@ -73,6 +85,8 @@ def make_inputs(
     *,
     now: datetime = NOON,
     soc: float | None = 80.0,
+    volts: float | None = 13.2,  # a healthy battery on its plateau
+    battery_amps: float | None = 0.0,
     amps: Mapping[str, float | None] | None = None,
     enclosure: float | None = 35.0,
     cpu: float | None = 50.0,
@@ -82,6 +96,8 @@ def make_inputs(
         now_local=now,
         mono_s=mono,
         soc_pct=soc,
+        battery_volts=volts,
+        battery_amps=battery_amps,
         port_amps=amps if amps is not None else {"usb1": 0.5, "usb2": 0.0},
         enclosure_c=enclosure,
         cpu_c=cpu,
@@ -240,6 +256,272 @@ def test_unknown_soc_from_cold_start_leaves_loads_on() -> None:
     assert all(d.on for d in decisions.values())
 
 
+# --------------------------------------------------------------------------- battery voltage
+
+
+Sample = tuple[float | None, float | None] | tuple[float | None, float | None, float | None]
+
+
+def volts_run(
+    samples: Sequence[Sample],
+    *,
+    soc: float | None = 80.0,
+    every_s: float = 30.0,
+    state: PolicyState | None = None,
+) -> list[tuple[PolicyState, dict[str, Decision]]]:
+    """One sample every `every_s` s: (terminal volts, battery amps[, state of charge])."""
+    steps = []
+    for i, sample in enumerate(samples):
+        volts, amps = sample[0], sample[1]
+        step_soc = sample[2] if len(sample) == 3 else soc
+        steps.append(make_inputs(i * every_s, soc=step_soc, volts=volts, battery_amps=amps))
+    return run(CFG, steps, state)
+
+
+def onoff(results: list[tuple[PolicyState, dict[str, Decision]]], output: str) -> list[int]:
+    return [int(d[output].on) for _, d in results]
+
+
+@pytest.mark.parametrize(
+    ("case", "samples", "wifi", "usb"),
+    [
+        # "below" is strict; the level must then hold for the whole delay (90 s = 3 samples
+        # 30 s apart), whatever the state of charge says (80 % here: the estimate is wrong)
+        ("at the level", [(12.40, 0.0)] * 5, [1] * 5, [1] * 5),
+        ("just below", [(12.39, 0.0)] * 5, [1, 1, 1, 0, 0], [1] * 5),
+        ("a dip shorter than the delay", [(12.3, 0.0)] * 3 + [(12.46, 0.0)] + [(12.3, 0.0)] * 3,
+         [1] * 7, [1] * 7),
+        # noise of up to 50 mV above the level does not restart the delay
+        ("noise at the level", [(12.36, 0.0), (12.44, 0.0)] * 2 + [(12.36, 0.0)],
+         [1, 1, 1, 1, 0], [1] * 5),
+        ("below both", [(12.19, 0.0)] * 5, [1, 1, 1, 0, 0], [1, 1, 1, 0, 0]),
+        ("USB level exactly", [(12.20, 0.0)] * 5, [1, 1, 1, 0, 0], [1] * 5),
+        # corrected by I·R (0.02 Ω): 12.35 V at -3 A is 12.41 V at rest, a phone's sag
+        ("a load's sag is not an empty battery", [(12.35, -3.0)] * 5, [1] * 5, [1] * 5),
+        ("the same terminal volts at a light load", [(12.35, -1.0)] * 5, [1, 1, 1, 0, 0],
+         [1] * 5),
+        # an unknown current is no correction: the terminal voltage itself (reads low)
+        ("current unknown", [(12.39, None)] * 5, [1, 1, 1, 0, 0], [1] * 5),
+        # an unknown voltage neither sheds nor restarts the delay: 0 s and 90 s known low
+        ("a lost sample in the delay", [(12.3, 0.0), (None, None), (None, None), (12.3, 0.0)],
+         [1, 1, 1, 0], [1] * 4),
+        ("never known", [(None, None)] * 5, [1] * 5, [1] * 5),
+        ("NaN", [(math.nan, 0.0)] * 5, [1] * 5, [1] * 5),
+    ],
+)  # fmt: skip
+def test_low_battery_voltage_sheds_after_the_delay_whatever_the_estimate(
+    case: str, samples: list[tuple[float | None, float | None]], wifi: list[int], usb: list[int]
+) -> None:
+    results = volts_run(samples)
+    assert onoff(results, WIFI) == wifi, case
+    assert onoff(results, "usb1") == usb, case
+    assert onoff(results, "usb2") == usb, case
+    for _, decisions in results:
+        for output in ALL_OUTPUTS:
+            if not decisions[output].on:
+                assert decisions[output].reason == "battery_voltage_low", case
+                assert re.search(r"< 12\.[24]0 V for \d+ s$", decisions[output].detail), case
+
+
+LOW = (12.0, -0.5, 80.0)  # below both levels, the estimate still (wrongly) says 80 %
+
+
+@pytest.mark.parametrize(
+    ("case", "after", "wifi", "usb"),
+    [
+        # the restore level (13.0 V at rest) must hold for the delay AND the state of
+        # charge be above each load's own on level (Wi-Fi 40 %, USB 25 %)
+        ("between the levels", [(12.9, 0.0, 80.0)] * 6, [0] * 6, [0] * 6),
+        ("at the restore level", [(13.0, 0.0, 80.0)] * 5, [0, 0, 0, 1, 1], [0, 0, 0, 1, 1]),
+        ("not held for the delay", [(13.0, 0.0, 80.0)] * 2 + [(12.95, 0.0, 80.0)]
+         + [(13.0, 0.0, 80.0)] * 3, [0] * 6, [0] * 6),
+        ("corrected: the charge current lifts the voltage", [(13.05, 5.0, 80.0)] * 6,
+         [0] * 6, [0] * 6),
+        ("the estimate not yet back above 40 %", [(13.1, 1.0, 35.0)] * 5, [0] * 5,
+         [0, 0, 0, 1, 1]),
+        ("the estimate exactly at 40 %", [(13.1, 0.0, 40.0)] * 5, [0] * 5, [0, 0, 0, 1, 1]),
+        ("the estimate unknown", [(13.1, 0.0, None)] * 5, [0] * 5, [0] * 5),
+        # a missing voltage never restores, however good the estimate
+        ("voltage lost", [(None, None, 90.0)] * 6, [0] * 6, [0] * 6),
+        ("voltage lost during the delay", [(13.1, 0.0, 90.0)] * 2 + [(None, None, 90.0)]
+         + [(13.1, 0.0, 90.0)], [0, 0, 0, 1], [0, 0, 0, 1]),
+    ],
+)  # fmt: skip
+def test_a_voltage_shed_comes_back_only_on_voltage_and_state_of_charge(
+    case: str,
+    after: list[tuple[float | None, float | None, float | None]],
+    wifi: list[int],
+    usb: list[int],
+) -> None:
+    shed = volts_run([LOW] * 4)
+    assert not shed[-1][1][WIFI].on and not shed[-1][1]["usb1"].on
+    results = volts_run(after, state=shed[-1][0])
+    assert onoff(results, WIFI) == wifi, case
+    assert onoff(results, "usb1") == usb, case
+    for state, decisions in results:
+        for output in ALL_OUTPUTS:
+            if not decisions[output].on:
+                assert decisions[output].reason == "battery_voltage_low", case
+        assert state.wifi_shed is not decisions[WIFI].on
+
+
+@pytest.mark.parametrize(
+    ("centre", "start", "output"),
+    [(WIFI_OFF_V, 13.2, WIFI), (USB_OFF_V, 13.2, "usb1"), (RESTORE_V, 12.0, WIFI)],
+)
+def test_no_flapping_when_the_voltage_wobbles_around_a_level(
+    centre: float, start: float, output: str
+) -> None:
+    """Sensor noise of ±50 mV at a level, one sample a minute for 40 minutes."""
+    samples = [(start, 0.0)] * 3 + [(centre + (0.05 if i % 2 else -0.05), 0.0) for i in range(40)]
+    states = [d[output].on for _, d in volts_run(samples, every_s=60.0)]
+    switches = sum(a != b for a, b in itertools.pairwise(states))
+    # One switch: off, once, at a shed level (the noise does not postpone it); or, for
+    # the restore level, the shed from 12 V, never undone by a battery that does not
+    # hold the restore level for the delay.
+    assert switches == 1
+    assert states[-1] is False
+
+
+def test_voltage_shed_and_restore_are_one_event_per_output() -> None:
+    results = volts_run([(13.2, 0.0)] + [LOW] * 4 + [(13.1, 0.5, 80.0)] * 4)
+    kinds = [[(e.kind, e.output) for e in state.events] for state, _ in results]
+    shed = {("battery_shed", WIFI), ("battery_shed", "usb1"), ("battery_shed", "usb2")}
+    restored = {(k.replace("shed", "restored"), o) for k, o in shed}
+    assert set(kinds[4]) == shed and len(kinds[4]) == 3
+    assert set(kinds[8]) == restored and len(kinds[8]) == 3
+    assert [k for i, k in enumerate(kinds) if i not in (4, 8)] == [[]] * 7
+    detail = results[4][0].events[0].detail
+    assert detail.startswith("battery 12.01 V (12.00 V at -0.50 A) < 12.40 V for 90 s"), detail
+
+
+def test_a_load_shed_by_one_rule_is_not_shed_again_by_the_other() -> None:
+    """The estimate sheds Wi-Fi at 29 %; then the voltage falls too: no second event,
+    the detail gives both. The estimate recovers first (41 %): the voltage still holds
+    the load off, now under its own reason; restored once, when both allow."""
+    samples: list[tuple[float | None, float | None, float | None]] = [
+        (12.8, -0.7, 29.0),  # the estimate sheds Wi-Fi (voltage fine)
+        *[(12.3, -0.7, 28.0)] * 4,  # the voltage follows (below Wi-Fi's level only)
+        *[(12.5, 3.0, 41.0)] * 2,  # the estimate back over 40 %, the voltage not yet
+        *[(13.2, 3.0, 41.0)] * 4,  # charging: 13.14 V at rest, held for the delay
+    ]
+    results = volts_run(samples)
+    reasons = [(d[WIFI].on, d[WIFI].reason) for _, d in results]
+    assert reasons == [
+        *[(False, "battery_low")] * 5,
+        *[(False, "battery_voltage_low")] * 5,
+        (True, "default"),
+    ], reasons
+    assert "battery 28.0% < 30.0%; battery 12.31 V" in results[4][1][WIFI].detail
+    assert results[6][1][WIFI].detail.endswith("back on at 13.00 V and above 40.0%")
+    events = [(e.kind, e.output) for state, _ in results for e in state.events]
+    assert events == [("battery_shed", WIFI), ("battery_restored", WIFI)]
+    assert all(d["usb1"].on for _, d in results)
+
+
+def test_voltage_rule_off_without_levels() -> None:
+    soc_only = replace(
+        BATTERY, wifi_off_below_volts=None, usb_off_below_volts=None, restore_above_volts=None
+    )
+    cfg = PolicyConfig({"usb1": LIMITS}, soc_only, TEMPERATURE)
+    assert not soc_only.voltage_rule and BATTERY.voltage_rule
+    steps = [make_inputs(i * 60.0, volts=11.0) for i in range(5)]
+    assert all(d[WIFI].on and d["usb1"].on for _, d in run(cfg, steps))
+    # and a state-of-charge shed comes back without any voltage reading
+    steps = [make_inputs(0, soc=10.0), make_inputs(60, soc=50.0, volts=None)]
+    assert [d["usb1"].on for _, d in run(cfg, steps)] == [False, True]
+
+
+def test_a_state_of_charge_shed_comes_back_without_a_voltage_reading() -> None:
+    """A voltage sensor fault does not keep loads off that only the estimate shed."""
+    steps = [make_inputs(0, soc=10.0), make_inputs(60, soc=50.0, volts=None)]
+    assert [d["usb1"].on for _, d in run(CFG, steps)] == [False, True]
+
+
+def test_voltage_shed_survives_a_restart_and_needs_the_full_delay_again() -> None:
+    shed = volts_run([LOW] * 4)[-1][0]
+    data = shed.to_dict()
+    assert data["wifi_voltage_shed"] is data["usb_voltage_shed"] is True
+    restored = PolicyState.from_dict(data, CFG, mono_s=0.0)
+    assert restored.wifi_shed and restored.usb_shed
+    assert not restored.wifi_battery_shed  # the estimate never shed anything
+    results = volts_run([(13.1, 0.0)] * 4, state=restored)
+    assert onoff(results, WIFI) == [0, 0, 0, 1]
+    # a file from before the voltage rule: nothing shed by voltage
+    del data["wifi_voltage_shed"], data["usb_voltage_shed"]
+    assert not PolicyState.from_dict(data, CFG, mono_s=0.0).wifi_shed
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"restore_above_volts": None}, "restore_above_volts"),
+        ({"wifi_off_below_volts": None}, "wifi_off_below_volts"),
+        ({"usb_off_below_volts": 12.4}, "usb_off_below_volts"),
+        ({"usb_off_below_volts": 12.5}, "usb_off_below_volts"),
+        ({"restore_above_volts": 12.49}, "restore_above_volts"),
+        ({"wifi_off_below_volts": 7.9}, "wifi_off_below_volts"),
+        ({"restore_above_volts": 16.1}, "restore_above_volts"),
+        ({"usb_off_below_volts": math.nan}, "usb_off_below_volts"),
+        ({"voltage_delay_s": -1.0}, "voltage_delay_s"),
+        ({"voltage_delay_s": 3601.0}, "voltage_delay_s"),
+        ({"internal_resistance_ohm": -0.01}, "internal_resistance_ohm"),
+        ({"internal_resistance_ohm": 1.5}, "internal_resistance_ohm"),
+    ],
+)
+def test_bad_voltage_levels_are_refused_naming_the_field(
+    change: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(field) + ": "):
+        replace(BATTERY, **change)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.floats(11.5, 13.6)),
+            st.one_of(st.none(), st.floats(-5, 5)),
+            st.one_of(st.none(), st.floats(0, 100)),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_voltage_invariants_hold_for_any_sequence(
+    samples: list[tuple[float | None, float | None, float | None]],
+) -> None:
+    state = PolicyState()
+    known_low_since: float | None = None  # first of the known samples below Wi-Fi's level
+    for i, (volts, amps, soc) in enumerate(samples):
+        mono = i * 30.0
+        step = make_inputs(
+            mono, soc=soc, volts=volts, battery_amps=amps,
+            overrides={o: Override(True, None, "prop") for o in ALL_OUTPUTS},
+        )  # fmt: skip
+        before = state
+        state, decisions = decide(CFG, step, state)
+        corrected = None if volts is None else volts - (amps or 0.0) * R_OHM
+        if corrected is not None and corrected < WIFI_OFF_V:
+            known_low_since = mono if known_low_since is None else known_low_since
+            # an override never beats it: known below the level for the delay means off
+            if mono - known_low_since >= DELAY_S:
+                assert not decisions[WIFI].on
+        elif corrected is not None and corrected > WIFI_OFF_V + 0.05:
+            known_low_since = None
+        # only a known voltage at the restore level brings back a voltage shed
+        if before.wifi_voltage.shed and decisions[WIFI].on:
+            assert corrected is not None and corrected >= RESTORE_V
+            assert soc is not None and soc > BATTERY.wifi_on_above_pct
+        # an unknown voltage never sheds by voltage
+        if corrected is None:
+            assert state.wifi_voltage.shed is before.wifi_voltage.shed
+        for output, decision in decisions.items():
+            if decision.reason == "battery_voltage_low":
+                assert not decision.on
+            assert state.outputs[output] is decision.on
+
+
 # --------------------------------------------------------------------------- schedules
 
 
@@ -348,6 +630,16 @@ def _latched(port: str) -> PolicyState:
     return PolicyState(ports={port: PortFault(trips=3, latched=True, last_trip_mono_s=0.0)})
 
 
+def _volts_low(**fields: Any) -> PolicyState:
+    """Both loads' voltages known low for longer than the delay, nothing shed yet."""
+    low = VoltageWatch(low_since_mono_s=-DELAY_S)
+    return PolicyState(wifi_voltage=low, usb_voltage=low, **fields)
+
+
+def _voltage_shed() -> PolicyState:
+    return PolicyState(wifi_voltage=VoltageWatch(shed=True), usb_voltage=VoltageWatch(shed=True))
+
+
 def _cooling(port: str) -> PolicyState:
     return PolicyState(
         ports={port: PortFault(trips=1, cooldown_until_mono_s=50.0, last_trip_mono_s=20.0)}
@@ -363,7 +655,39 @@ def _cooling(port: str) -> PolicyState:
         ("cooldown beats override", _cooling("usb1"), {"mono": 40.0}, "usb1", "cooldown"),
         ("heat beats override", PolicyState(), {"enclosure": 70.0}, WIFI, "over_temperature"),
         ("heat beats override", PolicyState(), {"cpu": 85.0}, "usb2", "over_temperature"),
+        ("voltage beats override on", _volts_low(), {"volts": 12.3}, WIFI, "battery_voltage_low"),
+        ("voltage beats override on", _volts_low(), {"volts": 12.1}, "usb2", "battery_voltage_low"),
+        (
+            "an estimate of 95% does not help",
+            _volts_low(),
+            {"volts": 12.1, "soc": 95.0},
+            "usb1",
+            "battery_voltage_low",
+        ),
+        (
+            "a lost reading keeps it shed",
+            _voltage_shed(),
+            {"volts": None},
+            WIFI,
+            "battery_voltage_low",
+        ),
+        # both: the estimate's reason (the voltage's is for when the estimate missed it)
+        ("both rules", _volts_low(), {"volts": 12.1, "soc": 5.0}, "usb1", "battery_low"),
         ("latch beats battery", _latched("usb1"), {"soc": 5.0}, "usb1", "overcurrent_latched"),
+        (
+            "latch beats voltage",
+            _volts_low(ports=_latched("usb1").ports),
+            {"volts": 12.0},
+            "usb1",
+            "overcurrent_latched",
+        ),
+        (
+            "heat beats voltage",
+            _volts_low(),
+            {"volts": 12.0, "cpu": 85.0},
+            WIFI,
+            "over_temperature",
+        ),
         ("latch beats heat", _latched("usb1"), {"enclosure": 70.0}, "usb1", "overcurrent_latched"),
         (
             "heat beats battery",
@@ -410,6 +734,7 @@ def test_override_beats_schedule(schedule_time: time, desired: bool, reason: str
         (WIFI, True, PolicyState(), 80.0, None),
         (WIFI, True, PolicyState(), 29.0, "battery_low: battery 29.0% < 30.0%"),
         ("usb1", True, _latched("usb1"), 80.0, "overcurrent_latched: "),
+        (WIFI, True, _voltage_shed(), 80.0, "battery_voltage_low: battery 13.20 V, back on at"),
         ("usb7", True, PolicyState(), 80.0, "unknown_output: "),
     ],
 )
@@ -627,5 +952,5 @@ def test_invariants_hold_for_any_sequence(
             if amps is not None and amps > 4.0 and output != WIFI:
                 assert not decision.on
             if decision.on:
-                assert decision.reason not in SAFETY_REASONS | {"battery_low"}
+                assert decision.reason not in SAFETY_REASONS | BATTERY_REASONS
             assert state.outputs[output] is decision.on

@@ -727,14 +727,6 @@ def test_the_switch_to_the_safe_state_on_stop_is_reported(
 # --------------------------------------------------------------------------- known gap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the state of charge is re-anchored on voltage only after 30 min below "
-    "C/100, but this bench's own night load (Pi + access point, ~0.68 A) is above "
-    "C/100 (0.5 A for 50 Ah): with the hotspot on the estimate never meets the "
-    "voltage, so a battery holding less than counted is run down to the model's "
-    "low-voltage disconnect before anything is shed",
-)
 def test_a_sharp_fall_of_the_true_charge_sheds_wifi_before_the_low_voltage_disconnect(
     tmp_path: Path, broker: Broker, recorder: Recorder
 ) -> None:

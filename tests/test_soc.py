@@ -214,7 +214,11 @@ def test_counting_alone_would_drift_where_anchors_do_not(chemistry: Chemistry) -
     counting = SocEstimator(CAPACITY_AH, chemistry, 35.0, rest_s=1e12, charged_detect_s=1e12)
     err_anchored = simulate(truth_a, anchored, 3 * 86400, gain=1.03)
     err_counting = simulate(truth_b, counting, 3 * 86400, gain=1.03)
-    assert max(err_anchored) < 3.0
+    # 3.5, was 3.0: the night anchors now correct the voltage for the 0.75 A night load
+    # (I·R) and land on the truth, where they used to read ~1 % low; that low reading
+    # happened to offset the +3 % gain error's daytime drift, so the afternoon peak is
+    # now ~3.1 %, all of it counted since the morning (AGM has no anchor by day).
+    assert max(err_anchored) < 3.5
     assert max(err_counting) > 4.0
     assert max(err_counting) > 1.5 * max(err_anchored)
 
@@ -322,9 +326,11 @@ def test_persistence_round_trip(chemistry: Chemistry) -> None:
         assert getattr(restored, attr) == getattr(est, attr), attr
     assert restored.chemistry == chemistry
     assert restored.rest_s == 900.0
-    for _ in range(30):  # and both go on identically
-        est.update(-3.0, 12.5, 60.0)
-        restored.update(-3.0, 12.5, 60.0)
+    # And both go on identically while counting. (Above C/20: a lighter load would be
+    # a rest, and rest timers deliberately start over after a restart.)
+    for _ in range(30):
+        est.update(-6.0, 12.5, 60.0)
+        restored.update(-6.0, 12.5, 60.0)
     assert restored.to_dict() == est.to_dict()
 
 
@@ -351,3 +357,173 @@ def test_bad_persisted_state_is_refused(mutate: Any) -> None:
     mutate(data)
     with pytest.raises(ValueError):
         SocEstimator.from_dict(data)
+
+
+# --------------------------------------------------------------------------- light steady loads
+
+
+def night(
+    battery: SimBattery, est: SocEstimator, minutes: int, amps: float | list[float]
+) -> list[float]:
+    """`minutes` of a discharge (one sample a minute); the estimate after each."""
+    out = []
+    for i in range(minutes):
+        load = amps[i] if isinstance(amps, list) else amps
+        got, volts = battery.step(load, 60.0)
+        est.update(got, volts, 60.0)
+        assert est.soc_pct is not None
+        out.append(est.soc_pct)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("rest_current_c", "anchored"),
+    [
+        (0.05, True),  # the default, C/20: the bench's own night load is a rest
+        (0.01, False),  # true rest only, as before: the estimate never meets the voltage
+    ],
+)
+def test_the_benchs_own_night_load_re_anchors_a_count_gone_wrong(
+    rest_current_c: float, anchored: bool
+) -> None:
+    """issue 4: a 50 Ah battery holding 18 % while the count says 55 % (ageing, or a
+    drifted count), the Pi and the hotspot drawing 0.68 A, above C/100."""
+    battery = SimBattery(LIFEPO4_12V, 18.0, capacity_ah=50.0, r_ohm=0.02)
+    est = SocEstimator(50.0, LIFEPO4_12V, 55.0, rest_current_c=rest_current_c)
+    assert night(battery, est, 29, -0.68)[-1] > 50.0  # not settled for rest_s (30 min) yet
+    night(battery, est, 1, -0.68)
+    assert est.soc_pct is not None
+    if anchored:
+        assert est.soc_pct == pytest.approx(battery.soc_pct, abs=1.0)
+        assert est.source == "voltage_anchor"
+        night(battery, est, 6 * 60, -0.68)  # and stays with the truth all night
+        assert est.soc_pct == pytest.approx(battery.soc_pct, abs=1.0)
+    else:
+        night(battery, est, 6 * 60, -0.68)
+        assert est.soc_pct > 45.0
+        assert est.source == "coulomb"
+
+
+def test_the_anchor_corrects_the_voltage_for_the_load() -> None:
+    """On the steep part of the curve a 2 A load's I·R drop (40 mV) is worth 0.5 %; the
+    correction puts the reading on the truth, none reads low by the drop."""
+    results = {}
+    for r_ohm in (0.02, 0.0):
+        battery = SimBattery(LIFEPO4_12V, 15.0, capacity_ah=50.0, r_ohm=0.04)
+        est = SocEstimator(50.0, LIFEPO4_12V, 25.0, resistance_ohm=r_ohm)  # a guess
+        night(battery, est, 30, -2.0)
+        assert est.source == "voltage_anchor"
+        assert est.soc_pct is not None
+        results[r_ohm] = est.soc_pct - battery.soc_pct
+    # 0.04 Ω in truth: corrected by half, half the error; uncorrected, all of it
+    assert abs(results[0.02]) < 0.5 * abs(results[0.0])
+    assert results[0.0] < -0.5
+
+
+@pytest.mark.parametrize(
+    ("case", "loads", "anchored"),
+    [
+        ("steady hotspot and Pi", [-0.68] * 35, True),
+        # one phone plugged in (+0.67 A at 12 V) is within C/40 (1.25 A): same rest
+        ("a phone comes", [-0.68] * 15 + [-1.35] * 20, True),
+        # the hotspot and two phones (+1.6 A): the voltage must settle again
+        ("two phones come", [-0.68] * 15 + [-2.3] * 20, False),
+        ("two phones, then settled", [-0.68] * 15 + [-2.3] * 31, True),
+        # above C/20 (2.5 A) is a load, not a rest
+        ("a heavy load", [-2.6] * 60, False),
+        # a light charge never counts: charging reads high (polarisation)
+        ("the sun rises", [-0.68] * 10 + [0.3 + 0.02 * i for i in range(30)], False),
+        ("a light charge", [0.6] * 60, False),
+        ("true rest", [-0.2] * 31, True),
+    ],
+)
+def test_what_counts_as_rest(case: str, loads: list[float], anchored: bool) -> None:
+    battery = SimBattery(LIFEPO4_12V, 15.0, capacity_ah=50.0)
+    est = SocEstimator(50.0, LIFEPO4_12V, 40.0)
+    night(battery, est, len(loads), loads)
+    assert (est.source == "voltage_anchor") is anchored, case
+    assert est.soc_pct is not None
+    assert (abs(est.soc_pct - battery.soc_pct) < 3.0) is anchored, case
+
+
+def test_readings_within_one_rest_replace_each_other_instead_of_piling_up() -> None:
+    """A whole night on LiFePO4's plateau with a voltage that reads 30 mV high (a chart
+    or a sensor off by that much): sixteen anchors must not count as sixteen pieces of
+    evidence, or the estimate ends wherever the biased reading says."""
+    battery = SimBattery(LIFEPO4_12V, 55.0, capacity_ah=50.0)
+    est = SocEstimator(50.0, LIFEPO4_12V, 55.0)
+    est.from_bmv(55.0)  # a good estimate (±1 %)
+
+    def biased_night(minutes: int) -> None:
+        for _ in range(minutes):
+            amps, volts = battery.step(-0.68, 60.0)
+            est.update(amps, volts + 0.03, 60.0)
+
+    biased_night(30)
+    assert est.soc_pct is not None
+    first_pull = est.soc_pct - battery.soc_pct
+    assert 0.0 < first_pull < 5.0  # pulled up by a reading of ~+10 %, but only a little
+    biased_night(8 * 60)
+    assert est.soc_pct - battery.soc_pct == pytest.approx(first_pull, abs=1.0)
+
+
+@pytest.mark.parametrize(
+    ("truth", "count", "max_error"),
+    [
+        (30.0, 70.0, 5.0),  # 40 points off on the plateau: the gap itself says so
+        (15.0, 55.0, 1.0),  # on the steep knee the reading decides outright
+        (52.0, 55.0, 3.5),  # within the noise: the count keeps most of its weight
+    ],
+)
+def test_a_count_far_from_the_voltage_follows_the_voltage(
+    truth: float, count: float, max_error: float
+) -> None:
+    battery = SimBattery(LIFEPO4_12V, truth, capacity_ah=50.0)
+    est = SocEstimator(50.0, LIFEPO4_12V)
+    est.from_bmv(count)  # confident (±1 %), and wrong
+    night(battery, est, 30, -0.68)
+    assert est.soc_pct is not None
+    assert abs(est.soc_pct - battery.soc_pct) < max_error
+    if truth == 52.0:
+        assert est.soc_pct > battery.soc_pct + 1.0  # barely moved by one plateau reading
+
+
+@pytest.mark.parametrize("chemistry", [LIFEPO4_12V, AGM_12V], ids=lambda c: c.name)
+def test_volts_at_inverts_the_curve(chemistry: Chemistry) -> None:
+    for pct in (0.0, 5.0, 18.0, 45.0, 99.5, 100.0):
+        assert chemistry.pct_at(chemistry.volts_at(pct)) == pytest.approx(pct, abs=1e-9)
+    assert chemistry.volts_at(-5.0) == chemistry.volts_at(0.0)
+    assert chemistry.volts_at(105.0) == chemistry.volts_at(100.0)
+
+
+def test_a_saved_state_from_before_the_light_load_anchor_loads_with_todays_curve() -> None:
+    """Curves are code: a bench that saved an older LiFePO4 chart gets today's."""
+    data = SocEstimator(CAPACITY_AH, "lifepo4", 42.0).to_dict()
+    for key in ("rest_current_c", "resistance_ohm"):
+        del data[key]
+    del data["chemistry"]["resistance_ohm_ah"]
+    data["chemistry"]["ocv_curve"] = [[10.0, 0.0], [12.5, 10.0], [13.0, 30.0], [13.6, 100.0]]
+    restored = SocEstimator.from_dict(json.loads(json.dumps(data)))
+    assert restored.chemistry is LIFEPO4_12V
+    assert restored.rest_current_c == 0.05
+    assert restored.resistance_ohm == pytest.approx(LIFEPO4_12V.resistance_ohm_ah / CAPACITY_AH)
+    assert restored.soc_pct == 42.0
+    custom = replace(LIFEPO4_12V, name="lfp-custom", resistance_ohm_ah=2.0)
+    data = SocEstimator(CAPACITY_AH, custom, 42.0, rest_current_c=0.1).to_dict()
+    again = SocEstimator.from_dict(data)
+    assert again.chemistry == custom and again.rest_current_c == 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rest_current_c": 0.005},
+        {"rest_current_c": 0.3},
+        {"rest_current_c": math.nan},
+        {"resistance_ohm": -0.01},
+        {"resistance_ohm": 2.0},
+    ],
+)
+def test_bad_light_load_arguments(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="^" + next(iter(kwargs))):
+        SocEstimator(CAPACITY_AH, "lifepo4", 50.0, **kwargs)
