@@ -23,32 +23,16 @@ not a zero, it is unknown — and the seconds it was unknown are reported as
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
+from bench_agent.checks import is_finite_number, require
 from bench_agent.model import PowerReading
 
 WH_DIGITS: Final = 2  # 10 mWh: well below what a phone charge (~10 Wh) needs
 HOURS_DIGITS: Final = 2  # 36 s
-
-
-def _check(ok: bool, name: str, problem: str, value: object) -> None:
-    """Raise ValueError("name: problem (got value)"); the config loader prefixes file and key."""
-    if not ok:
-        raise ValueError(f"{name}: {problem} (got {value!r})")
-
-
-def _is_number(value: object) -> TypeGuard[float]:
-    """A finite int or float (not a bool): what a counter or a reading may hold."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float, e.g. from a garbled file
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +47,20 @@ class CountersConfig:
     session_min_s: float = 120.0  # s; for at least this long, to count as a session
 
     def __post_init__(self) -> None:
-        _check(
-            _is_number(self.session_min_amps) and self.session_min_amps > 0,
+        require(
+            is_finite_number(self.session_min_amps) and self.session_min_amps > 0,
             "session_min_amps",
             "must be a number > 0",
             self.session_min_amps,
         )
-        _check(
-            _is_number(self.session_min_s) and self.session_min_s >= 0,
+        require(
+            is_finite_number(self.session_min_s) and self.session_min_s >= 0,
             "session_min_s",
             "must be a number >= 0",
             self.session_min_s,
         )
         object.__setattr__(self, "ports", tuple(self.ports))
-        _check(len(set(self.ports)) == len(self.ports), "ports", "listed twice", self.ports)
+        require(len(set(self.ports)) == len(self.ports), "ports", "listed twice", self.ports)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -166,7 +150,7 @@ class DailyCounters:
         clients, None where the backend cannot tell.
         """
         self.roll_to(local_now.date())
-        dt = float(dt_s) if _is_number(dt_s) and dt_s > 0 else 0.0
+        dt = float(dt_s) if is_finite_number(dt_s) and dt_s > 0 else 0.0
         day = self.today
         cfg = self.cfg
         if cfg.panel_channel is not None:
@@ -186,7 +170,9 @@ class DailyCounters:
     ) -> float:
         """The energy the channel delivered forward over ``dt``; unknown counts as unmeasured."""
         reading = readings.get(channel)
-        if reading is None or not (_is_number(reading.watts) and _is_number(reading.amps)):
+        if reading is None or not (
+            is_finite_number(reading.watts) and is_finite_number(reading.amps)
+        ):
             if dt > 0:
                 unmeasured = self.today.unmeasured_s
                 unmeasured[channel] = unmeasured.get(channel, 0.0) + dt
@@ -199,7 +185,7 @@ class DailyCounters:
 
     def _count_session(self, port: str, reading: PowerReading | None, dt: float) -> None:
         session = self._sessions[port]
-        if reading is None or not _is_number(reading.amps):
+        if reading is None or not is_finite_number(reading.amps):
             return  # a missed sample neither ends a session nor proves one
         if reading.amps <= self.cfg.session_min_amps:
             session.above_s = 0.0
@@ -265,7 +251,7 @@ class DailyCounters:
         Raises ValueError, and nothing else, on anything that is not what ``to_dict``
         writes (a truncated or garbled file): the caller starts from zero then.
         """
-        _check(isinstance(data, Mapping) and data.get("v") == 1, "v", "unknown version", data)
+        require(isinstance(data, Mapping) and data.get("v") == 1, "v", "unknown version", data)
         assert isinstance(data, Mapping)
         today = _parse_day(cfg, "today", data.get("today"))
         counters = cls(cfg, today.day)
@@ -274,16 +260,18 @@ class DailyCounters:
         if raw_yesterday is not None:
             counters.yesterday = _parse_day(cfg, "yesterday", raw_yesterday)
         active = data.get("sessions_active", {})
-        _check(isinstance(active, Mapping), "sessions_active", "must be an object", active)
+        require(isinstance(active, Mapping), "sessions_active", "must be an object", active)
         assert isinstance(active, Mapping)
         for port, raw in active.items():
             if port not in counters._sessions:
                 continue
             name = f"sessions_active.{port}"
-            _check(isinstance(raw, Mapping), name, "must be an object", raw)
+            require(isinstance(raw, Mapping), name, "must be an object", raw)
             above, counted = raw.get("above_s"), raw.get("counted")
-            _check(_is_number(above) and above >= 0, f"{name}.above_s", "must be >= 0", above)
-            _check(isinstance(counted, bool), f"{name}.counted", "must be true or false", counted)
+            require(
+                is_finite_number(above) and above >= 0, f"{name}.above_s", "must be >= 0", above
+            )
+            require(isinstance(counted, bool), f"{name}.counted", "must be true or false", counted)
             counters._sessions[port] = _Session(float(above), bool(counted))
         return counters
 
@@ -316,28 +304,30 @@ def _hours(seconds: float) -> float:
 
 
 def _parse_day(cfg: CountersConfig, name: str, raw: object) -> _Day:
-    _check(isinstance(raw, Mapping), name, "must be an object", raw)
+    require(isinstance(raw, Mapping), name, "must be an object", raw)
     assert isinstance(raw, Mapping)
     text = raw.get("date")
-    _check(isinstance(text, str), f"{name}.date", "must be a date", text)
+    require(isinstance(text, str), f"{name}.date", "must be a date", text)
     assert isinstance(text, str)
     day = _Day(date.fromisoformat(text))  # ValueError on a bad date
 
     def amount(key: str) -> float:
         value = raw.get(key, 0.0)
-        _check(_is_number(value) and value >= 0, f"{name}.{key}", "must be a number >= 0", value)
+        require(
+            is_finite_number(value) and value >= 0, f"{name}.{key}", "must be a number >= 0", value
+        )
         return float(value)
 
     def per_key(key: str, known: tuple[str, ...], integer: bool) -> dict[str, Any]:
         values = raw.get(key, {})
-        _check(isinstance(values, Mapping), f"{name}.{key}", "must be an object", values)
+        require(isinstance(values, Mapping), f"{name}.{key}", "must be an object", values)
         assert isinstance(values, Mapping)
         kept: dict[str, Any] = {}
         for k, v in values.items():
             if k not in known:
                 continue
-            ok = _is_number(v) and v >= 0 and (not integer or isinstance(v, int))
-            _check(ok, f"{name}.{key}.{k}", "must be a number >= 0", v)
+            ok = is_finite_number(v) and v >= 0 and (not integer or isinstance(v, int))
+            require(ok, f"{name}.{key}.{k}", "must be a number >= 0", v)
             kept[k] = v if integer else float(v)
         return kept
 
@@ -348,7 +338,7 @@ def _parse_day(cfg: CountersConfig, name: str, raw: object) -> _Day:
     day.sessions = {p: 0 for p in cfg.ports} | per_key("sessions", cfg.ports, integer=True)
     day.unmeasured_s = per_key("unmeasured_s", cfg.channels, integer=False)
     clients = raw.get("wifi_clients_max")
-    _check(
+    require(
         clients is None or (isinstance(clients, int) and not isinstance(clients, bool)),
         f"{name}.wifi_clients_max",
         "must be an integer or null",
@@ -356,7 +346,7 @@ def _parse_day(cfg: CountersConfig, name: str, raw: object) -> _Day:
     )
     if clients is not None:
         assert isinstance(clients, int)
-        _check(clients >= 0, f"{name}.wifi_clients_max", "must be >= 0", clients)
+        require(clients >= 0, f"{name}.wifi_clients_max", "must be >= 0", clients)
         day.wifi_clients_max = clients
     return day
 

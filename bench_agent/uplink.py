@@ -29,7 +29,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Final, Literal, TypeGuard
+from typing import Any, Final, Literal
+
+from bench_agent.checks import is_finite_number, require
 
 OVERRIDE_SOURCE: Final = "uplink_recovery"
 """The override source the integrator uses to hold the output off during a cycle."""
@@ -45,24 +47,8 @@ DAILY_LIMIT: Final = "daily_limit"
 ActionKind = Literal["power_off", "power_on", "gave_up"]
 
 
-def _check(ok: bool, name: str, problem: str, value: object) -> None:
-    """Raise ValueError("name: problem (got value)"); the config loader prefixes file and key."""
-    if not ok:
-        raise ValueError(f"{name}: {problem} (got {value!r})")
-
-
-def _is_number(value: object) -> TypeGuard[float]:
-    """A finite int or float, not a bool."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float, e.g. from a garbled file
-        return False
-
-
 def _positive(name: str, value: object) -> None:
-    _check(_is_number(value) and value > 0, name, "must be a finite number > 0", value)
+    require(is_finite_number(value) and value > 0, name, "must be a finite number > 0", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +65,8 @@ class UplinkConfig:
     backoff_reset_after_s: float = 3600.0  # connected this long: the backoff starts over
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.enabled, bool), "enabled", "must be true or false", self.enabled)
-        _check(
+        require(isinstance(self.enabled, bool), "enabled", "must be true or false", self.enabled)
+        require(
             isinstance(self.output, str) and bool(self.output),
             "output",
             "must be named",
@@ -94,14 +80,14 @@ class UplinkConfig:
             "backoff_reset_after_s",
         ):
             _positive(name, getattr(self, name))
-        _check(
+        require(
             self.backoff_max_s >= self.backoff_initial_s,
             "backoff_max_s",
             f"must be at least backoff_initial_s ({self.backoff_initial_s})",
             self.backoff_max_s,
         )
         attempts = self.max_attempts_per_day
-        _check(
+        require(
             isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1,
             "max_attempts_per_day",
             "must be an integer >= 1",
@@ -177,7 +163,7 @@ class UplinkRecovery:
         """
         if not self.cfg.enabled:
             return None
-        _check(math.isfinite(now_mono_s), "now_mono_s", "must be finite", now_mono_s)
+        require(math.isfinite(now_mono_s), "now_mono_s", "must be finite", now_mono_s)
         if today != self.day:
             self.day = today
             self.attempts_today = 0
@@ -345,14 +331,14 @@ class UplinkRecovery:
 
         Raises ValueError (only) on anything that is not what ``to_dict`` writes.
         """
-        _check(isinstance(data, Mapping) and data.get("v") == 1, "v", "unknown version", data)
+        require(isinstance(data, Mapping) and data.get("v") == 1, "v", "unknown version", data)
         assert isinstance(data, Mapping)
         recovery = cls(cfg)
         day = data.get("day")
-        _check(day is None or isinstance(day, str), "day", "must be a date or null", day)
+        require(day is None or isinstance(day, str), "day", "must be a date or null", day)
         recovery.day = None if day is None else date.fromisoformat(day)
         attempts = data.get("attempts_today")
-        _check(
+        require(
             isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0,
             "attempts_today",
             "must be an integer >= 0",
@@ -361,8 +347,8 @@ class UplinkRecovery:
         assert isinstance(attempts, int)
         recovery.attempts_today = attempts
         gave_up, holding = data.get("gave_up_today"), data.get("holding_off")
-        _check(isinstance(gave_up, bool), "gave_up_today", "must be true or false", gave_up)
-        _check(isinstance(holding, bool), "holding_off", "must be true or false", holding)
+        require(isinstance(gave_up, bool), "gave_up_today", "must be true or false", gave_up)
+        require(isinstance(holding, bool), "holding_off", "must be true or false", holding)
         recovery.gave_up_today = bool(gave_up)
         backoff = data.get("backoff_s")
         _positive("backoff_s", backoff)
@@ -370,8 +356,8 @@ class UplinkRecovery:
         # The config may have changed since: keep the saved step inside today's bounds.
         recovery.backoff_s = min(max(float(backoff), cfg.backoff_initial_s), cfg.backoff_max_s)
         next_in = data.get("next_attempt_in_s")
-        _check(
-            next_in is None or (_is_number(next_in) and next_in >= 0),
+        require(
+            next_in is None or (is_finite_number(next_in) and next_in >= 0),
             "next_attempt_in_s",
             "must be a number >= 0 or null",
             next_in,

@@ -28,6 +28,7 @@ from bench_agent.outbox import (
     Outbox,
     iso_utc,
 )
+from tests.support import small_tmpfs as support_small_tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 BOOT = "boot-a"
@@ -354,22 +355,8 @@ def test_second_agent_on_the_same_file_is_locked_out(db: Path) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 256 KiB tmpfs, when we may mount one (root); skipped otherwise."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with support_small_tmpfs(tmp_path / "mnt", "256k") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_real_full_disk_raises_storage_error_and_recovers(small_fs: Path) -> None:

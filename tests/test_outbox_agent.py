@@ -20,7 +20,6 @@ import random
 import shutil
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -32,6 +31,7 @@ import pytest
 from bench_agent.outbox import SEQ_FLOOR_EVERY
 from tests.outbox_support import BlackHoleProxy, DurableBroker, DurableRecorder, validate_all
 from tests.support import AgentProcess, Message, Recorder, wait_until
+from tests.support import small_tmpfs as support_small_tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -387,22 +387,8 @@ def test_a_full_outbox_drops_exactly_the_oldest_and_reports_the_count(
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 2 MiB tmpfs for the storage dir, when we may mount one (root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with support_small_tmpfs(tmp_path / "small", "2m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(directory: Path) -> Path:
