@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_outbox_disk.py [--dir DIR] [--records N]
 
-Counts from /proc/self/io, for N realistic telemetry records (~600 bytes of JSON:
-5 channels x min/avg/max volts/amps/watts + Wh, outputs, health):
+Counts from /proc/self/io, for N telemetry records shaped like the agent's own
+(`telemetry_body.json`, captured from the agent: ~1,450 bytes of compact JSON):
 
 * `wchar`: bytes SQLite handed to write() -- what it asks the kernel to store.
 * `write_bytes`, back to back: bytes the kernel sent to the block device when
@@ -39,31 +39,20 @@ CHANNELS = ("solar", "battery", "usb1", "usb2", "ap")
 WEEK_RECORDS = 7 * 24 * 60  # one record per 60 s
 
 
+SAMPLE_BODY = json.loads((Path(__file__).with_name("telemetry_body.json")).read_text())
+
+
 def telemetry_body(rng: random.Random, n: int) -> dict[str, Any]:
-    """One 60-s aggregate as the sampler makes it (about 600 bytes of compact JSON)."""
-
-    def triple(centre: float, spread: float, digits: int) -> list[float]:
-        lo, hi = centre - rng.uniform(0, spread), centre + rng.uniform(0, spread)
-        return [round(lo, digits), round(centre, digits), round(hi, digits)]
-
-    channels = {}
-    for name in CHANNELS:
-        volts = {"solar": 18.4, "battery": 12.9}.get(name, 5.1)
-        amps = rng.uniform(0.05, 2.4)
-        channels[name] = {
-            "v": triple(volts, 0.3, 3),
-            "a": triple(amps, 0.2, 3),
-            "w": triple(volts * amps, 2.0, 2),
-            "wh": round(volts * amps / 60, 3),
-        }
-    return {
-        "interval_s": 60,
-        "n": 60,
-        "ch": channels,
-        "out": {"usb1": "on", "usb2": "off", "wifi": "on"},
-        "health": {"cpu_c": round(rng.uniform(40, 62), 1), "rss_mb": 31.4, "faults": []},
-        "i": n,
-    }
+    """A telemetry body as the agent records it: `telemetry_body.json` is one captured
+    from the agent on the simulated bench (5 channels, charger, counters, health:
+    ~1,450 bytes of compact JSON), with its readings varied a little per record."""
+    body = json.loads(json.dumps(SAMPLE_BODY))
+    for channel in body["channels"].values():
+        for key in ("v", "a", "w"):
+            if channel[key] is not None:
+                channel[key] = [round(x * rng.uniform(0.98, 1.02), 4) for x in channel[key]]
+    body["health"]["outbox_depth"] = n
+    return body
 
 
 def io_counters() -> dict[str, int]:

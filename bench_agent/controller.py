@@ -74,8 +74,8 @@ class Controller:
             data = json.loads(self._state_file.read_text())
             self.state = PolicyState.from_dict(data["policy"], self.policy, mono_s)
             saved = SocEstimator.from_dict(data["soc"])
-            if saved.soc_pct is not None:
-                self.soc = saved
+            if saved.soc_pct is not None and not self.soc.adopt_estimate(saved):
+                log.warning("controller: saved state of charge is for another battery: ignored")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("controller: ignoring unreadable saved state %s: %s", self._state_file, exc)
 
@@ -233,8 +233,9 @@ class Controller:
                 "confidence": round(self.soc.confidence, 2),
             },
             "battery_protection": {
-                "wifi_shed": self.state.wifi_battery_shed,
-                "usb_shed": self.state.usb_battery_shed,
+                # Either rule: the state-of-charge thresholds or the voltage safety net.
+                "wifi_shed": self.state.wifi_shed,
+                "usb_shed": self.state.usb_shed,
                 "over_temperature": self.state.over_temperature,
             },
         }

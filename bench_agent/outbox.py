@@ -38,34 +38,35 @@ Durability (WAL + synchronous=NORMAL)
     every earlier telemetry commit durable.
 
 SD-card writes
-    * `page_size=1024`: a WAL frame is one page, so small pages mean few bytes per
-      commit; a ~650-byte row fits one page.
+    * `page_size=2048`: a WAL frame is one page, so small pages mean few bytes per
+      commit, but the agent's ~1.5 kB telemetry row must fit one page (1024-byte
+      pages spill it to overflow pages: 3.2 kB per delivered record against 2.1 kB).
     * `locking_mode=EXCLUSIVE`: the WAL index lives in heap memory, so there is no
       `-shm` file to dirty on every commit. It also stops a second agent from
       opening the same outbox (it gets `storage_locked`). The CLI asks the daemon
       over its socket, never this file.
     * Acks are applied lazily: `ack` only remembers the seqs; their rows are
       deleted inside the next `put`'s transaction (before the insert, so a
-      steady-state commit rewrites the single leaf page: one ~1 kB frame per
+      steady-state commit rewrites the single leaf page: one ~2 kB frame per
       record), or at `flush`/`close`, or once `ACK_FLUSH_AT` acks wait. After a
       crash the last few acked records are sent again: a duplicate by seq, which
       QoS 1 allows anyway, never a loss.
     * `wal_autocheckpoint=128` pages, `journal_size_limit` 256 KiB, no index but
       the primary key, `secure_delete=OFF`, bodies as compact JSON.
-    Measured (bench/bench_outbox_disk.py, ext4, 575-byte records): SQLite writes
-    1.07 kB per delivered record (4.4 kB per record while offline). The kernel
+    Measured (bench/bench_outbox_disk.py, ext4, the agent's 1.5 kB records): SQLite
+    writes 2.1 kB per delivered record (8.4 kB per record while offline). The kernel
     writes whole 4 KiB pages, so when each record is written back on its own (60 s
-    apart) the card sees ~5.3 kB per delivered record; ~1.2 kB when writeback
-    merges several records (longer `vm.dirty_expire_centisecs`).
+    apart, the default 30 s writeback) the card sees ~6.5 kB per delivered record;
+    ~2.4 kB when writeback merges records (a longer `vm.dirty_expire_centisecs`).
+    The 1 kB target is below the record's own size: see the README.
 
 Bound
     `max_bytes` caps the sum of stored body sizes (UTF-8 bytes of the compact JSON;
-    the file is larger by row and page overhead: ~1.8x with 1 kB pages, one ~600 B
-    record per page; a week offline is a 10.4 MB file for 5.8 MB of bodies, see
-    bench/bench_outbox_disk.py. 2 kB pages would make it 1.2x but double the
-    bytes written per delivered record, the common case). On overflow the OLDEST
-    rows are dropped in the same transaction as the insert; every drop is counted
-    in `meta.drops_total`.
+    the file is larger by row and page overhead: 1.37x with 2 kB pages and the
+    agent's 1.5 kB records; a week offline is a 20.7 MB file for 15.1 MB of bodies,
+    see bench/bench_outbox_disk.py). On overflow the OLDEST rows not in flight are
+    dropped in the same transaction as the insert; every drop is counted in
+    `meta.drops_total`.
     An optional `max_file_bytes` sets `PRAGMA max_page_count` as a hard ceiling
     that protects the rest of the SD card; reaching it is `storage_full`.
 
@@ -120,7 +121,7 @@ FAULT_CORRUPT: Final = "storage_corrupt"
 FAULT_CORRUPT_REPLACED: Final = "storage_corrupt_replaced"
 
 SCHEMA_VERSION: Final = 1
-PAGE_SIZE: Final = 1024  # bytes; one WAL frame per page changed
+PAGE_SIZE: Final = 2048  # bytes; one WAL frame per page changed
 WAL_AUTOCHECKPOINT_PAGES: Final = 128
 JOURNAL_SIZE_LIMIT: Final = 256 * 1024  # bytes the WAL is truncated to after a checkpoint
 SEQ_FLOOR_EVERY: Final = 64  # seqs between two writes of the sidecar floor (~1 h at 60 s)

@@ -194,7 +194,12 @@ class Agent:
             self.controller = Controller(
                 self.cfg.policy,
                 self.hardware.outputs,
-                SocEstimator(self.cfg.battery.capacity_ah, CHEMISTRIES[self.cfg.battery.chemistry]),
+                SocEstimator(
+                    self.cfg.battery.capacity_ah,
+                    CHEMISTRIES[self.cfg.battery.chemistry],
+                    rest_current_c=self.cfg.battery.rest_current_c,
+                    resistance_ohm=self.cfg.battery.internal_resistance_ohm,
+                ),
                 emit_event=self.emit_event,
                 state_file=self.cfg.storage.dir / "controller-state.json",
                 battery_channel=self.cfg.battery.channel,

@@ -487,6 +487,18 @@ class SocEstimator:
             "ah_since_anchor": self._ah_since_anchor,
         }
 
+    def adopt_estimate(self, saved: SocEstimator) -> bool:
+        """Take the estimate (not the tuning) of a saved estimator of the same battery:
+        the tuning comes from today's configuration. False, and nothing taken, when
+        the saved one is for another capacity or chemistry (a different battery)."""
+        if (saved.capacity_ah, saved.chemistry.name) != (self.capacity_ah, self.chemistry.name):
+            return False
+        self._soc = saved._soc
+        self._uncertainty = saved._uncertainty
+        self._anchor = saved._anchor
+        self._ah_since_anchor = saved._ah_since_anchor
+        return True
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SocEstimator:
         """Rebuild from :meth:`to_dict`. Raises ValueError on anything else.

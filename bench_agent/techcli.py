@@ -483,6 +483,8 @@ def reason_text(code: str) -> str:
         "cooldown": _("cooling down after over-current"),
         "over_temperature": _("too hot"),
         "battery_low": _("battery low"),
+        "battery_voltage_low": _("battery voltage low"),
+        "safe_state": _("safe state"),
         "override_on": _("switched on by hand"),
         "override_off": _("switched off by hand"),
         "schedule_on": _("on schedule"),

@@ -17,9 +17,9 @@ The battery's state of charge is persisted before the start, equal to the model'
 charge, as a bench restarting after a day of service has it. Without that the estimate
 is seeded from the first voltage read (a guess that can be ten points off on the flat
 LiFePO4 curve), and the scenario action `battery.set` changes only the model's true
-charge, which coulomb counting does not see (see the xfail test at the end). So the
-thresholds here are crossed by the real discharge and recharge of the model, counted
-through the real INA219 driver.
+charge, which counting alone does not see (the last test: the voltage anchor and the
+voltage safety net catch it). Elsewhere the thresholds are crossed by the real discharge
+and recharge of the model, counted through the real INA219 driver.
 """
 
 from __future__ import annotations
@@ -724,7 +724,7 @@ def test_the_switch_to_the_safe_state_on_stop_is_reported(
     assert retained["outputs"]["usb1"]["on"] is False
 
 
-# --------------------------------------------------------------------------- known gap
+# --------------------------------------------------------------------------- a wrong estimate
 
 
 def test_a_sharp_fall_of_the_true_charge_sheds_wifi_before_the_low_voltage_disconnect(
