@@ -44,7 +44,6 @@ import os
 import platform
 import queue
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import tcp_counters  # noqa: E402
 from bench_agent import payloads  # noqa: E402
 from bench_agent.config import MqttConfig  # noqa: E402
 from bench_agent.mqtt import Acked, Connected, Disconnected, LinkEvent, MqttLink, Will  # noqa: E402
@@ -291,20 +291,7 @@ class Run:
 
 def tcp_bytes(port: int) -> tuple[int, int] | None:
     """(sent, received) by this process's connections to `port`, from the kernel."""
-    if shutil.which("ss") is None:
-        return None
-    out = subprocess.run(
-        ["ss", "-tinpH", "dst", f"127.0.0.1:{port}"], capture_output=True, text=True, check=False
-    ).stdout
-    sent = received = 0
-    mine = False
-    for line in out.splitlines():
-        if not line[:1].isspace():  # a socket's line; its counters are on the next one
-            mine = f"pid={os.getpid()}," in line
-        elif mine:
-            sent += sum(int(m) for m in re.findall(r"bytes_sent:(\d+)", line))
-            received += sum(int(m) for m in re.findall(r"bytes_received:(\d+)", line))
-    return sent, received
+    return tcp_counters.tcp_bytes(port, os.getpid())
 
 
 def mqtt_config(port: int) -> MqttConfig:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import tcp_counters  # noqa: E402
 from tests.support import AgentProcess, Broker, Recorder, sim_config, wait_until  # noqa: E402
 
 
@@ -59,14 +58,11 @@ def context_switches(pid: int) -> int:
     return total
 
 
-def tcp_bytes(port: int) -> tuple[int, int]:
-    """(bytes sent, bytes received) by the client side of connections to `port`."""
-    out = subprocess.run(
-        ["ss", "-tinH", "dst", f"127.0.0.1:{port}"], capture_output=True, text=True, check=True
-    ).stdout
-    sent = sum(int(m) for m in re.findall(r"bytes_sent:(\d+)", out))
-    received = sum(int(m) for m in re.findall(r"bytes_received:(\d+)", out))
-    return sent, received
+def agent_tcp_bytes(port: int, pid: int) -> tuple[int, int]:
+    counted = tcp_counters.tcp_bytes(port, pid)
+    if counted is None:
+        raise SystemExit("footprint: `ss` (iproute2) is needed to count bytes on the wire")
+    return counted
 
 
 def real_time_run(workdir: Path, duration_s: float) -> dict[str, float]:
@@ -122,17 +118,17 @@ def wire_run(workdir: Path, records: int) -> dict[str, float]:
         )
         agent = AgentProcess(cfg, workdir)
         wait_until(lambda: len(recorder.telemetry_records()) >= 2, 30, "first records")
-        sent0, recv0 = tcp_bytes(broker.port)
+        sent0, recv0 = agent_tcp_bytes(broker.port, agent.proc.pid)
         n0 = len(recorder.telemetry_records())
         wait_until(
             lambda: len(recorder.telemetry_records()) >= n0 + records, 60 + records, "records"
         )
-        sent1, recv1 = tcp_bytes(broker.port)
+        sent1, recv1 = agent_tcp_bytes(broker.port, agent.proc.pid)
         n1 = len(recorder.telemetry_records())
         payloads = [len(m.payload) for m in recorder.on("telemetry")]
         agent.stop()
-        # The recorder's own connection is also to the broker's port: subtract what
-        # it sent (subscribe + PUBACKs are tiny but not the agent's).
+        # Only the agent's own connection: the recorder's, to the same port, carries
+        # every record a second time.
         per_record_sent = (sent1 - sent0) / (n1 - n0)
         per_record_recv = (recv1 - recv0) / (n1 - n0)
         return {
