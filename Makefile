@@ -20,8 +20,11 @@ typecheck: setup
 test: lint typecheck
 	$(PY) -m pytest -q -p randomly
 
-bench: setup
-	$(PY) bench/run_all.py
+bench: setup  # the figures in the README; a few minutes
+	$(PY) bench/footprint.py 60
+	$(PY) bench/bench_drain.py
+	$(PY) bench/bench_outbox_disk.py
+	$(PY) bench/bench_vedirect.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
