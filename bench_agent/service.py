@@ -397,6 +397,7 @@ class Agent:
                 self._stopping = True
             case ChargerSample():
                 self.charger_reading = item
+                self._take_bmv_soc(item)
             case Call():
                 self._run_call(item)
 
@@ -641,6 +642,17 @@ class Agent:
         else:
             self._clear_fault("charger")
         return self.charger_summary()
+
+    def _take_bmv_soc(self, sample: ChargerSample) -> None:
+        """A BMV battery monitor's own state of charge outranks our estimate (a
+        charge controller sends none)."""
+        soc_pct = sample.reading.state_of_charge_pct
+        if soc_pct is None:
+            return
+        try:
+            self.controller.soc.from_bmv(soc_pct)
+        except ValueError as exc:  # out of range: a garbled block that passed its checksum
+            log.warning("battery monitor: state of charge ignored: %s", exc)
 
     def charger_stale(self) -> bool:
         """No valid block for `stale_after_s` (a reader just started has that much grace)."""

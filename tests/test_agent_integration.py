@@ -400,3 +400,26 @@ def test_an_unrecoverable_start_failure_exits_non_zero_in_one_line(
     assert code not in (0, 78), agent.log
     assert "Traceback" not in agent.log
     assert agent.log.strip().splitlines()[-1].startswith("bench-agent: ")
+
+
+CAPTURES = Path("/work/shared/testdata/vedirect")
+
+
+@pytest.mark.skipif(not CAPTURES.is_dir(), reason="VE.Direct captures not present")
+def test_a_bmv_battery_monitor_state_of_charge_outranks_the_estimate(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    from bench_agent.hardware.sim.vedirect_sim import SimulatedCharger
+
+    # A real BMV-702 capture (SOC 83.7-83.9 %) replayed into a pty the agent reads.
+    port = tmp_path / "ttyBMV"
+    with SimulatedCharger(port) as monitor:
+        monitor.replay(CAPTURES / "bvm702.dump", speed=1.0)  # ~60 s of blocks
+        start_agent(broker.port, {"charger": {"port": str(port)}})
+        message = recorder.wait_for(
+            "telemetry", lambda p: p["records"][-1]["battery"]["source"] == "bmv", 30
+        )
+        validate("telemetry", message)
+        record = message["records"][-1]
+        assert 83.7 <= record["battery"]["soc_pct"] <= 83.9
+        assert record["charger"]["state_of_charge_pct"] == record["battery"]["soc_pct"]
