@@ -26,6 +26,21 @@ REPO = Path(__file__).resolve().parent.parent
 SIM_CONFIG = REPO / "config" / "sim-bench.toml"
 
 
+# The smallest valid configuration: what config tests add their one table to.
+MINIMAL_CONFIG = """
+[bench]
+id = "b1"
+[hardware]
+backend = "pi"
+[sampling]
+[mqtt]
+host = "broker"
+[storage]
+dir = "/tmp/x"
+[control]
+"""
+
+
 def free_port() -> int:
     """A loopback port nobody listens on now (the kernel picks it)."""
     with socket.socket() as sock:

@@ -11,6 +11,7 @@ import pytest
 from bench_agent.cli import main
 from bench_agent.config import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
+from tests.support import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "config" / "bench-agent.toml"
@@ -35,20 +36,6 @@ def test_sim_config_loads() -> None:
     cfg = load_config(SIM)
     assert cfg.hardware.backend == "sim" and cfg.sim is not None and cfg.sim.speed > 1
     assert cfg.charger is not None
-
-
-MINIMAL = """
-[bench]
-id = "b1"
-[hardware]
-backend = "pi"
-[sampling]
-[mqtt]
-host = "broker"
-[storage]
-dir = "/tmp/x"
-[control]
-"""
 
 
 @pytest.mark.parametrize(
@@ -183,7 +170,7 @@ def test_broken_config_is_one_line_naming_the_key(
     tmp_path: Path, change: str, key: str, problem: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(_merge_tables(MINIMAL, change))
+    path.write_text(_merge_tables(MINIMAL_CONFIG, change))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
@@ -222,7 +209,7 @@ def test_unreadable_files(tmp_path: Path, content: bytes | None, problem: str) -
 
 def test_run_with_a_bad_config_exits_78_before_touching_hardware(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(MINIMAL.replace('id = "b1"', 'id = "-bad"'))
+    path.write_text(MINIMAL_CONFIG.replace('id = "b1"', 'id = "-bad"'))
     result = subprocess.run(
         [sys.executable, "-m", "bench_agent", "-c", str(path), "run"],
         capture_output=True,
@@ -235,7 +222,7 @@ def test_run_with_a_bad_config_exits_78_before_touching_hardware(tmp_path: Path)
     assert not (tmp_path / "x").exists()
 
 
-# The battery channel of MINIMAL + what a table needs, for the voltage rule tests.
+# The battery channel of MINIMAL_CONFIG + what a table needs, for the voltage rule tests.
 WITH_BATTERY = "[ina219.battery]\naddress = 0x41\nshunt_ohms = 0.01\nmax_amps = 10"
 
 
@@ -263,7 +250,7 @@ def test_the_voltage_safety_net_defaults_per_chemistry(
     resistance_ohm: float,
 ) -> None:
     path = tmp_path / "bench.toml"
-    path.write_text(_merge_tables(MINIMAL, change) if change else MINIMAL)
+    path.write_text(_merge_tables(MINIMAL_CONFIG, change) if change else MINIMAL_CONFIG)
     cfg = load_config(path)
     b = cfg.policy.battery
     assert (b.wifi_off_below_volts, b.usb_off_below_volts, b.restore_above_volts) == volts

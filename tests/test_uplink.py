@@ -32,6 +32,7 @@ from bench_agent.uplink import (
     UplinkConfig,
     UplinkRecovery,
 )
+from tests.support import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = date(2026, 11, 27)
@@ -435,20 +436,6 @@ def test_the_reference_bench_leaves_it_off_until_asked() -> None:
     assert not load_config(REPO / "config" / "bench-agent.toml").uplink.enabled
 
 
-MINIMAL = """
-[bench]
-id = "b1"
-[hardware]
-backend = "pi"
-[sampling]
-[mqtt]
-host = "broker"
-[storage]
-dir = "/tmp/x"
-[control]
-"""
-
-
 @pytest.mark.parametrize(
     ("table", "enabled", "output"),
     [
@@ -461,7 +448,7 @@ dir = "/tmp/x"
 )
 def test_the_uplink_table(tmp_path: Path, table: str, enabled: bool, output: str) -> None:
     path = tmp_path / "bench.toml"
-    path.write_text(MINIMAL + table)
+    path.write_text(MINIMAL_CONFIG + table)
     uplink = load_config(path).uplink
     assert (uplink.enabled, uplink.output) == (enabled, output)
     assert (uplink.offline_after_s, uplink.power_off_s) == (1800, 30)
