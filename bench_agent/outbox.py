@@ -487,10 +487,13 @@ class Outbox:
             self._write_fault = None
             return len(rows)
 
-    def purge_expired(self, boot_id: str, mono_now_s: float) -> int:
+    def purge_expired(
+        self, boot_id: str, mono_now_s: float, in_flight: Collection[int] = ()
+    ) -> int:
         """Drop records certainly older than `max_age_s` (counted as drops).
 
         `boot_id`/`mono_now_s`: the current boot and its monotonic seconds now.
+        `in_flight`: published, waiting for their PUBACK: spared, like the cap does.
         Older boots are aged by a lower bound (module docstring). Returns the count.
         """
         if self.max_age_s is None:
@@ -506,7 +509,11 @@ class Outbox:
                     "OR (o.boot_id != :boot AND b.last - o.mono_s + :now > :age)",
                     {"boot": boot_id, "now": mono_now_s, "age": self.max_age_s},
                 ).fetchall()
-                expired = {seq: size for seq, size in rows if seq not in self._pending_acks}
+                expired = {
+                    seq: size
+                    for seq, size in rows
+                    if seq not in self._pending_acks and seq not in in_flight
+                }
                 if not expired:
                     return 0
                 conn.execute("BEGIN IMMEDIATE")
@@ -572,10 +579,14 @@ class Outbox:
                 items.close()
 
     def stats(self) -> OutboxStats:
+        """Never raises: the counts are kept in memory; when the file cannot be read
+        the oldest record is unknown (None) and `fault` says why."""
         with self._lock:
             items = self._scan("ORDER BY seq", (), ())
             try:
                 first = next(items, None)
+            except StorageError:
+                first = None
             finally:
                 items.close()
             return OutboxStats(

@@ -44,7 +44,7 @@ from bench_agent.publisher import Publisher
 from bench_agent.sampler import Sampler
 from bench_agent.soc import CHEMISTRIES, SocEstimator
 from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
-from bench_agent.uplink import UplinkRecovery
+from bench_agent.uplink import UplinkConfig, UplinkRecovery
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ UPLINK_FILE = "uplink-recovery.json"
 COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much counting
 WIFI_CLIENTS_EVERY_S = 60.0
 MAX_PENDING_REPLIES = 256
+CONTROL_CLOSE_WAIT_S = 1.0
 STOP_GRACE_S = 2.0
 # The charge controller's fields that go into telemetry (units in the names).
 CHARGER_FIELDS = (
@@ -215,6 +216,7 @@ class Agent:
                 )
             )
             self._override_before_cycle: Override | None = None
+            self._uplink_cfg_pending: UplinkConfig | None = None
             self._published_state_version = -1
             if self.outbox.fault:
                 self._raise_fault("storage", self.outbox.fault)
@@ -240,6 +242,7 @@ class Agent:
                         baudrate=self.cfg.charger.baudrate,
                     )
                 )  # entering the context starts the reader thread
+            self._correct_leftover_timestamps()
             self.link.start()
             stack.callback(self._say_offline)
             # Runs before _say_offline (LIFO): the switches to the safe state are
@@ -272,7 +275,9 @@ class Agent:
             log.error("control socket %s not served: %s", self.cfg.control.socket, exc)
             self._raise_fault("control_socket", str(exc)[:200])
             return
-        stack.callback(server.close)
+        # A request still waiting for the loop gets "busy" from its own timeout; the
+        # stop does not wait for it longer than this.
+        stack.callback(server.close, CONTROL_CLOSE_WAIT_S)
 
     def _install_signal_handlers(self, stack: ExitStack) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -296,6 +301,8 @@ class Agent:
         Raises ControlError "busy" when the loop does not answer in time (the call
         may still run later), and re-raises what `fn` raised.
         """
+        if self._stopping:
+            raise ControlError("stopping", "the agent is stopping")
         call = Call(fn)
         self.inbox.put(call)
         if not call.done.wait(timeout_s):
@@ -348,7 +355,10 @@ class Agent:
             except queue.Empty:
                 break
         self._send_replies()
-        self.publisher.pump()
+        try:
+            self.publisher.pump()
+        except StorageError as exc:  # a read error: the backlog waits, the loop goes on
+            self._storage_failed(exc)
 
     def _queue_reply(self, reply: bytes) -> None:
         if len(self._pending_replies) == MAX_PENDING_REPLIES:
@@ -427,14 +437,25 @@ class Agent:
                 "config_reload_refused", {"reason": "needs_restart", "tables": needs_restart}
             )
             return
-        now = self.clock.monotonic()
+        try:
+            # Before anything changes: a bad key file refuses the whole reload.
+            trusted_keys = self._trusted_keys(new)
+        except (ConfigError, OSError) as exc:
+            log.error("configuration not reloaded: %s", exc)
+            self.emit_event("config_reload_refused", {"reason": "invalid", "detail": str(exc)})
+            return
         self.controller.policy = new.policy
         self.commands.reconfigure(
-            trusted_keys=self._trusted_keys(new),
+            trusted_keys=trusted_keys,
             allow_unsigned=new.commands.allow_unsigned,
             max_age_s=new.commands.max_age_s,
         )
-        self.uplink = UplinkRecovery.from_dict(new.uplink, self.uplink.to_dict(now), now)
+        if new.uplink != self.cfg.uplink:
+            # Rebuilt from its saved form, which would end a power-cycle in progress
+            # without its power_on: during a hold the new settings wait for it.
+            self._uplink_cfg_pending = new.uplink
+            if not self.uplink.holding_off:
+                self._apply_pending_uplink_cfg()
         self.cfg = new
         log.info("configuration reloaded: %s", ", ".join(changed) or "ops keys only")
         self.emit_event("config_reloaded", {"tables": changed})
@@ -509,9 +530,19 @@ class Agent:
             held = overrides.get(action.output)
             if held is not None and held.source == uplink.OVERRIDE_SOURCE:
                 self.controller.set_override(action.output, None, None, held.source, mono_s)
-            self._restore_override(action.output, mono_s)
+                self._restore_override(action.output, mono_s)
+            else:
+                # Someone chose anew during the hold (an override, or auto): theirs stands.
+                self._override_before_cycle = None
+            self._apply_pending_uplink_cfg()
         statefile.write_json(self.cfg.storage.dir / UPLINK_FILE, self.uplink.to_dict(mono_s))
         self._publish_state(force=True)
+
+    def _apply_pending_uplink_cfg(self) -> None:
+        pending, self._uplink_cfg_pending = self._uplink_cfg_pending, None
+        if pending is not None:
+            now = self.clock.monotonic()
+            self.uplink = UplinkRecovery.from_dict(pending, self.uplink.to_dict(now), now)
 
     def _restore_override(self, output: str, mono_s: float) -> None:
         before, self._override_before_cycle = self._override_before_cycle, None
@@ -605,12 +636,30 @@ class Agent:
             log.warning("clock no longer synced: records are flagged unsynced")
             self._clock_synced = False
 
+    def _correct_leftover_timestamps(self) -> None:
+        """At start with the clock already synced: records an earlier run of this same
+        boot stored before NTP synced are corrected now (their monotonic time is of
+        this boot), since this run will never see the clock become synced."""
+        if not self._clock_synced:
+            return
+        offset_s = self.clock.wall().timestamp() - self.clock.monotonic()
+        try:
+            corrected = self.outbox.correct_timestamps(self.boot_id, offset_s)
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return
+        if corrected:
+            self.emit_event("clock_synced", {"corrected_records": corrected})
+
     def _purge_expired(self, mono_s: float) -> None:
         try:
-            self.outbox.purge_expired(self.boot_id, mono_s)
+            self.outbox.purge_expired(self.boot_id, mono_s, in_flight=self.publisher.inflight_seqs)
         except StorageError as exc:
-            self.storage_errors += 1
-            self._raise_fault("storage", self.outbox.fault or str(exc))
+            self._storage_failed(exc)
+
+    def _storage_failed(self, exc: StorageError) -> None:
+        self.storage_errors += 1
+        self._raise_fault("storage", self.outbox.fault or str(exc))
 
     def _record_telemetry(self, mono_s: float, interval_s: float) -> None:
         self._purge_expired(mono_s)
@@ -692,7 +741,10 @@ class Agent:
             return None
         if stats.oldest_boot_id == self.boot_id:
             return round(max(0.0, mono_s - stats.oldest_mono_s), 1)
-        oldest = self.outbox.oldest(1, 1 << 30)
+        try:
+            oldest = self.outbox.oldest(1, 1 << 30)
+        except StorageError:
+            return None
         if not oldest or oldest[0].time_quality == "unsynced" or not self.clock.synced():
             return None
         recorded = datetime.fromisoformat(oldest[0].ts)

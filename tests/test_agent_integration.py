@@ -341,7 +341,9 @@ def test_power_cycles_the_access_point_when_the_broker_stays_unreachable(
 def test_sighup_applies_policy_live_and_refuses_what_needs_a_restart(
     broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
 ) -> None:
-    agent = start_agent(broker.port)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    agent = start_agent(broker.port, {"commands": {"trusted_keys": str(keys)}})
     recorder.wait_for("status", lambda p: p["online"] is True)
     config = tmp_path / "bench.toml"
     original = config.read_text()
@@ -351,7 +353,8 @@ def test_sighup_applies_policy_live_and_refuses_what_needs_a_restart(
 
     # A new schedule for the hotspot: applied without a restart.
     # (The simulated day starts at 05:00: a late-evening window turns the hotspot off.)
-    sim_config(tmp_path, broker.port, {"policy": {"schedule": {"wifi": ["23:00-23:30"]}}})
+    schedule = {"policy": {"schedule": {"wifi": ["23:00-23:30"]}}}
+    sim_config(tmp_path, broker.port, {"commands": {"trusted_keys": str(keys)}, **schedule})
     agent.signal(signal.SIGHUP)
     reloaded = recorder.wait_for("event", lambda p: p["type"] == "config_reloaded", 20)
     validate("event", reloaded)
@@ -383,6 +386,16 @@ def test_sighup_applies_policy_live_and_refuses_what_needs_a_restart(
         20,
     )
     assert "mqtt" in refused["tables"]
+    # A broken ops key file refuses the whole reload too; the agent goes on.
+    sim_config(tmp_path, broker.port, {"commands": {"trusted_keys": str(keys)}, **schedule})
+    (keys / "ops-bad.pub").write_text("not a key\n")
+    agent.signal(signal.SIGHUP)
+    refused = recorder.wait_for(
+        "event",
+        lambda p: p["type"] == "config_reload_refused" and "ops-bad.pub" in p.get("detail", ""),
+        20,
+    )
+    assert refused["reason"] == "invalid"
     seq_before = max(recorder.all_seqs())
     wait_until(lambda: max(recorder.all_seqs()) > seq_before + 1, 20, "telemetry goes on")
     assert len(events_of("config_reloaded")) == 1
@@ -423,3 +436,30 @@ def test_a_bmv_battery_monitor_state_of_charge_outranks_the_estimate(
         record = message["records"][-1]
         assert 83.7 <= record["battery"]["soc_pct"] <= 83.9
         assert record["charger"]["state_of_charge_pct"] == record["battery"]["soc_pct"]
+
+
+def test_a_reload_during_a_power_cycle_keeps_it_and_the_technicians_override(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    from bench_agent.control import ControlClient
+
+    uplink = {"enabled": True, "offline_after_s": 600, "power_off_s": 2400}  # 2.5 s, 10 s real
+    agent = start_agent(broker.port, {"uplink": uplink})
+    client = ControlClient(tmp_path / "control.sock")
+    wait_until(lambda: recorder.on("state"), 20, "the agent online")
+    accepted = client.call("override.set", {"output": "wifi", "state": "on", "duration_s": 36000})
+    assert accepted == {"accepted": True}
+
+    def recovery(action: str) -> bool:
+        events = client.call("events", {"limit": 50})["events"]
+        return any(e["type"] == "uplink_recovery" and e["action"] == action for e in events)
+
+    broker.stop()  # the uplink is gone; the local socket still answers
+    wait_until(lambda: recovery("power_off"), 30, "the power-off")
+    agent.signal(signal.SIGHUP)  # the same file: nothing to change, nothing to lose
+    wait_until(lambda: recovery("power_on"), 30, "the power-on after the hold")
+    wifi = client.call("status")["outputs"]["wifi"]
+    assert wifi["on"] is True
+    assert wifi["override"] is not None and wifi["override"]["source"] == "technician"
+    broker.start()
+    assert agent.stop() == 0

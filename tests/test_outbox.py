@@ -248,6 +248,37 @@ def test_a_crash_between_floor_and_commit_on_the_same_boot_leaves_no_gap(db: Pat
         assert put(box) == 2  # no false gap
 
 
+def test_the_age_limit_never_drops_a_record_in_flight(db: Path) -> None:
+    with Outbox(db, max_bytes=1_000_000, max_age_s=100.0, boot_id=BOOT) as box:
+        for mono in (0.0, 1.0, 2.0):
+            put(box, mono=mono)
+        # All three are old at 105 s, but 1 and 2 are on their way to the broker.
+        assert box.purge_expired(BOOT, 105.0, in_flight={1, 2}) == 1
+        assert [item.seq for item in box.oldest(10, 10_000)] == [1, 2]
+        assert box.stats().drops_total == 1
+
+
+def test_stats_survive_a_file_that_cannot_be_read(db: Path) -> None:
+    """A read error (here: pages scribbled over) must not escape `stats`, which the
+    agent calls for every telemetry record: the counts come from memory."""
+    box = Outbox(db, max_bytes=50_000_000, boot_id=BOOT).open()
+    try:
+        for i in range(300):
+            put(box, {"x": "y" * 1400, "i": i}, mono=float(i))
+        assert box._conn is not None
+        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box._conn.execute("PRAGMA cache_size=0")
+        with db.open("r+b") as f:
+            f.seek(2048 * 5)
+            f.write(random.Random(1).randbytes(2048 * 200))
+        with pytest.raises(StorageError):
+            box.oldest(10, 1 << 30)
+        stats = box.stats()
+        assert stats.depth == 300 and stats.oldest_seq is None and stats.fault is not None
+    finally:
+        box.close()
+
+
 def test_record_larger_than_the_cap_is_refused_without_using_a_seq(box: Outbox) -> None:
     with pytest.raises(ValueError, match="exceeds"):
         put(box, {"pad": "x" * 2_000_000})
