@@ -120,6 +120,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from bench_agent.errors import BenchAgentError, ConfigError, StorageError
+from bench_agent.statefile import replace_atomically
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -584,7 +585,6 @@ class ReplayStore:
                 self._raise_floor(self._ids.pop(oldest))
 
     def _compact(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
         lines = []
         if self.floor is not None:
             lines.append(json.dumps({"floor": self.floor}) + "\n")
@@ -593,18 +593,7 @@ class ReplayStore:
             for k, t in self._ids.items()
         ]
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, "".join(lines).encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            replace_atomically(self.path, "".join(lines).encode("utf-8"), durable=True)
         except OSError as exc:
             # The old file is still whole; compaction is retried on the next add.
             log.warning("replay store %s: compaction failed: %s", self.path, exc)

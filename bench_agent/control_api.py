@@ -14,9 +14,9 @@ the same in every language.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from bench_agent import __version__, payloads
 from bench_agent.config import load_config
@@ -27,7 +27,6 @@ from bench_agent.i18n import N_
 if TYPE_CHECKING:
     from bench_agent.service import Agent
 
-T = TypeVar("T")
 
 CALL_TIMEOUT_S: Final = 3.0  # the server thread waits this long for the main loop
 SELFTEST_TIMEOUT_S: Final = 10.0
@@ -38,16 +37,14 @@ MIN_FREE_BYTES: Final = 16 * 1024 * 1024  # below this the SD card is "full" for
 BUS_VOLTS_MARGIN: Final = 1.05
 AMPS_MARGIN: Final = 1.5
 
-RunOnLoop = Callable[[Callable[[], Any], float], Any]
-
 
 class LocalControl:
-    """`handle(method, params)` for `ControlServer`; `run_on_loop(fn, timeout_s)` is the
-    agent's bridge to its main loop (raises ControlError "busy" on timeout)."""
+    """`handle(method, params)` for `ControlServer`: each method runs on the agent's
+    main loop through `Agent.run_on_loop` (ControlError "busy" on timeout)."""
 
-    def __init__(self, agent: Agent, run_on_loop: RunOnLoop) -> None:
+    def __init__(self, agent: Agent) -> None:
         self._agent = agent
-        self._run = run_on_loop
+        self._run = agent.run_on_loop
 
     def handle(self, method: str, params: Mapping[str, Any]) -> Any:
         if method == "status":

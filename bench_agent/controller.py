@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench_agent import statefile
 from bench_agent.hardware.gpio import Switch
 from bench_agent.model import PowerReading
 from bench_agent.policy import (
@@ -82,13 +82,9 @@ class Controller:
     def save(self) -> None:
         if self._state_file is None:
             return
-        data = {"policy": self.state.to_dict(), "soc": self.soc.to_dict()}
-        tmp = self._state_file.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(data, separators=(",", ":")))
-            os.replace(tmp, self._state_file)
-        except OSError as exc:
-            log.warning("controller: could not save state: %s", exc)
+        statefile.write_json(
+            self._state_file, {"policy": self.state.to_dict(), "soc": self.soc.to_dict()}
+        )
 
     # -- the decision, once per sample -------------------------------------
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import deque
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from bench_agent.statefile import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class EventLog:
         """Add one event (the published form: seq, ts, time_quality, type, …)."""
         record = dict(event)
         self._events.append(record)
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = _line(record)
         try:
             if self._lines_in_file + 1 > 2 * self.keep:
                 self._rewrite()
@@ -80,11 +81,8 @@ class EventLog:
         self._write_failed = False
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as out:
-            for event in self._events:
-                out.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
-        os.replace(tmp, self.path)
+        text = "".join(_line(event) for event in self._events)
+        replace_atomically(self.path, text.encode("utf-8"), durable=False)
         self._lines_in_file = len(self._events)
 
     def recent(
@@ -97,6 +95,10 @@ class EventLog:
         if limit is not None:
             events = events[-limit:] if limit > 0 else []
         return events
+
+
+def _line(event: Mapping[str, Any]) -> str:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 def _after(ts: Any, since: datetime) -> bool:

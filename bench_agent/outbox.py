@@ -106,6 +106,7 @@ from types import TracebackType
 from typing import Any, Final, Literal
 
 from bench_agent.errors import StorageError
+from bench_agent.statefile import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ class Outbox:
     def put(
         self,
         kind: Kind,
-        body: dict[str, Any],
+        body: dict[str, Any] | str,
         *,
         boot_id: str,
         mono_s: float,
@@ -363,6 +364,8 @@ class Outbox:
     ) -> int:
         """Store one record and return its seq, committed before returning.
 
+        `body`: a dict, or the text `encode_body` made of it (the agent encodes each
+        record once, for the store and the wire).
         `mono_s`: monotonic seconds since boot `boot_id`; `ts`: ISO 8601 UTC.
         `in_flight`: seqs published and waiting for their PUBACK. The cap never drops
         them (they are about to leave anyway, and a drop must mean "never sent"): it
@@ -374,7 +377,7 @@ class Outbox:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
         if time_quality not in TIME_QUALITIES:
             raise ValueError(f"time_quality must be one of {sorted(TIME_QUALITIES)}")
-        data = encode_body(body)
+        data = body if isinstance(body, str) else encode_body(body)
         size = len(data.encode())
         if size > self.max_bytes:
             raise ValueError(f"record of {size} bytes exceeds the outbox cap {self.max_bytes}")
@@ -847,19 +850,7 @@ class Outbox:
 
     def _write_floor(self, seq: int) -> None:
         """Atomically replace the sidecar floor with `seq`, durably (fsync file and dir)."""
-        tmp = self._floor_path.with_name(self._floor_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, f"{seq}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._floor_path)
-        dir_fd = os.open(self._floor_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_atomically(self._floor_path, f"{seq}\n".encode(), durable=True, mode=0o644)
 
     def _move_aside(self) -> Path:
         """Rename the file (and its -wal/-shm/-journal) to `<name>.corrupt-<n>`."""

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
@@ -126,7 +126,6 @@ class Agent:
         self.inbox: queue.SimpleQueue[InboxItem] = queue.SimpleQueue()
         self._stopping = False
         self.faults: dict[str, str] = {}  # fault code -> detail, e.g. "sensor.usb1"
-        self.events_dropped_unstored = 0
         self.storage_errors = 0
         self.tamper_open: bool | None = None
         self._last_counted_mono: float | None = None
@@ -161,7 +160,10 @@ class Agent:
             )
             self.clock = self.hardware.clock
             self.boot_id = self.hardware.boot_id or self.boot_id
-            self._clock_synced = self.clock.synced()
+            # Whether this run has seen the clock synced / not synced (see
+            # _follow_clock_sync: the first sample on a synced clock corrects too).
+            self._clock_synced = False
+            self._seen_unsynced = False
             self.sampler = Sampler(
                 self.hardware.channels,
                 self.cfg.sampling.sample_interval_s,
@@ -242,7 +244,6 @@ class Agent:
                         baudrate=self.cfg.charger.baudrate,
                     )
                 )  # entering the context starts the reader thread
-            self._correct_leftover_timestamps()
             self.link.start()
             stack.callback(self._say_offline)
             # Runs before _say_offline (LIFO): the switches to the safe state are
@@ -266,7 +267,7 @@ class Agent:
         fault tells ops."""
         server = ControlServer(
             self.cfg.control.socket,
-            LocalControl(self, self.run_on_loop).handle,
+            LocalControl(self).handle,
             group=self.cfg.control.group,
         )
         try:
@@ -618,38 +619,27 @@ class Agent:
             self._published_state_version = version
 
     def _follow_clock_sync(self) -> None:
-        """When the wall clock becomes synced, records of this boot still waiting in
-        the outbox with an unsynced time get it corrected from their monotonic time."""
+        """Once the wall clock is synced -- it became so, or already was when this run
+        started -- records of this boot still stored with an unsynced time get it
+        corrected from their monotonic time (an earlier run of the same boot may have
+        left some). `clock_synced` says so when it was a change or corrected any."""
         synced = self.clock.synced()
         if synced and not self._clock_synced:
             wall_minus_mono_s = self.clock.wall().timestamp() - self.clock.monotonic()
             try:
                 corrected = self.outbox.correct_timestamps(self.boot_id, wall_minus_mono_s)
             except StorageError as exc:
-                self.storage_errors += 1
-                self._raise_fault("storage", self.outbox.fault or str(exc))
+                self._storage_failed(exc)
                 return  # tried again at the next sample
-            log.info("clock synced: %d stored records got corrected timestamps", corrected)
             self._clock_synced = True
-            self.emit_event("clock_synced", {"corrected_records": corrected})
-        elif not synced and self._clock_synced:
-            log.warning("clock no longer synced: records are flagged unsynced")
+            if corrected or self._seen_unsynced:
+                log.info("clock synced: %d stored records got corrected timestamps", corrected)
+                self.emit_event("clock_synced", {"corrected_records": corrected})
+        elif not synced:
+            if self._clock_synced:
+                log.warning("clock no longer synced: records are flagged unsynced")
             self._clock_synced = False
-
-    def _correct_leftover_timestamps(self) -> None:
-        """At start with the clock already synced: records an earlier run of this same
-        boot stored before NTP synced are corrected now (their monotonic time is of
-        this boot), since this run will never see the clock become synced."""
-        if not self._clock_synced:
-            return
-        offset_s = self.clock.wall().timestamp() - self.clock.monotonic()
-        try:
-            corrected = self.outbox.correct_timestamps(self.boot_id, offset_s)
-        except StorageError as exc:
-            self._storage_failed(exc)
-            return
-        if corrected:
-            self.emit_event("clock_synced", {"corrected_records": corrected})
+            self._seen_unsynced = True
 
     def _purge_expired(self, mono_s: float) -> None:
         try:
@@ -760,30 +750,32 @@ class Agent:
         """Store first, then publish live. When the disk refuses, the record still goes
         out live, once, without a seq (`stored: false`) and the storage fault is raised.
         Returns the record and whether it was stored."""
-        synced = self.clock.synced()
-        ts = payloads.iso_utc(self.clock.wall())
-        quality = "synced" if synced else "unsynced"
+        quality = "synced" if self.clock.synced() else "unsynced"
+        # Encoded once, for the store and the wire; the seq comes from the commit.
+        item = OutboxItem.of(
+            0,
+            kind,
+            body,
+            boot_id=self.boot_id,
+            mono_s=mono_s,
+            ts=payloads.iso_utc(self.clock.wall()),
+            time_quality=quality,
+        )
         try:
             seq = self.outbox.put(
                 kind,
-                body,
-                boot_id=self.boot_id,
+                item.body_json,
+                boot_id=item.boot_id,
                 mono_s=mono_s,
-                ts=ts,
+                ts=item.ts,
                 time_quality=quality,
                 in_flight=self.publisher.inflight_seqs,
             )
         except StorageError as exc:
-            self.storage_errors += 1
-            unstored = OutboxItem.of(
-                0, kind, body, boot_id=self.boot_id, mono_s=mono_s, ts=ts, time_quality=quality
-            )
-            self.publisher.send_unstored(unstored)
-            self._raise_fault("storage", self.outbox.fault or str(exc))
-            return unstored, False
-        item = OutboxItem.of(
-            seq, kind, body, boot_id=self.boot_id, mono_s=mono_s, ts=ts, time_quality=quality
-        )
+            self.publisher.send_unstored(item)
+            self._storage_failed(exc)
+            return item, False
+        item = replace(item, seq=seq)
         self.publisher.send_live(item)
         if kind == "telemetry":
             self._clear_fault("storage")

@@ -1,6 +1,8 @@
-"""Small JSON state files in `[storage] dir` (daily counters, uplink recovery): read
-forgivingly, written atomically (temporary file, then rename), so a crash or a
-power cut leaves the old file or the new one, never half of one."""
+"""Small files the agent replaces whole in `[storage] dir` (daily counters, uplink
+recovery, the controller's state, the outbox's seq floor, the replay store, the
+event history): read forgivingly, replaced atomically (a temporary file, then a
+rename), so a crash or a power cut leaves the old file or the new one, never
+half of one."""
 
 from __future__ import annotations
 
@@ -24,12 +26,32 @@ def read_text(path: Path) -> str | None:
         return None
 
 
+def replace_atomically(path: Path, data: bytes, *, durable: bool, mode: int = 0o600) -> None:
+    """Replace `path` with `data`. `durable`: fsync the file and its directory before
+    returning (what must survive a power cut: the seq floor, the replay store);
+    otherwise the kernel writes it back in its own time (SD-card friendly).
+    Raises OSError; the old file is then still whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def write_json(path: Path, data: Any) -> bool:
     """Replace `path` with `data` as compact JSON; False (logged) when the disk refuses."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, path)
+        replace_atomically(path, json.dumps(data, separators=(",", ":")).encode(), durable=False)
     except OSError as exc:
         log.warning("could not save state file %s: %s", path, exc)
         return False
