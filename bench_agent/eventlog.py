@@ -46,10 +46,12 @@ class EventLog:
         self._load()
 
     def _load(self) -> None:
+        torn = False
         try:
             with self.path.open(encoding="utf-8", errors="replace") as lines:
                 for line in lines:
                     self._lines_in_file += 1
+                    torn = not line.endswith("\n")
                     try:
                         event = json.loads(line)
                     except ValueError:
@@ -57,9 +59,16 @@ class EventLog:
                     if isinstance(event, dict):
                         self._events.append(event)
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
             log.warning("event history %s unreadable: %s", self.path, exc)
+            return
+        if torn:
+            # A crash mid-append: the next line would be glued to the torn one.
+            try:
+                self._rewrite()
+            except OSError as exc:
+                log.warning("event history %s not repaired: %s", self.path, exc)
 
     def append(self, event: Mapping[str, Any]) -> None:
         """Add one event (the published form: seq, ts, time_quality, type, …)."""
