@@ -463,3 +463,44 @@ def test_a_reload_during_a_power_cycle_keeps_it_and_the_technicians_override(
     assert wifi["override"] is not None and wifi["override"]["source"] == "technician"
     broker.start()
     assert agent.stop() == 0
+
+
+def test_a_control_socket_that_cannot_be_served_is_a_fault_not_a_crash(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    # Something that is not a socket sits at the path: the agent must not remove it.
+    squatter = tmp_path / "control.sock"
+    squatter.write_text("not a socket")
+    agent = start_agent(broker.port)
+    raised = recorder.wait_for(
+        "event", lambda p: p["type"] == "fault_raised" and p["fault"] == "control_socket", 20
+    )
+    validate("event", raised)
+    record = recorder.wait_for(
+        "telemetry", lambda p: "control_socket" in p["records"][-1]["faults"], 20
+    )
+    validate("telemetry", record)
+    assert squatter.read_text() == "not a socket"
+    assert agent.proc.poll() is None
+    assert agent.stop() == 0
+
+
+def test_the_days_counters_survive_a_restart(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess]
+) -> None:
+    # Late morning: the panel harvests from the first sample.
+    changes = {"sim": {"start": "2026-11-27T10:00:00+07:00"}}
+    agent = start_agent(broker.port, changes)
+    first = recorder.wait_for(
+        "telemetry", lambda p: p["records"][-1]["today"]["solar_wh"] > 40, 30
+    )["records"][-1]["today"]
+    assert agent.stop() == 0
+    before = len(recorder.on("telemetry"))
+    # The simulated clock starts again at 10:00 of the same day: the same day's counters.
+    agent = start_agent(broker.port, changes)
+    wait_until(lambda: len(recorder.on("telemetry")) > before, 30, "telemetry after restart")
+    again = recorder.on("telemetry")[before].json()["records"][-1]["today"]
+    assert again["date"] == first["date"]
+    # Carried on, not started from zero: one record after a restart harvests ~7 Wh.
+    assert again["solar_wh"] >= first["solar_wh"]
+    assert agent.stop() == 0
