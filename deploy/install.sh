@@ -45,20 +45,9 @@ log=/var/log/bench-agent-install.log
 [ -f "$source_dir/config/bench-agent.toml" ] || die "$source_dir/config/bench-agent.toml not found (is --source a bench-agent checkout?)"
 [ -n "$root" ] || [ "$(id -u)" -eq 0 ] || die "run as root (sudo), or with --root DIR"
 
-# One place decides whether a system command runs or is only recorded, so the
-# scratch-root log is exactly the list of commands a real install runs. It is
-# rewritten on every run: a re-run records the same list, and changes nothing.
-if [ -n "$root" ]; then
-    mkdir -p "$root/var/log"
-    : >"$root$log"
-fi
-sys() {
-    if [ -n "$root" ]; then
-        printf '%s\n' "$*" >>"$root$log"
-    else
-        bash -c "$*"
-    fi
-}
+# shellcheck source=deploy/system-commands.sh
+source "$here/system-commands.sh"
+start_command_log "$root" "$log"
 
 changed=0
 # install_file MODE SRC DEST: copy when missing or different (mtime kept when

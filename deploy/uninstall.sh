@@ -24,18 +24,9 @@ while (($#)); do
 done
 [ -n "$root" ] || [ "$(id -u)" -eq 0 ] || die "run as root (sudo), or with --root DIR"
 
-log=/var/log/bench-agent-uninstall.log
-if [ -n "$root" ]; then
-    mkdir -p "$root/var/log"
-    : >"$root$log"
-fi
-sys() {
-    if [ -n "$root" ]; then
-        printf '%s\n' "$*" >>"$root$log"
-    else
-        bash -c "$*"
-    fi
-}
+# shellcheck source=deploy/system-commands.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/system-commands.sh"
+start_command_log "$root" /var/log/bench-agent-uninstall.log
 
 # Stop first, so the agent publishes its offline status and closes the store.
 sys "systemctl disable --now bench-agent.service 2>/dev/null || true"
