@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench_agent.hardware.vedirect import BlockMerger, VEDirectFramer, VEDirectReader, map_block
 
-CAPTURES = Path("/work/shared/testdata/vedirect")
+CAPTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "vedirect"
 
 _CHILD = """
 import sys, time

@@ -24,6 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_CONFIG = REPO / "config" / "sim-bench.toml"
+# Real Victron serial captures (MIT, see the LICENSE beside them): test data of the checkout.
+VEDIRECT_CAPTURES = REPO / "tests" / "data" / "vedirect"
 
 
 # The smallest valid configuration: what config tests add their one table to.

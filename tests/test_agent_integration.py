@@ -13,7 +13,14 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.support import AgentProcess, Broker, Recorder, sim_config, wait_until
+from tests.support import (
+    VEDIRECT_CAPTURES,
+    AgentProcess,
+    Broker,
+    Recorder,
+    sim_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -415,10 +422,9 @@ def test_an_unrecoverable_start_failure_exits_non_zero_in_one_line(
     assert agent.log.strip().splitlines()[-1].startswith("bench-agent: ")
 
 
-CAPTURES = Path("/work/shared/testdata/vedirect")
+CAPTURES = VEDIRECT_CAPTURES
 
 
-@pytest.mark.skipif(not CAPTURES.is_dir(), reason="VE.Direct captures not present")
 def test_a_bmv_battery_monitor_state_of_charge_outranks_the_estimate(
     broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
 ) -> None:

@@ -19,13 +19,13 @@ from bench_agent.hardware.vedirect import (
     encode_block,
     map_block,
 )
+from tests.support import VEDIRECT_CAPTURES
 
-CAPTURES = Path("/work/shared/testdata/vedirect")
+CAPTURES = VEDIRECT_CAPTURES
 SMARTSOLAR = CAPTURES / "smartsolar_1.39.dump"
 BLUESOLAR = CAPTURES / "bluesolar_1.23.dump"
 BMV = CAPTURES / "bvm702.dump"
 
-pytestmark = pytest.mark.skipif(not CAPTURES.is_dir(), reason="VE.Direct captures not present")
 
 
 def reference_blocks(stream: bytes) -> list[bytes]:

@@ -18,8 +18,9 @@ from bench_agent.hardware.vedirect import (
     VEDirectFramer,
     VEDirectReader,
 )
+from tests.support import VEDIRECT_CAPTURES
 
-CAPTURES = Path("/work/shared/testdata/vedirect")
+CAPTURES = VEDIRECT_CAPTURES
 
 SNAPSHOT = ChargerSnapshot(
     battery_volts=13.21,
@@ -226,7 +227,6 @@ def capture_readings(path: Path) -> int:
     return len(VEDirectFramer().feed(path.read_bytes()))
 
 
-@pytest.mark.skipif(not CAPTURES.is_dir(), reason="VE.Direct captures not present")
 def test_capture_replayed_at_line_speed(link: Path, tmp_path: Path) -> None:
     # 5 kB of the SmartSolar capture at 19200 baud takes ~2.6 s, as on the real wire.
     head = tmp_path / "head.dump"
@@ -249,7 +249,6 @@ def test_capture_replayed_at_line_speed(link: Path, tmp_path: Path) -> None:
     assert received[-1].monotonic_s - received[0].monotonic_s > 1.5
 
 
-@pytest.mark.skipif(not CAPTURES.is_dir(), reason="VE.Direct captures not present")
 @pytest.mark.parametrize(
     ("name", "hex_frames"),
     [("smartsolar_1.39.dump", 2), ("bluesolar_1.23.dump", 7), ("bvm702.dump", 0)],
