@@ -25,24 +25,63 @@ DEFAULT_CONFIG = os.environ.get("BENCH_AGENT_CONFIG", "/etc/bench-agent/bench-ag
 EXIT_FAILURE = 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench-agent", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"bench-agent {__version__}")
-    parser.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
+def _add_common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """-c/--config, --socket and --debug, on the top-level parser and on every subcommand.
+
+    A technician (and the unit's ExecStart) writes `bench-agent run -c FILE` as
+    often as `bench-agent -c FILE run`, as with git or systemctl. The top level
+    holds the defaults and the help; a subcommand's copy leaves the attribute
+    unset (SUPPRESS) unless given, so it never overwrites a value given before
+    the subcommand, and stays out of the subcommand's usage line so an error
+    there is still three lines.
+    """
+
+    def default(value: object) -> object:
+        return value if top_level else argparse.SUPPRESS
+
+    def help_text(text: str) -> str:
+        return text if top_level else argparse.SUPPRESS
+
     parser.add_argument(
-        "-c", "--config", default=DEFAULT_CONFIG, help=f"configuration file ({DEFAULT_CONFIG})"
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help=help_text("verbose logs and full tracebacks"),
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=default(DEFAULT_CONFIG),
+        help=help_text(f"configuration file ({DEFAULT_CONFIG})"),
     )
     parser.add_argument(
         "--socket",
-        default=os.environ.get("BENCH_AGENT_SOCKET"),
-        help="the daemon's control socket (default: [control] socket of the config)",
+        default=default(os.environ.get("BENCH_AGENT_SOCKET")),
+        help=help_text("the daemon's control socket (default: [control] socket of the config)"),
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench-agent",
+        description=__doc__.splitlines()[0],
+        epilog="-c, --socket and --debug may also follow the command (bench-agent run -c FILE).",
+    )
+    parser.add_argument("--version", action="version", version=f"bench-agent {__version__}")
+    _add_common_options(parser, top_level=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, top_level=False)
+
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("run", help="run the agent in the foreground (what systemd starts)")
-    config = commands.add_parser("config", help="configuration tools")
+    commands.add_parser(
+        "run", parents=[common], help="run the agent in the foreground (what systemd starts)"
+    )
+    config = commands.add_parser("config", parents=[common], help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    config_commands.add_parser("check", help="validate the configuration file and exit")
-    techcli.add_subcommands(commands)
+    config_commands.add_parser(
+        "check", parents=[common], help="validate the configuration file and exit"
+    )
+    techcli.add_subcommands(commands, parents=[common])
     return parser
 
 

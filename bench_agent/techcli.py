@@ -121,13 +121,19 @@ def _parse_watch(text: str) -> float:
     return seconds
 
 
-def _command(subparsers: Any, name: str, summary: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
-    return parser
+def add_subcommands(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Add the technician's commands to `subparsers` (from ``add_subparsers``).
 
+    `parents` hold the options every command takes after its name too (cli.py:
+    -c/--config, --socket, --debug).
+    """
 
-def add_subcommands(subparsers: Any) -> None:
-    """Add the technician's commands to `subparsers` (from ``add_subparsers``)."""
+    def _command(subparsers: Any, name: str, summary: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=summary, description=summary, parents=list(parents)
+        )
+        return parser
+
     status = _command(subparsers, "status", _("everything about this bench at a glance"))
     status.add_argument("--json", action="store_true", help=_("print the status object as JSON"))
     status.add_argument(

@@ -138,3 +138,4 @@ else
     sys "systemctl enable bench-agent.service"
 fi
 echo "install: done${root:+ (scratch root $root; commands recorded in $root$log)}"
+echo "install: check the bench with: sudo bench-agent config check -c $etc/bench-agent.toml; then: sudo bench-agent selftest"
