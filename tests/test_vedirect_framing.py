@@ -27,7 +27,6 @@ BLUESOLAR = CAPTURES / "bluesolar_1.23.dump"
 BMV = CAPTURES / "bvm702.dump"
 
 
-
 def reference_blocks(stream: bytes) -> list[bytes]:
     """An independent, naive framer: blocks between checksum bytes, HEX frames cut out."""
     without_hex = re.sub(rb"(?<!Checksum\t):[0-9A-Fa-f]*\n", b"", stream)
