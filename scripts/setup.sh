@@ -7,8 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # mosquitto: the tests and the demo start private brokers; libsystemd-dev,
-# pkg-config and gcc build systemd-python; python3-venv/python3-dev make the venv.
-debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev)
+# pkg-config and gcc build systemd-python; python3-venv/python3-dev make the venv;
+# swig is the last of the Debian packages deploy/install.sh needs (lgpio's
+# binding), so the installer run for real in the tests finds them all, as it
+# would after its own apt-get on a bench (its sandbox has no network);
+# iproute2 brings the sandbox's loopback up.
+debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev swig iproute2)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do
@@ -38,4 +42,25 @@ stamp=.venv/.installed-pyproject
 if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
     cp pyproject.toml "$stamp"
+fi
+
+# A wheelhouse for the system Python (/usr/bin/python3, the interpreter the
+# installer builds /opt/bench-agent/venv from): every dependency of the package
+# with its `pi` extra, plus the build backend. The deployment tests run
+# deploy/install.sh for real inside a sandbox without network, where pip finds
+# its packages here (PIP_NO_INDEX + PIP_FIND_LINKS), as a bench would behind a
+# local mirror. Rebuilt only when pyproject.toml changed.
+wheelhouse=.cache/wheelhouse
+wheel_stamp=$wheelhouse/.built-from-pyproject
+if [ ! -f "$wheel_stamp" ] || ! cmp -s pyproject.toml "$wheel_stamp"; then
+    echo "setup: building $wheelhouse for /usr/bin/python3 (the installer's interpreter)"
+    rm -rf .cache/system-venv "$wheelhouse"
+    /usr/bin/python3 -m venv .cache/system-venv
+    # Bookworm's bundled pip 23.0 cannot build a wheel from a legacy sdist
+    # (adafruit-extended-bus) without the wheel package.
+    .cache/system-venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip wheel
+    .cache/system-venv/bin/python -m pip wheel -q --disable-pip-version-check \
+        -w "$wheelhouse" '.[pi]' 'setuptools>=64' wheel
+    rm -f "$wheelhouse"/bench_agent-*.whl  # the installer builds the package from the checkout
+    cp pyproject.toml "$wheel_stamp"
 fi

@@ -1,0 +1,159 @@
+"""`deploy/install.sh` and `deploy/uninstall.sh` for real, as root, on a fresh machine.
+
+They run without `--root` inside a systemd sandbox (tests/systemd_sandbox.py)
+over a throw-away overlay of this machine's `/`, where no bench-agent user,
+venv, config or unit exists: the state of a fresh Raspberry Pi OS as far as the
+product is concerned. The host is untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy_support import (
+    INSTALLED_CONFIG,
+    UNIT,
+    InstalledBench,
+    run_installer,
+    wheelhouse_missing,
+)
+from tests.support import REPO
+from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        unavailable_reason() is not None, reason=f"no systemd sandbox: {unavailable_reason()}"
+    ),
+]
+
+# What the installer owns on the machine; a re-run must leave every bit of it as it was.
+INSTALLED_PATHS = (
+    "/opt/bench-agent",
+    "/etc/bench-agent",
+    "/etc/systemd/system",
+    "/etc/polkit-1/rules.d",
+)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[InstalledBench]:
+    missing = wheelhouse_missing()
+    if missing:
+        pytest.fail(missing)
+    with SystemdSandbox(tmp_path) as box:
+        machine = InstalledBench(box, tmp_path)
+        try:
+            machine.start_broker()
+            yield machine
+        finally:
+            machine.close()
+
+
+def snapshot(box: SystemdSandbox) -> str:
+    """Every installed file and directory with its mode, owner, size, mtime and content hash."""
+    listing = box.sh(
+        "find " + " ".join(INSTALLED_PATHS) + " -printf '%p %M %u %g %s %T@\\n' | sort;"
+        " find " + " ".join(INSTALLED_PATHS) + " -type f -print0 | sort -z | xargs -0 sha256sum;"
+        " getent passwd bench-agent; getent group bench-agent gpio i2c dialout;"
+        " stat -c '%n %A %U %G' /var/lib/bench-agent"
+    )
+    return listing.stdout
+
+
+def stat(box: SystemdSandbox, path: str) -> str:
+    return box.run(["stat", "-c", "%a %U %G", path]).stdout.strip()
+
+
+def test_install_on_a_fresh_machine_then_again_then_uninstall(fresh: InstalledBench) -> None:
+    box = fresh.box
+    assert box.run(["getent", "passwd", "bench-agent"], check=False).returncode == 2
+
+    # 1. A fresh install. This machine has no GPIO for the reference config's
+    #    real backend, so the first run does not start the agent (--no-start).
+    first = run_installer(box, "--no-start")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "wrote /etc/bench-agent/bench-agent.toml" in first.stdout
+    groups = box.run(["id", "-nG", "bench-agent"]).stdout.split()
+    assert {"bench-agent", "gpio", "i2c", "dialout"} <= set(groups)
+    shell = box.run(["getent", "passwd", "bench-agent"]).stdout.strip().split(":")[-1]
+    assert shell == "/usr/sbin/nologin"
+    # The venv is built from the system Python at the unit's own path (a Python
+    # under /home or /root would be hidden by ProtectHome=).
+    pyvenv = box.path("/opt/bench-agent/venv/pyvenv.cfg").read_text()
+    assert "home = /usr/bin" in pyvenv
+    version = box.run(["/opt/bench-agent/venv/bin/bench-agent", "--version"]).stdout
+    assert version.startswith("bench-agent ")
+    imported = box.run(
+        ["/opt/bench-agent/venv/bin/python", "-c", "import lgpio, systemd.daemon, bench_agent"]
+    )
+    assert imported.returncode == 0
+    installed_config = box.path(INSTALLED_CONFIG).read_bytes()
+    assert installed_config == (REPO / "config" / "bench-agent.toml").read_bytes()
+    assert stat(box, INSTALLED_CONFIG) == "640 root bench-agent"
+    assert stat(box, "/etc/bench-agent/secrets") == "700 bench-agent bench-agent"
+    assert stat(box, "/var/lib/bench-agent") == "750 bench-agent bench-agent"
+    assert (
+        box.path(f"/etc/systemd/system/{UNIT}").read_bytes()
+        == (REPO / "deploy" / "bench-agent.service").read_bytes()
+    )
+    assert box.path("/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules").is_file()
+    assert box.systemctl("is-enabled", UNIT).stdout.strip() == "enabled"
+    assert fresh.show("ActiveState")["ActiveState"] == "inactive"
+    checked = box.run(
+        ["/opt/bench-agent/venv/bin/bench-agent", "config", "check", "-c", INSTALLED_CONFIG]
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    # 2. The technician sets the bench up (here: the simulated bench and the
+    #    broker) and runs the installer again, which starts it.
+    fresh.write_config()
+    fresh.write_password()
+    configured = box.path(INSTALLED_CONFIG).read_text()
+    mark = fresh.recorder.mark()
+    second = run_installer(box)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "keeping existing /etc/bench-agent/bench-agent.toml" in second.stdout
+    fresh.wait_for_state("active", "running", 30)
+    fresh.recorder.wait_for("status", lambda p: p["online"] is True, 30, after=mark)
+    fresh.recorder.wait_for("telemetry", lambda p: bool(p["records"]), 60, after=mark)
+
+    # 3. A third run changes nothing: not a file, not a mode, not an mtime,
+    #    and the agent is not restarted.
+    before = snapshot(box)
+    running = fresh.show("MainPID", "NRestarts")
+    third = run_installer(box)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert snapshot(box) == before
+    assert fresh.show("MainPID", "NRestarts") == running
+
+    # 4. Uninstall: the agent stops (offline published), what the installer
+    #    added goes, the configuration and the stored telemetry stay.
+    mark = fresh.recorder.mark()
+    removed = box.run([str(REPO / "deploy" / "uninstall.sh")], check=False)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    fresh.recorder.wait_for("status", lambda p: p["online"] is False, 10, after=mark)
+    for gone in (
+        "/opt/bench-agent",
+        f"/etc/systemd/system/{UNIT}",
+        f"/etc/systemd/system/multi-user.target.wants/{UNIT}",
+        "/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules",
+    ):
+        assert not box.path(gone).exists(), gone
+    assert box.systemctl("is-active", UNIT, check=False).stdout.strip() == "inactive"
+    assert box.path(INSTALLED_CONFIG).read_text() == configured
+    assert box.path("/etc/bench-agent/secrets/mqtt-password").is_file()
+    stored = [p.name for p in box.path("/var/lib/bench-agent").iterdir()]
+    assert any(name.startswith("outbox") for name in stored), stored
+
+    # 5. --purge removes the configuration, the data and the user too.
+    purged = box.run([str(REPO / "deploy" / "uninstall.sh"), "--purge"], check=False)
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert not box.path("/etc/bench-agent").exists()
+    assert not box.path("/var/lib/bench-agent").exists()
+    assert box.run(["getent", "passwd", "bench-agent"], check=False).returncode == 2
+    # The shared system groups stay.
+    assert box.run(["getent", "group", "dialout"], check=False).returncode == 0

@@ -1,0 +1,244 @@
+"""The shipped unit under a real systemd, installed by the shipped installer.
+
+A systemd sandbox (tests/systemd_sandbox.py) is booted once for this module;
+`deploy/install.sh` installs the product into it as on a bench, the installed
+config is switched to the simulated bench, and every test drives the unit with
+`systemctl` as an operator would. The unit file is the one in `deploy/`, byte
+for byte, hardening included.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy_support import (
+    INSTALLED_CONFIG,
+    SECRET_PASSWORD,
+    UNIT,
+    InstalledBench,
+    run_installer,
+    wheelhouse_missing,
+)
+from tests.support import REPO
+from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        unavailable_reason() is not None, reason=f"no systemd sandbox: {unavailable_reason()}"
+    ),
+]
+
+RESTART_SEC = 10  # the unit's RestartSec=
+WATCHDOG_SEC = 30  # the unit's WatchdogSec=
+TIMEOUT_STOP_SEC = 20  # the unit's TimeoutStopSec=
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledBench]:
+    missing = wheelhouse_missing()
+    if missing:
+        pytest.fail(missing)
+    workdir = tmp_path_factory.mktemp("systemd-unit")
+    with SystemdSandbox(workdir) as box:
+        installed = InstalledBench(box, workdir)
+        try:
+            installed.start_broker()
+            # This machine has no GPIO for the reference config's real backend:
+            # install without starting, switch the installed config to the
+            # simulated bench, then the installer's own `enable --now`.
+            first = run_installer(box, "--no-start")
+            assert first.returncode == 0, first.stdout + first.stderr
+            installed.write_password()
+            installed.write_config()
+            second = run_installer(box)
+            assert second.returncode == 0, second.stdout + second.stderr
+            yield installed
+        finally:
+            installed.close()
+
+
+@pytest.fixture
+def running(bench: InstalledBench) -> InstalledBench:
+    """Each test starts from a running agent on the good config, whatever the last one did."""
+    bench.write_config()
+    bench.box.systemctl("reset-failed", UNIT, check=False)
+    if bench.show("ActiveState")["ActiveState"] != "active":
+        bench.box.systemctl("start", UNIT)
+    bench.wait_for_state("active", "running", 30)
+    return bench
+
+
+def test_start_reaches_running_through_notify_and_publishes_online(running: InstalledBench) -> None:
+    running.box.systemctl("stop", UNIT)
+    mark = running.recorder.mark()
+    started = time.monotonic()
+    running.box.systemctl("start", UNIT)  # Type=notify: returns once READY=1 arrived
+    ready_s = time.monotonic() - started
+    status = running.recorder.wait_for("status", lambda p: p["online"] is True, 30, after=mark)
+    state = running.show("ActiveState", "SubState", "Type", "StatusText", "NotifyAccess")
+    assert (state["ActiveState"], state["SubState"], state["Type"]) == (
+        "active",
+        "running",
+        "notify",
+    )
+    assert state["NotifyAccess"] == "main"
+    # STATUS= from the agent's own sd_notify (sent after READY=1): systemd hears the agent.
+    deadline = time.monotonic() + 15
+    while "outbox" not in running.show("StatusText")["StatusText"]:
+        assert time.monotonic() < deadline, running.show("StatusText")
+        time.sleep(0.2)
+    assert status["bench"] == "sim-bench-01"
+    assert ready_s < 30, ready_s
+
+
+def test_the_installed_unit_is_the_shipped_file_and_its_hardening_holds(
+    running: InstalledBench,
+) -> None:
+    box = running.box
+    shipped = (REPO / "deploy" / "bench-agent.service").read_bytes()
+    assert box.path(f"/etc/systemd/system/{UNIT}").read_bytes() == shipped
+    # The running process really is confined: its own user, no capabilities,
+    # no new privileges, a seccomp filter.
+    pid = running.main_pid()
+    proc_status = box.run(["cat", f"/proc/{pid}/status"]).stdout
+    fields = dict(re.findall(r"^(\w+):\s*(.*)$", proc_status, re.MULTILINE))
+    user = box.run(["id", "-u", "bench-agent"]).stdout.strip()
+    assert fields["Uid"].split()[0] == user
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0
+    assert fields["NoNewPrivs"] == "1"
+    assert fields["Seccomp"] == "2"  # filter mode
+    # The exposure score, of the unit as loaded by this systemd.
+    security = box.run(["systemd-analyze", "security", UNIT, "--no-pager"]).stdout
+    score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security).group(1))
+    assert score <= 1.5, security
+    # …and the agent works under it: telemetry flows, the technician's CLI
+    # reaches it, and nothing it does is refused by the sandbox.
+    mark = running.recorder.mark()
+    running.recorder.wait_for("telemetry", lambda p: bool(p["records"]), 60, after=mark)
+    status = running.cli(f"status --json -c {INSTALLED_CONFIG}")
+    assert status.returncode == 0, status.stderr
+    assert '"bench"' in status.stdout
+    journal = running.journal_text()
+    for refused in ("Operation not permitted", "Permission denied", "Bad system call"):
+        assert refused not in journal, journal
+
+
+def test_reload_applies_a_changed_policy_without_a_restart(running: InstalledBench) -> None:
+    pid = running.main_pid()
+    mark = running.recorder.mark()
+    # The simulated day starts at 05:00: a late-evening window turns the hotspot off.
+    running.write_config({"policy": {"schedule": {"wifi": ["23:00-23:30"]}}})
+    running.box.systemctl("reload", UNIT)
+    reloaded = running.recorder.wait_for(
+        "event", lambda p: p["type"] == "config_reloaded", 30, after=mark
+    )
+    assert reloaded["tables"] == ["policy"]
+    switched = running.recorder.wait_for(
+        "event",
+        lambda p: p["type"] == "output_switched" and p["output"] == "wifi" and p["to"] == "off",
+        30,
+        after=mark,
+    )
+    assert switched["reason"] == "schedule_off"
+    assert running.main_pid() == pid
+
+
+def test_stop_puts_outputs_in_their_safe_state_and_publishes_offline(
+    running: InstalledBench,
+) -> None:
+    mark = running.recorder.mark()
+    started = time.monotonic()
+    running.box.systemctl("stop", UNIT)
+    stop_s = time.monotonic() - started
+    offline = running.recorder.wait_for("status", lambda p: p["online"] is False, 5, after=mark)
+    assert offline["bench"] == "sim-bench-01"
+    safe = [
+        p
+        for p in running.recorder.payloads("event", after=mark)
+        if p["type"] == "output_switched" and p["reason"] == "safe_state"
+    ]
+    assert safe, "no output switched to its safe state on stop"
+    state = running.show("ActiveState", "Result", "ExecMainStatus")
+    assert (state["ActiveState"], state["Result"], state["ExecMainStatus"]) == (
+        "inactive",
+        "success",
+        "0",
+    )
+    assert stop_s < TIMEOUT_STOP_SEC, stop_s
+
+
+def test_kill_9_of_the_main_process_is_restarted(running: InstalledBench) -> None:
+    before = running.show("MainPID", "NRestarts")
+    mark = running.recorder.mark()
+    running.box.run(["kill", "-9", before["MainPID"]])
+    after = running.wait_for_state(
+        "active", "running", RESTART_SEC + 30, new_pid_than=int(before["MainPID"])
+    )
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
+    running.recorder.wait_for("status", lambda p: p["online"] is True, 30, after=mark)
+
+
+def test_a_hung_main_loop_is_killed_by_the_watchdog_and_restarted(
+    running: InstalledBench,
+) -> None:
+    before = running.show("MainPID", "NRestarts")
+    running.box.run(["kill", "-STOP", before["MainPID"]])
+    after = running.wait_for_state(
+        "active",
+        "running",
+        WATCHDOG_SEC + RESTART_SEC + 40,
+        new_pid_than=int(before["MainPID"]),
+    )
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
+    assert "Watchdog timeout" in running.journal_text(), running.journal_text()
+
+
+def test_a_config_error_exits_78_and_is_not_restarted(running: InstalledBench) -> None:
+    restarts = int(running.show("NRestarts")["NRestarts"])
+    running.write_config({"sampling": {"sample_interval_s": 0.0}})
+    failed = running.box.systemctl("restart", UNIT, check=False)
+    assert failed.returncode != 0
+    state = running.show("ActiveState", "ExecMainStatus", "Result")
+    assert (state["ActiveState"], state["ExecMainStatus"]) == ("failed", "78"), state
+    # Longer than RestartSec: no restart is even scheduled.
+    time.sleep(RESTART_SEC + 2)
+    state = running.show("ActiveState", "NRestarts")
+    assert state["ActiveState"] == "failed"
+    assert int(state["NRestarts"]) == restarts
+    assert "sampling.sample_interval_s" in running.journal_text("-n", "20")
+
+
+def test_the_journal_has_structured_fields_and_no_secret(running: InstalledBench) -> None:
+    # A technician's override: an event, a log line with the output's field.
+    done = running.cli(f"usb 2 off --for 1m -c {INSTALLED_CONFIG}")
+    assert done.returncode == 0, done.stderr
+    entries = running.journal_json()
+    ours = [e for e in entries if e.get("SYSLOG_IDENTIFIER") == "bench-agent" and "LOGGER" in e]
+    assert ours, entries[-5:]
+    assert all(e["LOGGER"].startswith("bench_agent") for e in ours)
+    assert {"CODE_FILE", "CODE_FUNC", "PRIORITY"} <= set(ours[0])
+    assert any(e["MESSAGE"].startswith("mqtt: connected") for e in ours)
+    everything = "\n".join(str(e) for e in entries)
+    assert SECRET_PASSWORD not in everything
+    # The password was in use: the agent read it from the installer's secrets directory.
+    assert running.box.path("/etc/bench-agent/secrets/mqtt-password").read_text().strip() == (
+        SECRET_PASSWORD
+    )
+
+
+def test_what_the_sandbox_writes_stays_in_the_sandbox(running: InstalledBench) -> None:
+    marker = f"bench-sandbox-{time.monotonic_ns()}"
+    running.box.run(["touch", f"/tmp/{marker}", f"/etc/{marker}", f"/var/lib/bench-agent/{marker}"])
+    assert running.box.path(f"/etc/{marker}").exists()
+    for host_path in (
+        Path("/tmp", marker),
+        Path("/etc", marker),
+        Path("/var/lib/bench-agent", marker),
+    ):
+        assert not host_path.exists()
