@@ -25,6 +25,7 @@ bench: setup  # the figures in the README; a few minutes
 	$(PY) bench/bench_drain.py
 	$(PY) bench/bench_outbox_disk.py
 	$(PY) bench/bench_vedirect.py
+	$(PY) bench/bench_unit_lifecycle.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
