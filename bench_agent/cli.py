@@ -20,6 +20,7 @@ from bench_agent import __version__, techcli
 from bench_agent.config import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
 from bench_agent.logsetup import register_secret, setup_logging
+from bench_agent.preflight import deployment_problems
 
 DEFAULT_CONFIG = os.environ.get("BENCH_AGENT_CONFIG", "/etc/bench-agent/bench-agent.toml")
 EXIT_FAILURE = 1
@@ -121,6 +122,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return code
     if args.command == "config":
         cfg = load_config(args.config)
+        problems = deployment_problems(cfg)
+        for problem in problems:
+            if problem.error:
+                print(f"bench-agent: config error: {cfg.source}: {problem}", file=sys.stderr)
+            else:
+                print(f"bench-agent: warning: {cfg.source}: {problem}", file=sys.stderr)
+        if any(problem.error for problem in problems):
+            return EXIT_CONFIG
         print(f"{cfg.source}: ok (bench {cfg.bench.id}, {cfg.hardware.backend} backend)")
         return 0
     if args.command == "run":

@@ -250,6 +250,10 @@ class ControlServer:
     ) -> None:
         self.close()
 
+    def alive(self) -> bool:
+        """The serving thread runs (or was never started, or was closed on purpose)."""
+        return self._closed or self._thread is None or self._thread.is_alive()
+
     @property
     def client_count(self) -> int:
         return len(self._connections)

@@ -22,6 +22,8 @@ from bench_agent import __version__, payloads
 from bench_agent.config import load_config
 from bench_agent.control import ControlError
 from bench_agent.errors import ConfigError
+from bench_agent.hardware.backend import I2C_FAULT
+from bench_agent.hardware.pins import GPIO_FAULT
 from bench_agent.i18n import N_
 
 if TYPE_CHECKING:
@@ -230,6 +232,7 @@ def _check(name: str, ok: bool, detail: str, hint: str = "") -> dict[str, Any]:
 def selftest(agent: Agent) -> list[dict[str, Any]]:
     """One check per part: config, each sensor, charger, broker, clock, storage."""
     checks = [_config_check(agent)]
+    checks += _bus_checks(agent)
     checks += _sensor_checks(agent)
     if agent.cfg.charger is not None:
         summary = agent.charger_summary()
@@ -288,6 +291,18 @@ def _config_check(agent: Agent) -> dict[str, Any]:
             "config", False, str(exc), N_("fix the file, then run: bench-agent config check")
         )
     return _check("config", True, str(agent.cfg.source))
+
+
+def _bus_checks(agent: Agent) -> list[dict[str, Any]]:
+    """GPIO (outputs, tamper) and the I2C bus (sensors) on a real bench: there or why not."""
+    if agent.cfg.hardware.backend != "pi":
+        return []
+    faults = agent.hardware.faults()
+    hint = N_("fix what it says; the agent tries again by itself, no restart needed")
+    return [
+        _check(part, part not in faults, faults.get(part) or N_("available"), hint)
+        for part in (GPIO_FAULT, I2C_FAULT)
+    ]
 
 
 def _sensor_checks(agent: Agent) -> list[dict[str, Any]]:

@@ -158,7 +158,7 @@ class Controller:
                     "output_switched",
                     {
                         "output": name,
-                        "from": "on" if was_on else "off",
+                        "from": "unknown" if was_on is None else ("on" if was_on else "off"),
                         "to": "on" if decision.on else "off",
                         "reason": decision.reason,
                         "detail": decision.detail,

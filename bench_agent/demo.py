@@ -139,7 +139,7 @@ class OpsView:
         for name, out in outputs.items():
             override = out.get("override")
             extra = f"  override {override['state']} ({override['source']})" if override else ""
-            state = "ON " if out["on"] else "off"
+            state = "ON " if out["on"] else ("off" if out["on"] is False else "?  ")
             lines.append(f"  {name:<6}{state}  {out['reason']}: {out['detail']}{extra}")
         lines.append("")
         lines.append("latest events:")

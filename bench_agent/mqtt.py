@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench_agent.config import MqttConfig
+from bench_agent.preflight import tls_problems
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,15 @@ class MessageIn:
     retained: bool
 
 
-LinkEvent = Connected | Disconnected | Acked | MessageIn
+@dataclass(frozen=True, slots=True)
+class SetupFailed:
+    """The bench's own side of the link cannot be set up (a TLS file missing or bad):
+    not the broker's fault, so it is a bench fault. `detail` None: it works again."""
+
+    detail: str | None
+
+
+LinkEvent = Connected | Disconnected | Acked | MessageIn | SetupFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,7 @@ class MqttLink:
         self._on_event = on_event
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._setup_problem: str | None = None  # what stops the bench's side of the link
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
         self._generation = 0
@@ -153,29 +163,60 @@ class MqttLink:
     # -- the network thread -------------------------------------------------
 
     def _run(self) -> None:
+        """The network thread: never ends before close(), whatever goes wrong."""
         attempt = 0
         while not self._stop.is_set():
-            client = self._make_client()
             try:
-                client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self._note_failure(f"connect: {exc}")
-            else:
-                with self._lock:
-                    self._client = client
-                while not self._stop.is_set():
-                    rc = client.loop(timeout=_LOOP_TIMEOUT_S)
-                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        break
-                if self._connected:
-                    attempt = 0  # a session that came up resets the backoff
-                self._lost(client, "stopped" if self._stop.is_set() else "connection lost")
+                attempt = self._session(attempt)
+            except Exception as exc:  # a bug or a paho surprise must not end the uplink
+                log.exception("mqtt: unexpected error in the network thread")
+                self._note_failure(f"unexpected error: {type(exc).__name__}: {exc}")
             if self._stop.is_set():
                 break
             delay = self._backoff_s(attempt)
             attempt += 1
             log.debug("mqtt: next connection attempt in %.1f s", delay)
             self._stop.wait(delay)
+
+    def alive(self) -> bool:
+        """The network thread runs (or was never started)."""
+        return self._thread is None or self._thread.is_alive()
+
+    def _session(self, attempt: int) -> int:
+        """One connection attempt and, if it comes up, the session; the next attempt number."""
+        problems = tls_problems(self._cfg)
+        if problems:
+            detail = "; ".join(str(p) for p in problems)
+            self._setup_failed(detail)
+            return attempt
+        try:
+            client = self._make_client()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._setup_failed(f"TLS set-up: {exc}")
+            return attempt
+        self._setup_failed(None)
+        try:
+            client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._note_failure(f"connect: {exc}")
+            return attempt
+        with self._lock:
+            self._client = client
+        while not self._stop.is_set():
+            rc = client.loop(timeout=_LOOP_TIMEOUT_S)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        if self._connected:
+            attempt = 0  # a session that came up resets the backoff
+        self._lost(client, "stopped" if self._stop.is_set() else "connection lost")
+        return attempt
+
+    def _setup_failed(self, detail: str | None) -> None:
+        if detail is not None:
+            self._note_failure(detail)
+        if detail != self._setup_problem:
+            self._setup_problem = detail
+            self._on_event(SetupFailed(detail))
 
     def _backoff_s(self, attempt: int) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random.

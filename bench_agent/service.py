@@ -35,9 +35,19 @@ from bench_agent.controller import Controller
 from bench_agent.counters import DailyCounters
 from bench_agent.errors import ConfigError, StorageError
 from bench_agent.eventlog import EventLog
-from bench_agent.hardware.backend import Hardware, build_hardware
+from bench_agent.hardware.backend import I2C_FAULT, Hardware, build_hardware
+from bench_agent.hardware.pins import GPIO_FAULT
 from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
-from bench_agent.mqtt import Acked, Connected, Disconnected, LinkEvent, MessageIn, MqttLink, Will
+from bench_agent.mqtt import (
+    Acked,
+    Connected,
+    Disconnected,
+    LinkEvent,
+    MessageIn,
+    MqttLink,
+    SetupFailed,
+    Will,
+)
 from bench_agent.outbox import Kind, Outbox, OutboxItem, OutboxStats
 from bench_agent.policy import Override
 from bench_agent.publisher import Publisher
@@ -57,6 +67,10 @@ UPLINK_FILE = "uplink-recovery.json"
 COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much counting
 WIFI_CLIENTS_EVERY_S = 60.0
 MAX_PENDING_REPLIES = 256
+# The bench's own side of the uplink cannot be set up (TLS files): not the broker's fault.
+MQTT_SETUP_FAULT = "mqtt_setup"
+# Faults that Hardware.faults() owns: raised while present there, cleared when gone.
+HARDWARE_FAULTS = frozenset({GPIO_FAULT, I2C_FAULT})
 CONTROL_CLOSE_WAIT_S = 1.0
 STOP_GRACE_S = 2.0
 # The charge controller's fields that go into telemetry (units in the names).
@@ -142,6 +156,7 @@ class Agent:
         self.outbox: Outbox
         self.link: MqttLink
         self.publisher: Publisher
+        self.control_server: ControlServer | None = None
 
     # -- wiring -----------------------------------------------------------------
 
@@ -276,6 +291,7 @@ class Agent:
             log.error("control socket %s not served: %s", self.cfg.control.socket, exc)
             self._raise_fault("control_socket", str(exc)[:200])
             return
+        self.control_server = server
         # A request still waiting for the loop gets "busy" from its own timeout; the
         # stop does not wait for it longer than this.
         stack.callback(server.close, CONTROL_CLOSE_WAIT_S)
@@ -333,8 +349,11 @@ class Agent:
                     1, int((now - next_publish) // publish_every) + 1
                 )
             real_now = time.monotonic()
-            healthy = progress_is_recent(
-                real_now, self._last_sample_real, max(self.clock.to_real_s(sample_every), 1.0)
+            healthy = (
+                progress_is_recent(
+                    real_now, self._last_sample_real, max(self.clock.to_real_s(sample_every), 1.0)
+                )
+                and not self._dead_threads()
             )
             self.watchdog.tick(real_now, healthy)
             wait_s = self.clock.to_real_s(min(next_sample, next_publish) - self.clock.monotonic())
@@ -390,16 +409,15 @@ class Agent:
             case Disconnected():
                 self.link_changed_mono = self.clock.monotonic()
                 self.publisher.on_disconnected()
+            case SetupFailed(detail):
+                self._set_fault(MQTT_SETUP_FAULT, None if detail is None else detail[:300])
             case MessageIn(topic, payload, retained):
                 if topic == self.cfg.topic("cmd"):
                     reply = self.commands.handle_mqtt(payload, retained=retained)
                     if reply is not None:
                         self._queue_reply(reply)
             case TamperChanged(is_open):
-                if is_open != self.tamper_open:
-                    self.tamper_open = is_open
-                    self.emit_event("tamper", {"open": is_open})
-                    self._publish_state(force=True)
+                self._tamper_changed(is_open)
             case ReloadRequested():
                 self._reload_config()
             case StopRequested(name):
@@ -411,6 +429,31 @@ class Agent:
                 self._take_bmv_soc(item)
             case Call():
                 self._run_call(item)
+
+    def _dead_threads(self) -> list[str]:
+        """The agent's threads that ended although nobody stopped them, each a fault.
+
+        A dead thread is not restarted here: its fault reaches ops, and the
+        withheld watchdog pings make systemd restart the whole agent (WatchdogSec),
+        which brings every part back in a known state.
+        """
+        threads = {"mqtt": self.link.alive()}
+        if self.charger is not None:
+            threads["charger"] = self.charger.is_alive
+        if self.control_server is not None:
+            threads["control_socket"] = self.control_server.alive()
+        dead = [name for name, alive in threads.items() if not alive]
+        for name in dead:
+            if f"thread.{name}" not in self.faults:
+                log.error("thread %s ended unexpectedly: watchdog pings withheld", name)
+            self._raise_fault(f"thread.{name}", "ended unexpectedly; the agent will restart")
+        return dead
+
+    def _tamper_changed(self, is_open: bool) -> None:
+        if is_open != self.tamper_open:
+            self.tamper_open = is_open
+            self.emit_event("tamper", {"open": is_open})
+            self._publish_state(force=True)
 
     def _reload_config(self) -> None:
         """SIGHUP: apply what can change live (policy thresholds and schedules, ops
@@ -489,12 +532,14 @@ class Agent:
 
     def _sample(self, mono_s: float) -> None:
         self.hardware.tick()
+        self._sync_hardware_faults()
         readings = self.sampler.sample(mono_s)
         self._last_sample_real = time.monotonic()
         self._follow_clock_sync()
         local_now = self.clock.wall().astimezone(self.cfg.tz)
         # What the outputs were during the interval that just ended, for the counters.
-        outputs_on = {name: switch.is_on for name, switch in self.hardware.outputs.items()}
+        # An output that cannot be driven (unknown) counts as off: a floating pin is off.
+        outputs_on = {name: bool(switch.is_on) for name, switch in self.hardware.outputs.items()}
         self._recover_uplink(mono_s, local_now.date())
         self.controller.step(local_now, mono_s, readings, cpu_c=self.hardware.cpu_temperature())
         self._count(local_now, mono_s, readings, outputs_on)
@@ -516,7 +561,7 @@ class Agent:
         switch = self.hardware.outputs.get(cfg.output)
         if not cfg.enabled or switch is None:
             return
-        action = self.uplink.step(mono_s, today, self.link.connected, switch.is_on)
+        action = self.uplink.step(mono_s, today, self.link.connected, bool(switch.is_on))
         if action is None:
             return
         self.emit_event(uplink.EVENT_TYPE, action.event())
@@ -795,6 +840,14 @@ class Agent:
 
     # -- faults -------------------------------------------------------------
 
+    def _sync_hardware_faults(self) -> None:
+        """Raise or clear the faults of bench parts that cannot be used (GPIO…)."""
+        present = self.hardware.faults()
+        for name in HARDWARE_FAULTS - present.keys():
+            self._clear_fault(name)
+        for name, detail in present.items():
+            self._raise_fault(name, detail)
+
     def _channel_fault(self, channel: str, code: str | None) -> None:
         if code is None:
             self._clear_fault(f"sensor.{channel}")
@@ -807,6 +860,13 @@ class Agent:
         self.faults[name] = detail
         self.emit_event("fault_raised", {"fault": name, "detail": detail})
         self._publish_state(force=True)
+
+    def _set_fault(self, name: str, detail: str | None) -> None:
+        """Raise `name` with `detail`, or clear it when `detail` is None."""
+        if detail is None:
+            self._clear_fault(name)
+        else:
+            self._raise_fault(name, detail)
 
     def _clear_fault(self, name: str) -> None:
         if self.faults.pop(name, None) is not None:

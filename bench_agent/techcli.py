@@ -515,7 +515,8 @@ def _output_texts(outputs: Mapping[str, Any]) -> list[str | tuple[str, int]]:
     texts: list[str | tuple[str, int]] = []
     for name, value in outputs.items():
         output = _as_map(value)
-        switched = _("ON") if output.get("on") is True else _("OFF")
+        on = output.get("on")
+        switched = _("ON") if on is True else (_("OFF") if on is False else "?")
         reason = str(output.get("reason", "?"))
         text = f"{name:<{width}}  {switched:<{on_off_width}}  {reason_text(reason)}"
         override = output.get("override")

@@ -88,6 +88,9 @@ else
 fi
 chmod 0640 "$root$etc/bench-agent.toml"
 sys "chown root:$user $etc/bench-agent.toml"
+# Ops' public keys for signed commands ([commands] trusted_keys): root's to
+# change, readable by the agent. An empty directory refuses every command.
+make_dir 0750 "root:$user" "$etc/ops-keys"
 # Secrets (TLS key, MQTT password): the agent's own, nobody else's.
 mkdir -p "$root$etc/secrets"
 chmod 0700 "$root$etc/secrets"

@@ -103,10 +103,20 @@ def test_install_on_a_fresh_machine_then_again_then_uninstall(fresh: InstalledBe
     assert box.path("/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules").is_file()
     assert box.systemctl("is-enabled", UNIT).stdout.strip() == "enabled"
     assert fresh.show("ActiveState")["ActiveState"] == "inactive"
+    assert stat(box, "/etc/bench-agent/ops-keys") == "750 root bench-agent"
+    # The technician's next step, as the installer says: `config check` names the
+    # bench's TLS files that are not there yet, one line each, and exits 78.
     checked = box.run(
-        ["/opt/bench-agent/venv/bin/bench-agent", "config", "check", "-c", INSTALLED_CONFIG]
+        ["/opt/bench-agent/venv/bin/bench-agent", "config", "check", "-c", INSTALLED_CONFIG],
+        check=False,
     )
-    assert checked.returncode == 0, checked.stderr
+    assert checked.returncode == 78, checked.stdout + checked.stderr
+    missing = [line for line in checked.stderr.splitlines() if "no such file" in line]
+    assert [line.split(": ")[3] for line in missing] == [
+        "mqtt.ca_file",
+        "mqtt.cert_file",
+        "mqtt.key_file",
+    ], checked.stderr
 
     # 2. The technician sets the bench up (here: the simulated bench and the
     #    broker) and runs the installer again, which starts it.

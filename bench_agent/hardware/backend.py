@@ -9,6 +9,7 @@ rest of the agent never asks which backend it runs on.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from bench_agent.clock import Clock, SystemClock
 from bench_agent.config import Config, Ina219Config
 from bench_agent.hardware.gpio import GpioSwitch, NmcliHotspot, Switch, TamperSwitch
 from bench_agent.hardware.ina219 import I2CBus, INA219Channel, open_pi_i2c_bus
+from bench_agent.hardware.pins import GPIO_FAULT, PinSupply, open_lgpio_factory
+
+I2C_FAULT = "i2c"
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,19 @@ class Hardware(AbstractContextManager["Hardware"]):
     # uptime. None: the kernel's boot_id. A simulated clock restarts with the
     # process, so a simulated bench is a new "boot" each time the agent starts.
     boot_id: str | None = None
+    # Where GPIO pins and the I2C bus come from on a Pi; None in simulation.
+    pins: PinSupply | None = None
+    i2c: I2CBusSupply | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def faults(self) -> dict[str, str]:
+        """Parts of the bench that cannot be used now, with what to do: {fault: detail}."""
+        faults = {}
+        if self.pins is not None and self.pins.error is not None:
+            faults[GPIO_FAULT] = str(self.pins.error)
+        if self.i2c is not None and self.i2c.error is not None:
+            faults[I2C_FAULT] = self.i2c.error
+        return faults
 
     def tamper_open(self) -> bool | None:
         return None if self.tamper is None else self.tamper.is_open
@@ -110,27 +126,23 @@ def build_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardware:
 
 
 def _build_pi_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardware:
-    bus_holder: list[I2CBus] = []
-
-    def bus() -> I2CBus:
-        # Opened lazily: a missing /dev/i2c-1 is a sensor fault, not a crash.
-        if not bus_holder:
-            try:
-                bus_holder.append(open_pi_i2c_bus(cfg.hardware.i2c_bus))
-            except (ImportError, RuntimeError, ValueError) as exc:
-                raise OSError(f"I2C bus {cfg.hardware.i2c_bus}: {exc}") from exc
-        return bus_holder[0]
-
-    pin_factory = None  # gpiozero's default: lgpio on Bookworm, GPIOZERO_PIN_FACTORY honoured
+    """The real bench. No missing part stops it: GPIO, the I2C bus and each sensor
+    are tried when needed and again later, and each absence is a fault that says
+    what to do (`Hardware.faults()`, the sampler's channel faults)."""
+    bus = I2CBusSupply(cfg.hardware.i2c_bus)
+    # lgpio, chosen explicitly: no fallback chain, no warnings, a fault instead of a crash.
+    pins = PinSupply(open_lgpio_factory)
     hardware = Hardware(
         clock=SystemClock(),
-        channels={s.name: ina219_opener(bus, s) for s in cfg.sensors},
+        channels={s.name: ina219_opener(bus.get, s) for s in cfg.sensors},
         outputs={},
         tamper=None,
         read_cpu_temperature=lambda: read_sysfs_temperature(cfg.sampling.cpu_temperature_path),
+        pins=pins,
+        i2c=bus,
     )
     try:
-        hardware.outputs = build_outputs(cfg, pin_factory)
+        hardware.outputs = build_outputs(cfg, pins)
         for switch in hardware.outputs.values():
             hardware._closers.append(switch.close)
         if cfg.tamper is not None:
@@ -138,12 +150,49 @@ def _build_pi_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardwa
                 cfg.tamper.pin,
                 cfg.tamper.pull_up,
                 cfg.tamper.open_when_active,
-                pin_factory,
+                pins,
                 on_change=on_tamper,
             )
             hardware.tamper = tamper
+            hardware.tick = tamper.poll  # tried again until GPIO is there
             hardware._closers.insert(0, tamper.close)
     except BaseException:
         hardware.close()
         raise
     return hardware
+
+
+class I2CBusSupply:
+    """/dev/i2c-N, opened on first use (by a sensor read) and again after a failure.
+
+    A missing bus is not a crash: each sensor on it fails (the sampler's faults,
+    retried with backoff) and `error` says what to do, for the `i2c` fault.
+    """
+
+    def __init__(self, bus_number: int, dev: Path = Path("/dev")) -> None:
+        self.bus_number = bus_number
+        self._dev = dev
+        self._bus: I2CBus | None = None
+        self.error: str | None = None
+
+    def get(self) -> I2CBus:
+        if self._bus is None:
+            try:
+                check_i2c_device(self.bus_number, self._dev)
+                self._bus = open_pi_i2c_bus(self.bus_number)
+            except (OSError, ImportError, RuntimeError, ValueError) as exc:
+                self.error = str(exc) if isinstance(exc, OSError) else f"I2C bus: {exc}"
+                raise OSError(self.error) from exc
+            self.error = None
+        return self._bus
+
+
+def check_i2c_device(bus_number: int, dev: Path = Path("/dev")) -> None:
+    """OSError with what to do when /dev/i2c-N is missing or not ours to open."""
+    node = dev / f"i2c-{bus_number}"
+    if not node.exists():
+        raise OSError(
+            f"{node} missing — enable I2C (sudo raspi-config nonint do_i2c 0, then reboot)"
+        )
+    if not os.access(node, os.R_OK | os.W_OK):
+        raise OSError(f"{node}: permission denied — is bench-agent in group i2c?")

@@ -124,7 +124,7 @@ class SimulatedBench:
                 self.apply(event)
         with self.model_lock:
             for name, switch in self.outputs.items():
-                self.model.set_output(name, switch.is_on)
+                self.model.set_output(name, bool(switch.is_on))
             self.model.advance(now)
         self._refresh_chips()
 

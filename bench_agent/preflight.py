@@ -1,0 +1,108 @@
+"""The files a configuration names, checked before a bench is deployed and when they are used.
+
+`config check` parses the file; that alone said "ok" for a config whose TLS
+certificate did not exist, and the agent then ran without an uplink. These
+checks look at what the config points to: the TLS CA, certificate and key
+(present, readable, parseable, the key matching the certificate), the
+trusted-keys directory and the charger port's directory. `config check` prints
+one line per problem; the MQTT link runs `tls_problems` before each connection
+attempt and turns a problem into a fault and a retry instead of a dead thread.
+
+Errors stop a bench from working as configured (exit 78 from `config check`);
+warnings name something a technician should know but that may be fine (a USB
+serial cable not plugged in yet).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench_agent.config import Config, MqttConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    key: str  # the config key that names the file, e.g. "mqtt.cert_file"
+    message: str
+    error: bool = True  # False: a warning
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def _readable_file(key: str, path: Path) -> Problem | None:
+    if not path.exists():
+        return Problem(key, f"{path}: no such file")
+    if not path.is_file():
+        return Problem(key, f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        return Problem(key, f"{path}: not readable by this user (uid {os.geteuid()})")
+    return None
+
+
+def tls_problems(mqtt: MqttConfig) -> list[Problem]:
+    """What stops a TLS connection before it is tried: missing, unreadable or bad files."""
+    if not mqtt.tls:
+        return []
+    problems = []
+    files = {
+        "mqtt.ca_file": mqtt.ca_file,
+        "mqtt.cert_file": mqtt.cert_file,
+        "mqtt.key_file": mqtt.key_file,
+    }
+    for key, path in files.items():
+        if path is not None and (problem := _readable_file(key, path)) is not None:
+            problems.append(problem)
+    if problems:
+        return problems
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if mqtt.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(mqtt.ca_file))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            problems.append(
+                Problem("mqtt.ca_file", f"{mqtt.ca_file}: not a CA certificate ({exc})")
+            )
+    if mqtt.cert_file is not None and mqtt.key_file is not None:
+        try:
+            context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file))
+        except ssl.SSLError as exc:
+            reason = (
+                "the key does not match the certificate"
+                if "KEY_VALUES_MISMATCH" in str(exc)
+                else f"certificate or key cannot be loaded ({exc.reason or exc})"
+            )
+            problems.append(Problem("mqtt.key_file", f"{mqtt.key_file}: {reason}"))
+        except OSError as exc:
+            problems.append(Problem("mqtt.cert_file", f"{mqtt.cert_file}: {exc}"))
+    return problems
+
+
+def deployment_problems(cfg: Config) -> list[Problem]:
+    """Every problem with the files the configuration names, errors first."""
+    problems = tls_problems(cfg.mqtt)
+    keys = cfg.commands.trusted_keys
+    if not keys.is_dir():
+        problems.append(
+            Problem(
+                "commands.trusted_keys",
+                f"{keys}: no such directory — signed commands from ops will be refused",
+                error=False,
+            )
+        )
+    elif not os.access(keys, os.R_OK | os.X_OK):
+        problems.append(Problem("commands.trusted_keys", f"{keys}: not readable by this user"))
+    if cfg.charger is not None and cfg.hardware.backend == "pi":
+        directory = cfg.charger.port.parent
+        if not directory.is_dir():
+            problems.append(
+                Problem(
+                    "charger.port",
+                    f"{directory}: no such directory — is the VE.Direct USB cable plugged in?",
+                    error=False,
+                )
+            )
+    return sorted(problems, key=lambda p: not p.error)
