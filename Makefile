@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 DURATION ?=
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup demo test lint typecheck bench rehearse-pi clean-rehearsal clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,12 @@ bench: setup  # the figures in the README; a few minutes
 	$(PY) bench/bench_outbox_disk.py
 	$(PY) bench/bench_vedirect.py
 	$(PY) bench/bench_unit_lifecycle.py
+
+rehearse-pi:  # root; arm64 Raspberry Pi OS (bookworm) under qemu: install and run; a few minutes
+	bash scripts/rehearse-pi.sh
+
+clean-rehearsal:  # the arm64 root rehearse-pi keeps between runs
+	rm -rf .cache/pi-rehearsal
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

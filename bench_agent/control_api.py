@@ -237,11 +237,12 @@ def selftest(agent: Agent) -> list[dict[str, Any]]:
     if agent.cfg.charger is not None:
         summary = agent.charger_summary()
         if summary is None:
+            why = agent.charger.open_error if agent.charger is not None else None
             checks.append(
                 _check(
                     "charger",
                     False,
-                    N_("no valid data from the charge controller"),
+                    why or N_("no valid data from the charge controller"),
                     N_("check the VE.Direct cable and the serial port in [charger]"),
                 )
             )

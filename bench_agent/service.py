@@ -722,7 +722,8 @@ class Agent:
         if self.charger is None or self.cfg.charger is None:
             return None
         if self.charger_stale():
-            self._raise_fault("charger", "no_valid_block")
+            why = self.charger.open_error
+            self._raise_fault("charger", "no_valid_block" + (f": {why}" if why else ""))
         else:
             self._clear_fault("charger")
         return self.charger_summary()

@@ -153,9 +153,14 @@ def test_reader_waits_for_a_port_that_is_not_there_yet(link: Path) -> None:
     with reader:
         wait_for(lambda: reader.stats.open_failures >= 3)
         assert not reader.stats.connected
+        # What a technician reads in the charger fault and the self-test.
+        assert reader.open_error == (
+            f"{link}: no such device — is the VE.Direct USB cable plugged in?"
+        )
         with SimulatedCharger(link, lambda: SNAPSHOT, interval_s=0.05):
             wait_for(lambda: len(got) >= 2)
         assert reader.stats.reconnects == 0  # the first open is not a reconnect
+        assert reader.open_error is None
 
 
 def test_close_joins_the_thread_quickly_and_is_idempotent(link: Path) -> None:

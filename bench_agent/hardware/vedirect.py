@@ -724,6 +724,7 @@ class VEDirectReader:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._open_error: str | None = None
         self._serial: Any = None  # serial.Serial while open
         self._merger = BlockMerger()
         self._started_monotonic: float | None = None
@@ -777,6 +778,12 @@ class VEDirectReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def open_error(self) -> str | None:
+        """Why the port cannot be opened now, with what to do; None once it is open."""
+        with self._lock:
+            return self._open_error
 
     @property
     def is_alive(self) -> bool:
@@ -847,6 +854,7 @@ class VEDirectReader:
         except (OSError, ValueError) as exc:  # SerialException is an OSError
             with self._lock:
                 self._open_failures += 1
+                self._open_error = _open_error_text(self._port_name, exc)
             log.debug("VE.Direct: cannot open %s: %s", self._port_name, exc)
             return False
         self._serial = port
@@ -857,6 +865,7 @@ class VEDirectReader:
                 self._reconnects += 1
             self._ever_connected = True
             self._connected = True
+            self._open_error = None
         log.info("VE.Direct: %s open", self._port_name)
         return True
 
@@ -960,3 +969,13 @@ __all__ = [
     "encode_block",
     "map_block",
 ]
+
+
+def _open_error_text(port: str, exc: BaseException) -> str:
+    """What a technician can do about a serial port that does not open."""
+    errno = getattr(exc, "errno", None)
+    if isinstance(exc, FileNotFoundError) or errno == 2:
+        return f"{port}: no such device — is the VE.Direct USB cable plugged in?"
+    if isinstance(exc, PermissionError) or errno == 13:
+        return f"{port}: permission denied — is bench-agent in group dialout?"
+    return f"{port}: {exc}"
