@@ -99,7 +99,11 @@ if [ ! -f "$root/.bootstrapped" ]; then
         { tail -20 "$work/debootstrap.log"; die "debootstrap failed (log: $work/debootstrap.log)"; }
     touch "$root/.bootstrapped"
 fi
+# What reaches the package registries from this machine: its resolver, its CA
+# bundle (a proxy of this network may sign with its own CA) and pip's settings.
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
 
 # in_root [--net] CMD...: run in the root, in private PID and mount namespaces (and a
 # private network with --net), with /proc, /sys, a minimal /dev and tmpfs /tmp, /run.
