@@ -10,6 +10,7 @@ here, and the secret is kept in a field that is excluded from `repr`.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import zoneinfo
@@ -301,6 +302,10 @@ class _Table:
             yield sub, inner
 
     def _range(self, name: str, value: float, lo: float | None, hi: float | None) -> None:
+        # nan and inf are valid TOML floats, and nan passes every comparison: a
+        # range check alone let `sample_interval_s = nan` through to a crash loop.
+        if not math.isfinite(value):
+            raise self.error(name, f"must be a finite number, got {value}")
         if lo is not None and value < lo:
             raise self.error(name, f"must be at least {lo}, got {value}")
         if hi is not None and value > hi:

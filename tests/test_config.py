@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from bench_agent.cli import main
 from bench_agent.config import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
-from tests.support import MINIMAL_CONFIG
+from tests.support import MINIMAL_CONFIG, dump_toml
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "config" / "bench-agent.toml"
@@ -266,3 +267,68 @@ def test_shipped_configs_have_the_voltage_safety_net_on() -> None:
         cfg = load_config(path)
         assert cfg.policy.battery.voltage_rule, path
         assert cfg.policy.battery.internal_resistance_ohm > 0, path
+
+
+def _numeric_keys(data: dict[str, object], prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, dict):
+            keys += _numeric_keys(value, key)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            keys.append(key)
+    return keys
+
+
+def _with_value(data: dict[str, object], key: str, value: float) -> dict[str, object]:
+    copy = copy_tree(data)
+    *tables, leaf = key.split(".")
+    inner = copy
+    for table in tables:
+        inner = inner[table]  # type: ignore[assignment]
+    inner[leaf] = value
+    return copy
+
+
+def copy_tree(data: dict[str, object]) -> dict[str, object]:
+    return {k: copy_tree(v) if isinstance(v, dict) else v for k, v in data.items()}  # type: ignore[arg-type]
+
+
+NUMERIC_KEYS = sorted(
+    {
+        (path, key)
+        for path in (REFERENCE, SIM)
+        for key in _numeric_keys(tomllib.loads(path.read_text()))
+    }
+)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize(
+    ("path", "key"), NUMERIC_KEYS, ids=[f"{p.name}:{k}" for p, k in NUMERIC_KEYS]
+)
+def test_every_number_is_finite(tmp_path: Path, path: Path, key: str, bad: float) -> None:
+    # nan and inf are valid TOML, and nan passes every range comparison.
+    data = _with_value(tomllib.loads(path.read_text()), key, bad)
+    broken = tmp_path / path.name
+    broken.write_text(dump_toml(data))
+    (tmp_path / "scenarios").mkdir(exist_ok=True)  # the sim config's relative scenario path
+    for scenario in (path.parent / "scenarios").glob("*.toml"):
+        (tmp_path / "scenarios" / scenario.name).write_text(scenario.read_text())
+    with pytest.raises(ConfigError) as raised:
+        load_config(broken)
+    assert raised.value.key == key, str(raised.value)
+
+
+def test_nan_stops_config_check_with_exit_78(tmp_path: Path) -> None:
+    path = tmp_path / "nan.toml"
+    path.write_text(MINIMAL_CONFIG.replace("[sampling]", "[sampling]\nsample_interval_s = nan"))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench_agent", "config", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "sampling.sample_interval_s: must be a finite number, got nan" in result.stderr
