@@ -1,5 +1,6 @@
 """Checks shared by the small pure modules (counters.py, uplink.py) for their
-configuration and their saved state: one wording, so every refusal reads alike."""
+configuration and their saved state: one wording, so every refusal reads alike;
+and the depth check every parser of untrusted JSON runs first."""
 
 from __future__ import annotations
 
@@ -21,3 +22,32 @@ def is_finite_number(value: object) -> TypeGuard[float]:
         return math.isfinite(value)
     except OverflowError:  # an int too large for a float, e.g. from a garbled file
         return False
+
+
+def json_nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether JSON `text` nests arrays/objects deeper than `limit` (strings skipped).
+
+    Checked before `json.loads` (commands, control socket requests), so a depth bomb
+    never reaches the recursive parser, whose RecursionError escapes `except ValueError`.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False

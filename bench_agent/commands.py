@@ -119,6 +119,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from bench_agent.checks import json_nesting_exceeds
 from bench_agent.errors import BenchAgentError, ConfigError, StorageError
 from bench_agent.statefile import replace_atomically
 
@@ -623,34 +624,6 @@ def _parse_store_line(line: bytes) -> tuple[str | None, float] | None:
 # ---------------------------------------------------------------------------
 
 
-def _nesting_exceeds(text: str, limit: int) -> bool:
-    """Whether JSON `text` nests arrays/objects deeper than `limit` (strings skipped).
-
-    Checked before `json.loads`, so a depth bomb never reaches the recursive parser.
-    """
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    depth = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif ch in "]}":
-            depth -= 1
-    return False
-
-
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Two "action" keys would let a signer and a verifier see different commands.
     obj = dict(pairs)
@@ -807,7 +780,7 @@ class CommandProcessor:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             raise CommandError("malformed", "not UTF-8") from None
-        if _nesting_exceeds(text, MAX_NESTING):
+        if json_nesting_exceeds(text, MAX_NESTING):
             raise CommandError("malformed", f"nested deeper than {MAX_NESTING}")
         try:
             obj = json.loads(

@@ -353,6 +353,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(file, "<file>", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "<file>", f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses on nested arrays: [[[[…
+        raise ConfigError(file, "<file>", "invalid TOML: nested too deeply") from None
     except OSError as exc:
         raise ConfigError(file, "<file>", exc.strerror or str(exc)) from None
     return _parse(_Table(file, "", raw), path.resolve().parent, path)

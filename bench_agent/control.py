@@ -72,12 +72,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from bench_agent.checks import json_nesting_exceeds
 from bench_agent.errors import BenchAgentError
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION: Final = 1
 MAX_LINE_BYTES: Final = 64 * 1024  # a request line, without its newline
+MAX_NESTING: Final = 16  # a request is an object of scalars and one level of params
 MAX_CLIENTS: Final = 8
 IDLE_TIMEOUT_S: Final = 60.0  # a connection that sends nothing for this long is closed
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024  # the client's bound on one response line
@@ -348,6 +350,15 @@ class ControlServer:
                 self._drop(conn)
 
     def _on_ready(self, conn: _Connection, mask: int) -> None:
+        """One connection's turn. Whatever goes wrong in it ends that connection only."""
+        try:
+            self._serve_connection(conn, mask)
+        except Exception:
+            log.exception("control socket: dropping a connection after an error")
+            with contextlib.suppress(Exception):
+                self._drop(conn)
+
+    def _serve_connection(self, conn: _Connection, mask: int) -> None:
         conn.last_active = time.monotonic()
         if mask & selectors.EVENT_READ:
             try:
@@ -452,8 +463,15 @@ class _BadRequest(ControlError):
 def _parse_request(line: bytes) -> tuple[int | str, str, dict[str, Any]]:
     """(id, method, params) of a request line; raises _BadRequest."""
     try:
-        request = json.loads(line)
-    except (UnicodeDecodeError, ValueError):
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadRequest(None, "bad_request", "not a JSON line") from None
+    # A depth bomb ([[[[…) would raise RecursionError inside json.loads.
+    if json_nesting_exceeds(text, MAX_NESTING):
+        raise _BadRequest(None, "bad_request", f"nested deeper than {MAX_NESTING} levels")
+    try:
+        request = json.loads(text)
+    except (ValueError, RecursionError):
         raise _BadRequest(None, "bad_request", "not a JSON line") from None
     if not isinstance(request, dict):
         raise _BadRequest(None, "bad_request", "a request is a JSON object")

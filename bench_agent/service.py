@@ -12,6 +12,7 @@ tells the broker the bench is offline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -280,6 +281,17 @@ class Agent:
         """The technician's socket. If it cannot be served (another agent holds it, a
         bad group) the bench goes on without it: telemetry matters more, and the
         fault tells ops."""
+        self.control_server = self._serve_control_socket()
+        # Whichever server runs at the stop (it may have been restarted). A request
+        # still waiting for the loop gets "busy" from its own timeout; the stop does
+        # not wait for it longer than this.
+        stack.callback(self._close_control_socket)
+
+    def _close_control_socket(self) -> None:
+        if self.control_server is not None:
+            self.control_server.close(CONTROL_CLOSE_WAIT_S)
+
+    def _serve_control_socket(self) -> ControlServer | None:
         server = ControlServer(
             self.cfg.control.socket,
             LocalControl(self).handle,
@@ -290,11 +302,23 @@ class Agent:
         except (OSError, ControlSocketError) as exc:
             log.error("control socket %s not served: %s", self.cfg.control.socket, exc)
             self._raise_fault("control_socket", str(exc)[:200])
-            return
-        self.control_server = server
-        # A request still waiting for the loop gets "busy" from its own timeout; the
-        # stop does not wait for it longer than this.
-        stack.callback(server.close, CONTROL_CLOSE_WAIT_S)
+            return None
+        return server
+
+    def _restart_control_socket(self) -> bool:
+        """The socket's thread ended: serve a new one (the technician's CLI must work)."""
+        fault = "thread.control_socket"
+        self._raise_fault(fault, "ended unexpectedly; restarting it")
+        old, self.control_server = self.control_server, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close(0)
+        self.control_server = self._serve_control_socket()
+        if self.control_server is None:
+            return False
+        log.warning("control socket restarted")
+        self._clear_fault(fault)
+        return True
 
     def _install_signal_handlers(self, stack: ExitStack) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -433,15 +457,18 @@ class Agent:
     def _dead_threads(self) -> list[str]:
         """The agent's threads that ended although nobody stopped them, each a fault.
 
-        A dead thread is not restarted here: its fault reaches ops, and the
-        withheld watchdog pings make systemd restart the whole agent (WatchdogSec),
-        which brings every part back in a known state.
+        The control socket is served again at once. Any other dead thread is not
+        restarted here: its fault reaches ops, and the withheld watchdog pings make
+        systemd restart the whole agent (WatchdogSec), which brings every part back
+        in a known state.
         """
         threads = {"mqtt": self.link.alive()}
         if self.charger is not None:
             threads["charger"] = self.charger.is_alive
-        if self.control_server is not None:
-            threads["control_socket"] = self.control_server.alive()
+        if self.control_server is not None and not self.control_server.alive():
+            # The technician's socket is restarted at once; only if that fails does
+            # the watchdog restart the agent.
+            threads["control_socket"] = self._restart_control_socket()
         dead = [name for name, alive in threads.items() if not alive]
         for name in dead:
             if f"thread.{name}" not in self.faults:

@@ -271,6 +271,34 @@ def test_a_bad_line_gets_an_error_and_the_connection_goes_on(
         assert read_line(s)["result"]["method"] == "echo"
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * 30_000,  # RecursionError inside json.loads, past `except ValueError`
+        b"[" * 30_000 + b"]" * 30_000,
+        b'{"v": 1, "id": 1, "method": "echo", "params": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+        b'{"v": 1, "id": 1, "method": "echo", "params": {"a": "' + b"[" * 20_000 + b'"}}',
+    ],
+    ids=["open-brackets", "balanced", "in-params", "brackets-in-a-string"],
+)
+def test_a_depth_bomb_is_a_bad_request_and_the_server_lives_on(
+    server: ControlServer, sock_path: Path, line: bytes
+) -> None:
+    with raw(sock_path) as s:
+        s.sendall(line + b"\n")
+        answer = read_line(s)
+        if b'"' + b"[" * 100 in line:  # brackets inside a string are just text
+            assert answer["ok"] is True
+        else:
+            assert answer["error"]["code"] == "bad_request"
+        s.sendall(request("echo", 2))
+        assert read_line(s)["result"]["method"] == "echo"
+    assert server.alive()
+    with raw(sock_path) as again:  # a new connection too
+        again.sendall(request("echo", 3))
+        assert read_line(again)["id"] == 3
+
+
 def test_blank_lines_are_ignored(server: ControlServer, sock_path: Path) -> None:
     with raw(sock_path) as s:
         s.sendall(b"\n  \n" + request("echo", 3))

@@ -409,3 +409,43 @@ def test_a_thread_killed_by_an_exception_is_a_fault_and_stops_the_watchdog(
         notify.close()
     assert not thread.is_alive()
     assert not errors, errors
+
+
+@pytest.mark.integration
+def test_a_dead_control_socket_thread_is_a_fault_and_is_served_again(
+    broker: Broker, recorder: Recorder, tmp_path: Path
+) -> None:
+    agent = Agent(load_config(sim_config(tmp_path, broker.port)))
+    thread = threading.Thread(target=agent.run, name="agent-under-test")
+    thread.start()
+    socket_path = tmp_path / "control.sock"
+
+    def technician_status() -> int:
+        command = [sys.executable, "-m", "bench_agent", "--socket", str(socket_path), "status"]
+        return subprocess.run(command, capture_output=True, check=False, timeout=30).returncode
+
+    try:
+        recorder.wait_for("status", lambda p: p["online"] is True, 30)
+        wait_until(lambda: technician_status() == 0, 30, "the control socket")
+        first = agent.control_server
+        assert first is not None
+        # The server loop fails (its selector is gone) and its thread ends.
+        first._selector.close()
+        first._wake_w.send(b"x")  # type: ignore[union-attr]
+        raised = recorder.wait_for(
+            "event",
+            lambda p: p["type"] == "fault_raised" and p["fault"] == "thread.control_socket",
+            30,
+        )
+        assert "restart" in raised["detail"]
+        recorder.wait_for(
+            "event",
+            lambda p: p["type"] == "fault_cleared" and p["fault"] == "thread.control_socket",
+            30,
+        )
+        assert agent.control_server is not first
+        assert technician_status() == 0
+    finally:
+        agent.request_stop()
+        thread.join(30)
+    assert not thread.is_alive()
