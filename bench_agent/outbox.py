@@ -98,7 +98,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Generator, Iterable, Iterator
+from collections.abc import Collection, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -711,14 +711,7 @@ class Outbox:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = self._open_checked()
             except _CorruptError as exc:
-                if replaced:  # a fresh file is corrupt too: the medium is failing
-                    self._write_fault = FAULT_IO
-                    return
-                log.error("outbox: %s is unusable (%s); moving it aside", self.path, exc)
-                try:
-                    self.replaced_as = self._move_aside()
-                except OSError as move_exc:
-                    self._write_fault = self._classify(move_exc)
+                if not self._set_aside(exc, replaced):
                     return
                 replaced = True
                 continue
@@ -728,6 +721,14 @@ class Outbox:
                 return
             try:
                 self._load(conn, replaced=replaced)
+            except _CorruptError as exc:  # it passed the quick check, but holds nonsense
+                _rollback(conn)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+                if not self._set_aside(exc, replaced):
+                    return
+                replaced = True
+                continue
             except (sqlite3.Error, OSError) as exc:
                 _rollback(conn)
                 with contextlib.suppress(sqlite3.Error):
@@ -741,6 +742,19 @@ class Outbox:
             if not self._open_writes_due:
                 self._write_fault = None  # opened and writable again
             return
+
+    def _set_aside(self, exc: _CorruptError, replaced: bool) -> bool:
+        """Move an unusable file aside for a fresh one; False when that is not possible."""
+        if replaced:  # a fresh file is corrupt too: the medium is failing
+            self._write_fault = FAULT_IO
+            return False
+        log.error("outbox: %s is unusable (%s); moving it aside", self.path, exc)
+        try:
+            self.replaced_as = self._move_aside()
+        except OSError as move_exc:
+            self._write_fault = self._classify(move_exc)
+            return False
+        return True
 
     def _open_checked(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -793,7 +807,7 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM outbox"
         ).fetchone()
         conn.execute("COMMIT")  # writes only for a new file
-        db_last = max(int(meta.get("last_seq", 0)), int(max_seq))
+        db_last = max(_stored_int(meta, "last_seq"), _stored_int({"seq": max_seq}, "seq"))
         floor = self._read_floor()
         power_lost = meta.get("clean", 1) == 0 and (
             not self._boot_id or meta.get("boot_id") != self._boot_id
@@ -810,11 +824,11 @@ class Outbox:
             if last != db_last:
                 log.warning("outbox: seq resumes at %d (was %d in the file)", last + 1, db_last)
         self._last_seq = last
-        self._count = int(count)
-        self._bytes = int(total)
+        self._count = _stored_int({"count": count}, "count")
+        self._bytes = _stored_int({"size": total}, "size")
         self._pending_acks.clear()
-        self._drops_total = int(meta.get("drops_total", 0))
-        self._drops_reported = int(meta.get("drops_reported", 0))
+        self._drops_total = _stored_int(meta, "drops_total")
+        self._drops_reported = _stored_int(meta, "drops_reported")
         # On a full or read-only disk the backlog must still be readable and sent:
         # keep the connection and let the first `put` do these writes (or fail).
         self._open_writes_due = True
@@ -872,6 +886,18 @@ class Outbox:
                 with contextlib.suppress(FileNotFoundError):
                     victim.unlink()
         return target
+
+
+def _stored_int(values: Mapping[str, Any], key: str) -> int:
+    """A non-negative integer the file holds (0 when absent); _CorruptError when it holds
+    anything else: a file that passes SQLite's quick check can still hold nonsense, and
+    that must end like a corrupt file (set aside, a fresh one, a fault), not in a crash."""
+    value = values.get(key, 0)
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _CorruptError(f"stored {key} is {value!r}, not a count")
+    return value
 
 
 def _set_meta(conn: sqlite3.Connection, key: str, value: int | str) -> None:

@@ -506,6 +506,37 @@ def test_corrupt_file_is_replaced_and_seq_keeps_increasing(db: Path, damage: str
     assert seqs_in_file(db) == [seq]
 
 
+@pytest.mark.parametrize(
+    ("statement", "value"),
+    [
+        ("UPDATE meta SET value = ? WHERE key = 'last_seq'", "not-a-number"),
+        ("INSERT OR REPLACE INTO meta (key, value) VALUES ('drops_total', ?)", -5),
+        ("UPDATE meta SET value = ? WHERE key = 'last_seq'", 3.5),
+        ("INSERT OR REPLACE INTO meta (key, value) VALUES ('drops_reported', ?)", b"\x00"),
+    ],
+    ids=["text-seq-floor", "negative-drops", "fractional-seq", "blob-drops"],
+)
+def test_a_file_holding_nonsense_ends_like_a_corrupt_one(
+    db: Path, statement: str, value: object
+) -> None:
+    # It passes SQLite's quick check; before, Outbox.open raised ValueError: a crash loop.
+    with Outbox(db, max_bytes=10_000_000, boot_id=BOOT) as box:
+        last = 0
+        for i in range(SEQ_FLOOR_EVERY + 3):
+            last = put(box, {"i": i})
+    conn = sqlite3.connect(db)
+    conn.execute(statement, (value,))
+    conn.commit()
+    conn.close()
+    box = Outbox(db, max_bytes=10_000_000, boot_id=BOOT).open()  # never raises
+    try:
+        assert box.fault == FAULT_CORRUPT_REPLACED
+        assert box.replaced_as == db.with_name(db.name + ".corrupt-1")
+        assert put(box) > last  # never a seq issued before
+    finally:
+        box.close()
+
+
 def test_corrupt_copies_are_bounded(db: Path) -> None:
     for _ in range(5):
         db.write_bytes(b"garbage!" * 1000)
