@@ -20,7 +20,6 @@ from bench_agent import __version__, techcli
 from bench_agent.config import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
 from bench_agent.logsetup import register_secret, setup_logging
-from bench_agent.preflight import deployment_problems
 
 DEFAULT_CONFIG = os.environ.get("BENCH_AGENT_CONFIG", "/etc/bench-agent/bench-agent.toml")
 EXIT_FAILURE = 1
@@ -121,6 +120,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         assert code is not None
         return code
     if args.command == "config":
+        # Here, not at the top: the technician's commands need neither (nor PyNaCl).
+        from bench_agent.commands import load_trusted_keys  # noqa: PLC0415
+        from bench_agent.preflight import deployment_problems  # noqa: PLC0415
+
         cfg = load_config(args.config)
         problems = deployment_problems(cfg)
         for problem in problems:
@@ -131,6 +134,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if any(problem.error for problem in problems):
             return EXIT_CONFIG
         print(f"{cfg.source}: ok (bench {cfg.bench.id}, {cfg.hardware.backend} backend)")
+        keys = cfg.commands.trusted_keys
+        if keys.is_dir():
+            ids = sorted(load_trusted_keys(keys, on_bad_key=lambda _exc: None))
+            print(f"trusted ops keys in {keys}: {', '.join(ids) if ids else 'none'}")
         return 0
     if args.command == "run":
         cfg = load_config(args.config)  # before touching any hardware

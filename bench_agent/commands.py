@@ -446,12 +446,29 @@ def parse_public_key(text: str, file: str = "<key>") -> VerifyKey:
 
 def load_trusted_keys(
     source: Path | str | Iterable[Path | str],
+    on_bad_key: Callable[[ConfigError], None] | None = None,
 ) -> dict[str, VerifyKey]:
     """The trusted keys, by key id (the file name without `.pub`).
 
     `source` is a directory (every `*.pub` file in it), one file, or several files.
-    Raises `ConfigError` naming the file on any unusable key or duplicate id.
+    An unusable key file or a duplicate id raises `ConfigError` naming the file;
+    with `on_bad_key`, that file is skipped and the error handed to it instead
+    (the bench: one bad file pushed to a fleet must not stop every bench).
     """
+    keys: dict[str, VerifyKey] = {}
+    for p in _key_files(source):
+        try:
+            key_id, key = _load_key_file(p, keys)
+        except ConfigError as exc:
+            if on_bad_key is None:
+                raise
+            on_bad_key(exc)
+            continue
+        keys[key_id] = key
+    return keys
+
+
+def _key_files(source: Path | str | Iterable[Path | str]) -> list[Path]:
     paths: list[Path] = []
     sources = [source] if isinstance(source, str | Path) else list(source)
     for item in sources:
@@ -460,24 +477,23 @@ def load_trusted_keys(
             paths.extend(sorted(p.glob("*.pub")))
         else:
             paths.append(p)
-    keys: dict[str, VerifyKey] = {}
-    for p in paths:
-        key_id = p.name.removesuffix(".pub")
-        if not KEY_ID_PATTERN.fullmatch(key_id):
-            raise ConfigError(
-                str(p), "<key>", "file name must be <key_id>.pub, key_id A-Za-z0-9._-"
-            )
-        if key_id in keys:
-            raise ConfigError(str(p), "<key>", f"key id {key_id!r} is defined twice")
-        try:
-            with p.open("rb") as f:
-                data = f.read(8193)
-        except OSError as exc:
-            raise ConfigError(str(p), "<key>", exc.strerror or str(exc)) from None
-        if len(data) > 8192:
-            raise ConfigError(str(p), "<key>", "too large for a public key")
-        keys[key_id] = parse_public_key(data.decode("ascii", "replace"), str(p))
-    return keys
+    return paths
+
+
+def _load_key_file(p: Path, loaded: Mapping[str, VerifyKey]) -> tuple[str, VerifyKey]:
+    key_id = p.name.removesuffix(".pub")
+    if not KEY_ID_PATTERN.fullmatch(key_id):
+        raise ConfigError(str(p), "<key>", "file name must be <key_id>.pub, key_id A-Za-z0-9._-")
+    if key_id in loaded:
+        raise ConfigError(str(p), "<key>", f"key id {key_id!r} is defined twice")
+    try:
+        with p.open("rb") as f:
+            data = f.read(8193)
+    except OSError as exc:
+        raise ConfigError(str(p), "<key>", exc.strerror or str(exc)) from None
+    if len(data) > 8192:
+        raise ConfigError(str(p), "<key>", "too large for a public key")
+    return key_id, parse_public_key(data.decode("ascii", "replace"), str(p))
 
 
 # ---------------------------------------------------------------------------

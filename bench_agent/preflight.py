@@ -20,6 +20,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_agent.commands import load_trusted_keys
 from bench_agent.config import Config, MqttConfig
 
 
@@ -95,6 +96,14 @@ def deployment_problems(cfg: Config) -> list[Problem]:
         )
     elif not os.access(keys, os.R_OK | os.X_OK):
         problems.append(Problem("commands.trusted_keys", f"{keys}: not readable by this user"))
+    else:
+        # The agent skips a bad key file (a fault); before deployment it is an error.
+        load_trusted_keys(
+            keys,
+            on_bad_key=lambda exc: problems.append(
+                Problem("commands.trusted_keys", f"{exc.file}: {exc.problem} — it would be skipped")
+            ),
+        )
     if cfg.charger is not None and cfg.hardware.backend == "pi":
         directory = cfg.charger.port.parent
         if not directory.is_dir():

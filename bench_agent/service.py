@@ -68,6 +68,8 @@ UPLINK_FILE = "uplink-recovery.json"
 COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much counting
 WIFI_CLIENTS_EVERY_S = 60.0
 MAX_PENDING_REPLIES = 256
+# Ops' key files that could not be used (skipped; commands signed with them refused).
+OPS_KEYS_FAULT = "ops_keys"
 # The bench's own side of the uplink cannot be set up (TLS files): not the broker's fault.
 MQTT_SETUP_FAULT = "mqtt_setup"
 # Faults that Hardware.faults() owns: raised while present there, cleared when gone.
@@ -158,6 +160,7 @@ class Agent:
         self.link: MqttLink
         self.publisher: Publisher
         self.control_server: ControlServer | None = None
+        self._key_problems: str | None = None  # the bad ops key files, for the fault
 
     # -- wiring -----------------------------------------------------------------
 
@@ -238,6 +241,7 @@ class Agent:
             self._published_state_version = -1
             if self.outbox.fault:
                 self._raise_fault("storage", self.outbox.fault)
+            self._set_fault(OPS_KEYS_FAULT, self._key_problems)
             self.commands = CommandProcessor(
                 AgentCommands(self),
                 bench_id=self.cfg.bench.id,
@@ -509,12 +513,12 @@ class Agent:
             )
             return
         try:
-            # Before anything changes: a bad key file refuses the whole reload.
-            trusted_keys = self._trusted_keys(new)
-        except (ConfigError, OSError) as exc:
+            trusted_keys = self._trusted_keys(new)  # a bad key file is skipped, a fault
+        except OSError as exc:  # the directory itself cannot be read
             log.error("configuration not reloaded: %s", exc)
             self.emit_event("config_reload_refused", {"reason": "invalid", "detail": str(exc)})
             return
+        self._set_fault(OPS_KEYS_FAULT, self._key_problems)
         self.controller.policy = new.policy
         self.commands.reconfigure(
             trusted_keys=trusted_keys,
@@ -532,13 +536,19 @@ class Agent:
         self.emit_event("config_reloaded", {"tables": changed})
         self._publish_state(force=True)
 
-    @staticmethod
-    def _trusted_keys(cfg: Config) -> dict[str, Any]:
+    def _trusted_keys(self, cfg: Config) -> dict[str, Any]:
+        """Ops' keys. A bad key file is skipped (commands signed with it are refused)
+        and is the `ops_keys` fault: one flawed key pushed to a fleet must not stop
+        every bench (exit 78 is never restarted)."""
+        bad: list[str] = []
         keys = (
-            load_trusted_keys(cfg.commands.trusted_keys)
+            load_trusted_keys(cfg.commands.trusted_keys, on_bad_key=lambda e: bad.append(str(e)))
             if cfg.commands.trusted_keys.is_dir()
             else {}
         )
+        for problem in bad:
+            log.error("ops key skipped: %s", problem)
+        self._key_problems = "; ".join(bad)[:500] or None
         if not keys:
             log.warning(
                 "no trusted ops keys in %s: signed commands will be refused",

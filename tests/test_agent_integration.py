@@ -393,19 +393,23 @@ def test_sighup_applies_policy_live_and_refuses_what_needs_a_restart(
         20,
     )
     assert "mqtt" in refused["tables"]
-    # A broken ops key file refuses the whole reload too; the agent goes on.
+    # A broken ops key file is skipped with a fault; the rest of the reload applies.
     sim_config(tmp_path, broker.port, {"commands": {"trusted_keys": str(keys)}, **schedule})
     (keys / "ops-bad.pub").write_text("not a key\n")
     agent.signal(signal.SIGHUP)
-    refused = recorder.wait_for(
-        "event",
-        lambda p: p["type"] == "config_reload_refused" and "ops-bad.pub" in p.get("detail", ""),
-        20,
+    fault = recorder.wait_for(
+        "event", lambda p: p["type"] == "fault_raised" and p["fault"] == "ops_keys", 20
     )
-    assert refused["reason"] == "invalid"
+    assert "ops-bad.pub" in fault["detail"]
     seq_before = max(recorder.all_seqs())
     wait_until(lambda: max(recorder.all_seqs()) > seq_before + 1, 20, "telemetry goes on")
-    assert len(events_of("config_reloaded")) == 1
+    assert len(events_of("config_reloaded")) == 2
+    # Removing the file clears the fault at the next reload.
+    (keys / "ops-bad.pub").unlink()
+    agent.signal(signal.SIGHUP)
+    recorder.wait_for(
+        "event", lambda p: p["type"] == "fault_cleared" and p["fault"] == "ops_keys", 20
+    )
     assert agent.stop() == 0
 
 
@@ -509,4 +513,21 @@ def test_the_days_counters_survive_a_restart(
     assert again["date"] == first["date"]
     # Carried on, not started from zero: one record after a restart harvests ~7 Wh.
     assert again["solar_wh"] >= first["solar_wh"]
+    assert agent.stop() == 0
+
+
+def test_a_bad_ops_key_file_at_start_is_skipped_with_a_fault_not_exit_78(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    # A flawed key pushed to a fleet used to exit 78 at the next start: never restarted.
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "ops-bad.pub").write_text("-----BEGIN PRIVATE KEY-----\nnope\n")
+    agent = start_agent(broker.port, {"commands": {"trusted_keys": str(keys)}})
+    recorder.wait_for("status", lambda p: p["online"] is True, 30)
+    state = recorder.wait_for("state", lambda p: "ops_keys" in {f["name"] for f in p["faults"]})
+    detail = {f["name"]: f["detail"] for f in state["faults"]}["ops_keys"]
+    assert "ops-bad.pub" in detail and "PRIVATE key" in detail
+    assert "nope" not in agent.log  # the file's content is never logged
+    assert agent.proc.poll() is None
     assert agent.stop() == 0

@@ -236,7 +236,7 @@ def config_check(tmp_path: Path, pki: Path, **changes: str) -> subprocess.Comple
 def test_config_check_passes_good_tls_files(tmp_path: Path, pki: Path) -> None:
     done = config_check(tmp_path, pki)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith("ok (bench tgk-alun-alun-01, pi backend)")
+    assert done.stdout.splitlines()[0].endswith("ok (bench tgk-alun-alun-01, pi backend)")
 
 
 @pytest.mark.parametrize(
@@ -449,3 +449,22 @@ def test_a_dead_control_socket_thread_is_a_fault_and_is_served_again(
         agent.request_stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_config_check_loads_the_ops_keys_and_names_a_bad_one(tmp_path: Path, pki: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    reference_config(tmp_path, 8883, **tls_settings(pki))
+    public = Ed25519PrivateKey.generate().public_key()
+    (tmp_path / "ops-keys" / "ops-1.pub").write_bytes(
+        public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    good = cli(tmp_path, "config", "check")
+    assert good.returncode == 0, good.stderr
+    assert f"trusted ops keys in {tmp_path / 'ops-keys'}: ops-1" in good.stdout
+    (tmp_path / "ops-keys" / "ops-2.pub").write_text("not a key\n")
+    bad = cli(tmp_path, "config", "check")
+    assert bad.returncode == 78
+    assert "commands.trusted_keys" in bad.stderr and "ops-2.pub" in bad.stderr
+    assert "neither PEM nor base64" in bad.stderr
