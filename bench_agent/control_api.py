@@ -25,6 +25,7 @@ from bench_agent.errors import ConfigError
 from bench_agent.hardware.backend import I2C_FAULT
 from bench_agent.hardware.pins import GPIO_FAULT
 from bench_agent.i18n import N_
+from bench_agent.preflight import cleartext_password
 
 if TYPE_CHECKING:
     from bench_agent.service import Agent
@@ -258,6 +259,15 @@ def selftest(agent: Agent) -> list[dict[str, Any]]:
                 )
             )
     mqtt = agent.cfg.mqtt
+    if cleartext_password(mqtt) is not None:
+        checks.append(
+            _check(
+                "broker_security",
+                False,
+                N_("the MQTT password is sent in clear text (no TLS)"),
+                N_("configure TLS in [mqtt]: ca_file, cert_file, key_file"),
+            )
+        )
     where = f"{mqtt.host}:{mqtt.port}{' TLS' if mqtt.tls else ''}"
     if agent.link.connected:
         checks.append(_check("broker", True, where))

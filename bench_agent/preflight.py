@@ -82,9 +82,22 @@ def tls_problems(mqtt: MqttConfig) -> list[Problem]:
     return problems
 
 
+def cleartext_password(mqtt: MqttConfig) -> Problem | None:
+    """A password configured for a broker without TLS: anyone on the path reads it."""
+    if mqtt.password is None or mqtt.tls:
+        return None
+    return Problem(
+        "mqtt.tls",
+        "the MQTT password is sent in clear text (no TLS): set ca_file, or tls = true",
+        error=False,
+    )
+
+
 def deployment_problems(cfg: Config) -> list[Problem]:
     """Every problem with the files the configuration names, errors first."""
     problems = tls_problems(cfg.mqtt)
+    if (cleartext := cleartext_password(cfg.mqtt)) is not None:
+        problems.append(cleartext)
     keys = cfg.commands.trusted_keys
     if not keys.is_dir():
         problems.append(

@@ -51,6 +51,7 @@ from bench_agent.mqtt import (
 )
 from bench_agent.outbox import Kind, Outbox, OutboxItem, OutboxStats
 from bench_agent.policy import Override
+from bench_agent.preflight import cleartext_password
 from bench_agent.publisher import Publisher
 from bench_agent.sampler import Sampler
 from bench_agent.soc import CHEMISTRIES, SocEstimator
@@ -239,6 +240,8 @@ class Agent:
             self._override_before_cycle: Override | None = None
             self._uplink_cfg_pending: UplinkConfig | None = None
             self._published_state_version = -1
+            if (cleartext := cleartext_password(self.cfg.mqtt)) is not None:
+                log.warning("SECURITY: %s", cleartext.message)
             if self.outbox.fault:
                 self._raise_fault("storage", self.outbox.fault)
             self._set_fault(OPS_KEYS_FAULT, self._key_problems)

@@ -468,3 +468,38 @@ def test_config_check_loads_the_ops_keys_and_names_a_bad_one(tmp_path: Path, pki
     assert bad.returncode == 78
     assert "commands.trusted_keys" in bad.stderr and "ops-2.pub" in bad.stderr
     assert "neither PEM nor base64" in bad.stderr
+
+
+@pytest.mark.integration
+def test_a_password_without_tls_is_a_loud_warning_everywhere(
+    broker: Broker, recorder: Recorder, tmp_path: Path
+) -> None:
+    password = tmp_path / "mqtt-password"
+    password.write_text("hunter2-hunter2\n")
+    config = sim_config(
+        tmp_path,
+        broker.port,
+        {"mqtt": {"username": "bench", "password_file": str(password)}},
+    )
+    checked = cli(tmp_path, "config", "check")
+    assert checked.returncode == 0
+    assert "warning" in checked.stderr and "clear text" in checked.stderr
+    agent = AgentProcess(config, tmp_path)
+    try:
+        recorder.wait_for("status", lambda p: p["online"] is True, 30)
+        wait_until(lambda: "SECURITY:" in agent.log, 10, "the warning at start")
+        socket_path = str(tmp_path / "control.sock")
+        for lang, words in ((EN, "clear text"), (ID, "tanpa enkripsi")):
+            selftest = subprocess.run(
+                [sys.executable, "-m", "bench_agent", "--socket", socket_path, "selftest"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **lang, "PYTHONPATH": str(REPO)},
+                check=False,
+            )
+            line = next(x for x in selftest.stdout.splitlines() if "broker_security" in x)
+            assert words in line, selftest.stdout
+        assert "hunter2" not in agent.log
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
