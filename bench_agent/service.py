@@ -792,10 +792,13 @@ class Agent:
         reading = self.charger_reading.reading
         fields = {name: getattr(reading, name) for name in CHARGER_FIELDS}
         # JSON has no infinity: a BMV's "time to go: infinite" is sent as null.
-        return {
+        summary: dict[str, Any] = {
             k: (None if isinstance(v, float) and v == float("inf") else v)
             for k, v in fields.items()
         }
+        # Values refused since the start (garbage, out of physical range): sent as null.
+        summary["bad_fields"] = self.charger.stats.value_errors if self.charger else 0
+        return summary
 
     def health(self, mono_s: float) -> dict[str, Any]:
         stats = self.outbox.stats()

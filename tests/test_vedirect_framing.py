@@ -368,3 +368,38 @@ def test_a_valid_block_after_any_garbage_is_recovered(garbage: bytes) -> None:
         # lines that happen to complete its checksum come along with it).
         expected = {"PID": "0xA05F", "V": "12810", "I": "-10", "CS": "3"}
         assert any(expected.items() <= b.fields.items() for b in blocks[:-1])
+
+
+@pytest.mark.parametrize(
+    ("label", "text", "field"),
+    [
+        ("SER#", "HQ\x1b[2J1234", "serial_number"),  # a terminal escape code
+        ("SER#", "HQ\x001234", "serial_number"),  # NUL
+        ("SER#", "<script>x</script>", "serial_number"),  # markup for a dashboard
+        ("SER#", "H" * 33, "serial_number"),  # longer than any serial number
+        ("FW", "1.39\x07", "firmware"),
+        ("PPV", "9" * 120, "panel_watts"),  # 120 digits
+        ("PPV", "-5", "panel_watts"),  # a panel does not take power
+        ("V", "250000", "battery_volts"),  # 250 V on a 12-48 V bench
+        ("SOC", "1500", "state_of_charge_pct"),  # 150 %
+        ("I", "-99999999", "battery_amps"),
+        ("CS", "99999999999", "charge_state"),
+        ("PID", "0x" + "F" * 40, "product_id"),
+    ],
+)
+def test_hostile_charger_values_become_null_and_are_counted(
+    label: str, text: str, field: str
+) -> None:
+    good = {"V": "13210", "SER#": "HQ1234ABCDE", "PPV": "37"}
+    reading = map_block({**good, label: text})
+    assert getattr(reading, field) is None
+    assert label in reading.invalid_labels
+    # The other fields are untouched.
+    for other, value in good.items():
+        if other != label:
+            assert other not in reading.invalid_labels, value
+
+
+def test_unmapped_labels_are_kept_only_when_printable() -> None:
+    reading = map_block({"BMV": "712 Smart", "X\x1b": "1", "Y": "a\x00b"})
+    assert dict(reading.extra) == {"BMV": "712 Smart"}

@@ -485,8 +485,37 @@ class ChargerReading:
         return _bit_names(self.alarm_reason_mask, ALARM_REASON_BITS)
 
 
+MAX_TEXT_CHARS: Final = 32  # a serial number or firmware string; anything longer is garbage
+MAX_DIGITS: Final = 12  # no VE.Direct value has more; a 120-digit PPV is line noise
+
+
 def _int(text: str) -> int:
-    return int(text.strip(), 10)
+    text = text.strip()
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError("too many digits")
+    return int(text, 10)
+
+
+def _within(parse: Callable[[str], Any], lo: float, hi: float) -> Callable[[str], Any]:
+    """`parse`, refusing values outside what the device can physically report."""
+
+    def parse_within(text: str) -> Any:
+        value = parse(text)
+        if isinstance(value, int | float) and not math.isinf(value) and not lo <= value <= hi:
+            raise ValueError(f"{value} outside [{lo}, {hi}]")
+        return value
+
+    return parse_within
+
+
+def _printable(text: str) -> str:
+    """Printable ASCII of bounded length: no escape codes, NUL or markup reach ops."""
+    text = text.strip()
+    if not text or len(text) > MAX_TEXT_CHARS or not all(" " <= ch <= "~" for ch in text):
+        raise ValueError("not printable ASCII of at most 32 characters")
+    if any(ch in text for ch in '<>&"\\'):
+        raise ValueError("markup characters")
+    return text
 
 
 def _scaled(divisor: float) -> Callable[[str], float]:
@@ -508,7 +537,7 @@ def _on_off(text: str) -> bool:
 def _named(names: Mapping[int, str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         code = _int(text)
-        if code < 0:
+        if not 0 <= code <= 0xFFFF:
             raise ValueError(text)
         return names.get(code, f"unknown_{code}")
 
@@ -516,6 +545,8 @@ def _named(names: Mapping[int, str]) -> Callable[[str], str]:
 
 
 def _hex(text: str) -> int:
+    if len(text.strip()) > MAX_DIGITS:
+        raise ValueError("too many digits")
     value = int(text.strip(), 16)  # accepts "0xA05F" and "A05F"
     if value < 0:
         raise ValueError(text)
@@ -523,20 +554,12 @@ def _hex(text: str) -> int:
 
 
 def _firmware(text: str) -> str:
-    text = text.strip()
-    if not text:
-        raise ValueError(text)
+    text = _printable(text)
     # "139" is 1.39 on an MPPT, "0308" is 3.08 on a BMV; other forms (betas) stay raw.
     if text.isdigit():
         number = int(text)
         return f"{number // 100}.{number % 100:02d}"
     return text
-
-
-def _nonempty(text: str) -> str:
-    if not text.strip():
-        raise ValueError(text)
-    return text.strip()
 
 
 def _time_to_go(text: str) -> float:
@@ -551,53 +574,63 @@ def _time_to_go(text: str) -> float:
 _MV = _scaled(1000.0)
 _CENTI = _scaled(100.0)
 
+# Physical bounds, generous for every VE.Direct device up to 48 V systems: a value
+# outside them is line noise or a hostile device, and becomes null (a bad field).
+_VOLTS = (-1.0, 100.0)  # battery and aux, V
+_PANEL_VOLTS = (0.0, 300.0)
+_AMPS = (-1000.0, 1000.0)
+_WATTS = (-100_000.0, 100_000.0)
+_KWH = (0.0, 1_000_000.0)
+_AH = (-1_000_000.0, 1_000_000.0)
+_COUNT = (0, 10_000_000)
+
 # label -> (ChargerReading field, parser)
 _FIELD_MAP: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = MappingProxyType(
     {
-        "V": ("battery_volts", _MV),
-        "I": ("battery_amps", _MV),
-        "PID": ("product_id", _hex),
+        "V": ("battery_volts", _within(_MV, *_VOLTS)),
+        "I": ("battery_amps", _within(_MV, *_AMPS)),
+        "PID": ("product_id", _within(_hex, 0, 0xFFFF)),
         "FW": ("firmware", _firmware),
-        "SER#": ("serial_number", _nonempty),
-        "VPV": ("panel_volts", _MV),
-        "PPV": ("panel_watts", _int),
-        "IL": ("load_amps", _MV),
+        "SER#": ("serial_number", _printable),
+        "VPV": ("panel_volts", _within(_MV, *_PANEL_VOLTS)),
+        "PPV": ("panel_watts", _within(_int, 0, 100_000)),
+        "IL": ("load_amps", _within(_MV, *_AMPS)),
         "LOAD": ("load_on", _on_off),
         "CS": ("charge_state", _named(CHARGE_STATES)),
         "MPPT": ("mppt_mode", _named(MPPT_MODES)),
         "ERR": ("error", _named(ERRORS)),
-        "OR": ("off_reason_mask", _hex),
-        "H19": ("yield_total_kwh", _CENTI),
-        "H20": ("yield_today_kwh", _CENTI),
-        "H21": ("max_power_today_w", _int),
-        "H22": ("yield_yesterday_kwh", _CENTI),
-        "H23": ("max_power_yesterday_w", _int),
-        "HSDS": ("day_sequence", _int),
-        "P": ("battery_watts", _int),
-        "CE": ("consumed_ah", _MV),
-        "SOC": ("state_of_charge_pct", _scaled(10.0)),
-        "TTG": ("time_to_go_min", _time_to_go),
+        "OR": ("off_reason_mask", _within(_hex, 0, 0xFFFFFFFF)),
+        "H19": ("yield_total_kwh", _within(_CENTI, *_KWH)),
+        "H20": ("yield_today_kwh", _within(_CENTI, *_KWH)),
+        "H21": ("max_power_today_w", _within(_int, 0, 100_000)),
+        "H22": ("yield_yesterday_kwh", _within(_CENTI, *_KWH)),
+        "H23": ("max_power_yesterday_w", _within(_int, 0, 100_000)),
+        "HSDS": ("day_sequence", _within(_int, 0, 366)),
+        "P": ("battery_watts", _within(_int, *_WATTS)),
+        "CE": ("consumed_ah", _within(_MV, *_AH)),
+        "SOC": ("state_of_charge_pct", _within(_scaled(10.0), 0, 100)),
+        "TTG": ("time_to_go_min", _within(_time_to_go, 0, 10_000_000)),
         "Alarm": ("alarm", _on_off),
         "Relay": ("relay", _on_off),
-        "AR": ("alarm_reason_mask", _int),
-        "H1": ("deepest_discharge_ah", _MV),
-        "H2": ("last_discharge_ah", _MV),
-        "H3": ("average_discharge_ah", _MV),
-        "H4": ("charge_cycles", _int),
-        "H5": ("full_discharges", _int),
-        "H6": ("cumulative_ah_drawn", _MV),
-        "H7": ("min_battery_volts", _MV),
-        "H8": ("max_battery_volts", _MV),
-        "H9": ("seconds_since_full_charge", _int),
-        "H10": ("automatic_syncs", _int),
-        "H11": ("low_voltage_alarms", _int),
-        "H12": ("high_voltage_alarms", _int),
-        "H13": ("low_aux_voltage_alarms", _int),
-        "H14": ("high_aux_voltage_alarms", _int),
-        "H15": ("min_aux_volts", _MV),
-        "H16": ("max_aux_volts", _MV),
-        "H17": ("discharged_energy_kwh", _CENTI),
-        "H18": ("charged_energy_kwh", _CENTI),
+        "AR": ("alarm_reason_mask", _within(_int, 0, 0xFFFF)),
+        "H1": ("deepest_discharge_ah", _within(_MV, *_AH)),
+        "H2": ("last_discharge_ah", _within(_MV, *_AH)),
+        "H3": ("average_discharge_ah", _within(_MV, *_AH)),
+        "H4": ("charge_cycles", _within(_int, *_COUNT)),
+        "H5": ("full_discharges", _within(_int, *_COUNT)),
+        "H6": ("cumulative_ah_drawn", _within(_MV, *_AH)),
+        "H7": ("min_battery_volts", _within(_MV, *_VOLTS)),
+        "H8": ("max_battery_volts", _within(_MV, *_VOLTS)),
+        "H9": ("seconds_since_full_charge", _within(_int, 0, 10_000_000_000)),
+        "H10": ("automatic_syncs", _within(_int, *_COUNT)),
+        "H11": ("low_voltage_alarms", _within(_int, *_COUNT)),
+        "H12": ("high_voltage_alarms", _within(_int, *_COUNT)),
+        "H13": ("low_aux_voltage_alarms", _within(_int, *_COUNT)),
+        "H14": ("high_aux_voltage_alarms", _within(_int, *_COUNT)),
+        "H15": ("min_aux_volts", _within(_MV, *_VOLTS)),
+        "H16": ("max_aux_volts", _within(_MV, *_VOLTS)),
+        "H17": ("discharged_energy_kwh", _within(_CENTI, *_KWH)),
+        "H18": ("charged_energy_kwh", _within(_CENTI, *_KWH)),
     }
 )
 
@@ -610,7 +643,10 @@ def map_block(fields: Mapping[str, str]) -> ChargerReading:
     for label, text in fields.items():
         mapping = _FIELD_MAP.get(label)
         if mapping is None:
-            extra[label] = text
+            # Kept for debugging only, and only when harmless to show.
+            with contextlib.suppress(ValueError):
+                if _printable(label) == label:
+                    extra[label] = _printable(text)
             continue
         name, parse = mapping
         try:
