@@ -748,11 +748,14 @@ class CommandProcessor:
                 self.rejections["internal"] += 1
                 return _encode(error_reply(None, "internal", "internal error"))
 
-    def handle_local(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def handle_local(
+        self, request: Mapping[str, Any], source: str = SOURCE_TECHNICIAN
+    ) -> dict[str, Any]:
         """Run a technician's request ``{"action", "args"?, "id"?}``; return the reply.
 
         The Unix socket is protected by its file permissions: no signature, no
-        replay or age checks. Source "technician".
+        replay or age checks. `source`: "technician", or "technician:uid=N(name)"
+        with the local user the socket's peer credentials name.
         """
         with self._lock:
             command_id: str | None = None
@@ -780,7 +783,7 @@ class CommandProcessor:
             except Exception:
                 log.exception("commands: internal error on a local request")
                 return error_reply(command_id, "internal", "internal error")
-            return self._execute(command_id, action, args, SOURCE_TECHNICIAN, None)
+            return self._execute(command_id, action, args, source, None)
 
     def stats(self) -> dict[str, int]:
         """Rejected commands by error code, since start (for health telemetry)."""

@@ -49,7 +49,7 @@ Methods the daemon offers (durations in seconds, energies in Wh unless named):
     ``i18n.N_`` in the daemon: the CLI translates the ones the catalogue knows.
 
 The server is one thread on a selector (no thread per connection). It calls
-``handler(method, params)`` on that thread, one request at a time, so a handler
+``handler(method, params, peer)`` on that thread, one request at a time, so a handler
 that blocks (the daemon's forwards to its main loop and waits) stalls every
 client for that long: the handler must bound its wait (a few seconds).
 """
@@ -61,13 +61,16 @@ import itertools
 import json
 import logging
 import os
+import pwd
 import selectors
 import shutil
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -86,7 +89,34 @@ MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024  # the client's bound on one respon
 MAX_METHOD_CHARS: Final = 64
 _RECV_BYTES: Final = 16 * 1024
 
-Handler = Callable[[str, Mapping[str, Any]], Any]
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is at the other end of a connection, from the kernel (SO_PEERCRED): the
+    technician's command is recorded with the local user who sent it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Peer | None:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        except OSError:
+            return None
+        return cls(*_UCRED.unpack(raw))
+
+    def user(self) -> str:
+        """`uid=1000(budi)`, as id(1) says it; the number alone when it has no name."""
+        try:
+            return f"uid={self.uid}({pwd.getpwuid(self.uid).pw_name})"
+        except KeyError:
+            return f"uid={self.uid}"
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+Handler = Callable[[str, Mapping[str, Any], Peer | None], Any]
 
 
 class ControlError(BenchAgentError, RuntimeError):
@@ -138,10 +168,11 @@ def _error(request_id: Any, code: str, message: str) -> dict[str, Any]:
 
 
 class _Connection:
-    __slots__ = ("closing", "eof", "inbuf", "last_active", "outbuf", "sock")
+    __slots__ = ("closing", "eof", "inbuf", "last_active", "outbuf", "peer", "sock")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
+        self.peer = Peer.of(sock)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.last_active = now
@@ -383,7 +414,7 @@ class ControlServer:
             if line is None:
                 break
             if line.strip():
-                conn.outbuf += self._answer(line)
+                conn.outbuf += self._answer(line, conn.peer)
             if not self._flush(conn):
                 return
         if conn.outbuf:
@@ -439,13 +470,13 @@ class ControlServer:
 
     # -- one request --------------------------------------------------------------
 
-    def _answer(self, line: bytes) -> bytes:
+    def _answer(self, line: bytes, peer: Peer | None) -> bytes:
         try:
             request_id, method, params = _parse_request(line)
         except _BadRequest as exc:
             return encode(_error(exc.request_id, exc.code, exc.message))
         try:
-            result = self._handler(method, params)
+            result = self._handler(method, params, peer)
             return encode({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result})
         except ControlError as exc:
             return encode(_error(request_id, exc.code, exc.message))

@@ -19,8 +19,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from bench_agent import __version__, payloads
+from bench_agent.commands import SOURCE_TECHNICIAN
 from bench_agent.config import load_config
-from bench_agent.control import ControlError
+from bench_agent.control import ControlError, Peer
 from bench_agent.errors import ConfigError
 from bench_agent.hardware.backend import I2C_FAULT
 from bench_agent.hardware.pins import GPIO_FAULT
@@ -49,16 +50,18 @@ class LocalControl:
         self._agent = agent
         self._run = agent.run_on_loop
 
-    def handle(self, method: str, params: Mapping[str, Any]) -> Any:
+    def handle(self, method: str, params: Mapping[str, Any], peer: Peer | None = None) -> Any:
+        # The command event names the local user who sent it (the socket's SO_PEERCRED).
+        source = SOURCE_TECHNICIAN if peer is None else f"{SOURCE_TECHNICIAN}:{peer.user()}"
         if method == "status":
             _no_params(params)
             return self._run(lambda: build_status(self._agent), CALL_TIMEOUT_S)
         if method == "override.set":
             request = _override_request(params)
-            return self._run(lambda: self._override(request), CALL_TIMEOUT_S)
+            return self._run(lambda: self._override(request, source), CALL_TIMEOUT_S)
         if method == "fault.reset":
             name = _fault_name(params)
-            return self._run(lambda: self._fault_reset(name), CALL_TIMEOUT_S)
+            return self._run(lambda: self._fault_reset(name, source), CALL_TIMEOUT_S)
         if method == "events":
             since_s, limit = _events_params(params)
             return self._run(lambda: self._events(since_s, limit), CALL_TIMEOUT_S)
@@ -69,7 +72,7 @@ class LocalControl:
 
     # -- on the main loop -----------------------------------------------------
 
-    def _override(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _override(self, request: dict[str, Any], source: str) -> dict[str, Any]:
         output = request["output"]
         if output not in self._agent.hardware.outputs:
             return {"accepted": False, "reason": f"unknown_output: {output}"}
@@ -80,7 +83,7 @@ class LocalControl:
             action = "wifi.set"
         else:
             action, args["port"] = "usb.set", output
-        reply = self._agent.commands.handle_local({"action": action, "args": args})
+        reply = self._agent.commands.handle_local({"action": action, "args": args}, source)
         if reply["ok"]:
             return {"accepted": True}
         error = reply["error"]
@@ -88,9 +91,9 @@ class LocalControl:
             return {"accepted": False, "reason": error["message"]}
         raise ControlError("bad_params", error["message"])
 
-    def _fault_reset(self, name: str | None) -> dict[str, Any]:
+    def _fault_reset(self, name: str | None, source: str) -> dict[str, Any]:
         args = {} if name is None else {"name": name}
-        reply = self._agent.commands.handle_local({"action": "fault.reset", "args": args})
+        reply = self._agent.commands.handle_local({"action": "fault.reset", "args": args}, source)
         if not reply["ok"]:
             raise ControlError("bad_params", reply["error"]["message"])
         return {"reset": reply["result"]["reset"]}

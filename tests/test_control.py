@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -29,6 +30,7 @@ from bench_agent.control import (
     ControlSocketError,
     DaemonNotResponding,
     DaemonNotRunning,
+    Peer,
     PermissionDenied,
 )
 from bench_agent.errors import BenchAgentError
@@ -36,10 +38,13 @@ from bench_agent.errors import BenchAgentError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def handler(method: str, params: Mapping[str, Any]) -> Any:
+def handler(method: str, params: Mapping[str, Any], peer: Peer | None = None) -> Any:
     match method:
         case "echo":
             return {"method": method, "params": dict(params)}
+        case "whoami":
+            assert peer is not None
+            return {"pid": peer.pid, "uid": peer.uid, "gid": peer.gid, "user": peer.user()}
         case "slow":
             time.sleep(float(params.get("s", 0.3)))
             return "slow done"
@@ -633,3 +638,17 @@ def test_start_and_close_leak_no_file_descriptors(tmp_path: Path) -> None:
             read_line(s)
         ControlServer(tmp_path / "never.sock", handler).close()  # built, never started
     assert open_fds() == before
+
+
+def test_the_handler_learns_the_peers_uid_from_the_kernel(
+    server: ControlServer, sock_path: Path
+) -> None:
+    with raw(sock_path) as s:
+        s.sendall(request("whoami"))
+        me = read_line(s)["result"]
+    assert (me["pid"], me["uid"], me["gid"]) == (os.getpid(), os.getuid(), os.getgid())
+    assert me["user"] == f"uid={os.getuid()}({pwd.getpwuid(os.getuid()).pw_name})"
+
+
+def test_a_uid_without_a_name_is_shown_as_the_number() -> None:
+    assert Peer(pid=1, uid=54321, gid=54321).user() == "uid=54321"

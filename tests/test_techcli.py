@@ -138,7 +138,7 @@ class FakeDaemon:
         self.checks: list[dict[str, Any]] = list(CHECKS_OK)
         self.error: ControlError | None = None
 
-    def __call__(self, method: str, params: Mapping[str, Any]) -> Any:
+    def __call__(self, method: str, params: Mapping[str, Any], _peer: object = None) -> Any:
         self.calls.append((method, dict(params)))
         if self.error is not None:
             raise self.error
@@ -568,7 +568,7 @@ def test_an_error_answer_is_one_line_and_exit_1(
 
 
 def test_a_daemon_bug_is_one_line_and_exit_1(tmp_path: Path, english: None) -> None:
-    def broken(method: str, params: Mapping[str, Any]) -> Any:
+    def broken(method: str, params: Mapping[str, Any], _peer: object = None) -> Any:
         raise RuntimeError("bug")
 
     with ControlServer(tmp_path / "c.sock", broken) as srv:
