@@ -17,7 +17,9 @@ keys are ignored, so a newer client can talk to an older daemon.
 Error codes from the server itself: ``bad_request`` (not JSON, not an object,
 missing or mistyped field: the connection stays open), ``unsupported_version``,
 ``line_too_long`` (a line over 64 kB: the connection is closed), ``busy`` (more
-than 8 clients: closed), ``idle_timeout`` (closed), ``internal`` (the handler
+than 8 clients: closed), ``idle_timeout`` (nothing for 60 s), ``request_timeout``
+(a request line not whole 5 s after its first byte), ``connection_timeout`` (a
+connection older than 120 s; all three close it), ``internal`` (the handler
 raised, or its result is not JSON). A handler refuses a request by raising
 :class:`ControlError` with its own code, e.g. ``unknown_method``, ``bad_params``.
 
@@ -85,6 +87,12 @@ MAX_LINE_BYTES: Final = 64 * 1024  # a request line, without its newline
 MAX_NESTING: Final = 16  # a request is an object of scalars and one level of params
 MAX_CLIENTS: Final = 8
 IDLE_TIMEOUT_S: Final = 60.0  # a connection that sends nothing for this long is closed
+# A client that trickles its bytes (one a second resets any idle timer) must not hold
+# one of the MAX_CLIENTS slots: a request line must arrive whole within this time
+# of its first byte, and no connection lives longer than MAX_CONNECTION_S (the CLI
+# makes one connection per request, answered within seconds).
+REQUEST_TIMEOUT_S: Final = 5.0
+MAX_CONNECTION_S: Final = 120.0
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024  # the client's bound on one response line
 MAX_METHOD_CHARS: Final = 64
 _RECV_BYTES: Final = 16 * 1024
@@ -168,11 +176,23 @@ def _error(request_id: Any, code: str, message: str) -> dict[str, Any]:
 
 
 class _Connection:
-    __slots__ = ("closing", "eof", "inbuf", "last_active", "outbuf", "peer", "sock")
+    __slots__ = (
+        "closing",
+        "eof",
+        "inbuf",
+        "last_active",
+        "line_started",
+        "outbuf",
+        "peer",
+        "sock",
+        "started",
+    )
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.peer = Peer.of(sock)
+        self.started = now
+        self.line_started: float | None = None  # first byte of a request not yet whole
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.last_active = now
@@ -192,6 +212,8 @@ class ControlServer:
         mode: int = 0o660,
         max_clients: int = MAX_CLIENTS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connection_s: float = MAX_CONNECTION_S,
     ) -> None:
         self.path = Path(path)
         self._handler = handler
@@ -199,6 +221,8 @@ class ControlServer:
         self._mode = mode
         self._max_clients = max_clients
         self._idle_timeout_s = idle_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._max_connection_s = max_connection_s
         self._selector = selectors.DefaultSelector()
         self._connections: dict[int, _Connection] = {}
         self._listener: socket.socket | None = None
@@ -342,8 +366,28 @@ class ControlServer:
     def _select_timeout(self) -> float | None:
         if not self._connections:
             return None
-        oldest = min(conn.last_active for conn in self._connections.values())
-        return max(0.0, oldest + self._idle_timeout_s - time.monotonic())
+        soonest = min(self._expiry(conn)[0] for conn in self._connections.values())
+        return max(0.0, soonest - time.monotonic())
+
+    def _expiry(self, conn: _Connection) -> tuple[float, str, str]:
+        """When `conn` is closed if nothing changes, with the error code and message."""
+        limits = [
+            (conn.last_active + self._idle_timeout_s, "idle_timeout", "closed after inactivity"),
+            (
+                conn.started + self._max_connection_s,
+                "connection_timeout",
+                f"a connection lives at most {self._max_connection_s:g} s",
+            ),
+        ]
+        if conn.line_started is not None:
+            limits.append(
+                (
+                    conn.line_started + self._request_timeout_s,
+                    "request_timeout",
+                    f"a request must arrive within {self._request_timeout_s:g} s",
+                )
+            )
+        return min(limits)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -402,6 +446,8 @@ class ControlServer:
             if data == b"":
                 conn.eof = True
             elif data:
+                if not conn.inbuf:
+                    conn.line_started = conn.last_active
                 conn.inbuf += data
         if mask & selectors.EVENT_WRITE and not self._flush(conn):
             return
@@ -437,6 +483,8 @@ class ControlServer:
             return None
         line = bytes(conn.inbuf[:newline])
         del conn.inbuf[: newline + 1]
+        # What is left is the start of the next request: its clock starts now.
+        conn.line_started = time.monotonic() if conn.inbuf else None
         return line
 
     def _flush(self, conn: _Connection) -> bool:
@@ -454,12 +502,10 @@ class ControlServer:
     def _expire_idle(self) -> None:
         now = time.monotonic()
         for conn in list(self._connections.values()):
-            if now - conn.last_active >= self._idle_timeout_s:
+            deadline, code, message = self._expiry(conn)
+            if now >= deadline:
                 with contextlib.suppress(OSError):
-                    conn.sock.send(
-                        encode(_error(None, "idle_timeout", "closed after inactivity")),
-                        socket.MSG_NOSIGNAL,
-                    )
+                    conn.sock.send(encode(_error(None, code, message)), socket.MSG_NOSIGNAL)
                 self._drop(conn)
 
     def _drop(self, conn: _Connection) -> None:

@@ -652,3 +652,41 @@ def test_the_handler_learns_the_peers_uid_from_the_kernel(
 
 def test_a_uid_without_a_name_is_shown_as_the_number() -> None:
     assert Peer(pid=1, uid=54321, gid=54321).user() == "uid=54321"
+
+
+def test_clients_trickling_bytes_cannot_hold_every_slot(sock_path: Path) -> None:
+    # Before: one byte a second kept each connection "active" for ever; eight of them
+    # answered every technician with "busy".
+    with ControlServer(sock_path, handler, request_timeout_s=0.5) as srv:
+        slow = [raw(sock_path) for _ in range(MAX_CLIENTS)]
+        try:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                for s in slow:
+                    with contextlib.suppress(OSError):
+                        s.sendall(b"{")
+                time.sleep(0.1)
+            for s in slow:
+                assert read_line(s)["error"]["code"] == "request_timeout"
+            assert srv.client_count == 0
+            with raw(sock_path) as technician:
+                technician.sendall(request("echo", 9))
+                assert read_line(technician)["id"] == 9
+        finally:
+            for s in slow:
+                s.close()
+
+
+def test_a_connection_has_a_bounded_life(sock_path: Path) -> None:
+    with ControlServer(sock_path, handler, max_connection_s=0.6) as srv, raw(sock_path) as s:
+        deadline = time.monotonic() + 1.5
+        answered = 0
+        with contextlib.suppress(OSError):
+            while time.monotonic() < deadline:
+                s.sendall(request("echo", answered))  # busy, never idle
+                if read_line(s).get("ok") is not True:
+                    break
+                answered += 1
+                time.sleep(0.05)
+        assert answered > 3
+        assert srv.client_count == 0
