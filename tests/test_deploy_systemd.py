@@ -242,3 +242,43 @@ def test_what_the_sandbox_writes_stays_in_the_sandbox(running: InstalledBench) -
         Path("/var/lib/bench-agent", marker),
     ):
         assert not host_path.exists()
+
+
+def test_the_units_device_rules_let_the_charger_cable_in_under_any_number(
+    running: InstalledBench,
+) -> None:
+    # The shipped unit's own device directives, applied by this systemd to a probe
+    # running as the agent's user: a ttyUSB that is not number 0 (a USB modem took
+    # the first ones) opens past the device cgroup; another serial device does not.
+    box = running.box
+    unit = (REPO / "deploy" / "bench-agent.service").read_text()
+    rules = [
+        line
+        for line in unit.splitlines()
+        if line.startswith(("DevicePolicy=", "DeviceAllow=", "User=", "SupplementaryGroups="))
+    ]
+    box.sh(
+        "mknod -m 0660 /dev/ttyUSB5 c 188 5 && chgrp dialout /dev/ttyUSB5 &&"
+        " mknod -m 0660 /dev/ttyS0 c 4 64 && chgrp dialout /dev/ttyS0"
+    )
+    try:
+        seen = {}
+        for name, node in (("usb5", "/dev/ttyUSB5"), ("ttys0", "/dev/ttyS0")):
+            out = f"/run/probe-{name}.out"  # opened by systemd, before it drops root
+            box.run(
+                ["systemd-run", f"--unit=device-probe-{name}"]
+                + [arg for rule in rules for arg in ("-p", rule)]
+                + ["-p", f"StandardOutput=file:{out}", "-p", "StandardError=inherit"]
+                + ["sh", "-c", f"(exec 3<>{node}) 2>&1; echo probed"]
+            )
+            path = box.path(out)
+            deadline = time.monotonic() + 10
+            while not (path.exists() and "probed" in path.read_text()):
+                assert time.monotonic() < deadline, f"the probe for {node} did not run"
+                time.sleep(0.05)
+            seen[name] = path.read_text()
+        # ttyUSB5 has no driver here, so the open fails past the cgroup (ENXIO/ENODEV).
+        assert "No such device" in seen["usb5"], seen
+        assert "Operation not permitted" in seen["ttys0"], seen
+    finally:
+        box.run(["rm", "-f", "/dev/ttyUSB5", "/dev/ttyS0"], check=False)
