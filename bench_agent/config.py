@@ -432,6 +432,8 @@ def _parse_bench(t: _Table) -> BenchConfig:
         bench_id = t.get_str("id", _REQUIRED)
         if not BENCH_ID_PATTERN.fullmatch(bench_id):
             raise t.error("id", "must match [a-z0-9][a-z0-9-]{0,62}")
+        if bench_id == "ops":  # city operations' identities are ops.view and ops.command
+            raise t.error("id", "'ops' is reserved for city operations")
         tz = t.get_str("timezone", "Asia/Jakarta")
         try:
             zoneinfo.ZoneInfo(tz)

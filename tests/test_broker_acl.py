@@ -4,11 +4,14 @@ A PKI is made with deploy/broker/make-pki.sh, mosquitto runs deploy/broker/
 mosquitto.conf (only the port, the loopback bind and the file paths changed)
 with deploy/broker/acl, and paho-mqtt 2.x clients with client certificates
 show that one bench cannot speak for, or listen to, another, that a stranger
-certificate cannot connect, and that ops can command every bench.
+certificate cannot connect, that a stolen certificate takes over nothing but
+its own bench, that a revoked one cannot connect, and that ops can watch (ops.view)
+or command (ops.command) every bench.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import queue
 import shutil
@@ -86,12 +89,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     persist.mkdir()
     _pki(pki, "ca")
     _pki(pki, "broker", "localhost", "127.0.0.1")
-    for name in ("bench-a", "bench-b", "ops"):
+    for name in ("bench-a", "bench-b", "ops.view", "ops.command"):
         _pki(pki, "client", name)
     # Same CN as a real bench, but from a CA the broker does not trust.
     _pki(stranger, "ca")
     _pki(stranger, "client", "bench-b")
 
+    with _running_broker(base, pki, persist, stranger) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _running_broker(
+    base: Path, pki: Path, persist: Path, stranger: Path | None = None
+) -> Iterator[Broker]:
+    """The shipped mosquitto.conf on a free loopback port with this PKI, until the end."""
     port = _free_loopback_port()
     conf = base / "mosquitto.conf"
     conf.write_text(_broker_conf(port, pki, persist))
@@ -111,7 +123,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
                 if time.monotonic() > deadline:
                     pytest.fail("mosquitto did not listen within 5 s")
                 time.sleep(0.02)
-        yield Broker(port, pki, stranger)
+        yield Broker(port, pki, stranger or pki)
     finally:
         proc.terminate()
         try:
@@ -126,7 +138,13 @@ class Client:
     """A paho MQTT v5 client with a client certificate, recording what happens."""
 
     def __init__(
-        self, broker: Broker, name: str, *, pki: Path | None = None, username: str | None = None
+        self,
+        broker: Broker,
+        name: str,
+        *,
+        pki: Path | None = None,
+        username: str | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.connected = threading.Event()
@@ -137,7 +155,9 @@ class Client:
         self._acked = threading.Condition()
         certs = pki or broker.pki
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-{name}-{id(self)}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"test-{name}-{id(self)}",
+            protocol=mqtt.MQTTv5,
         )
         # The CA that signed the broker is the real one even for a stranger client.
         self.client.tls_set(
@@ -227,7 +247,7 @@ class Client:
 def clients(broker: Broker) -> Iterator[dict[str, Client]]:
     started: dict[str, Client] = {}
     try:
-        for name in ("bench-a", "bench-b", "ops"):
+        for name in ("bench-a", "bench-b", "ops.view", "ops.command"):
             started[name] = Client(broker, name).start()
             assert started[name].connected.wait(WAIT_S), f"{name} could not connect"
         yield started
@@ -241,7 +261,7 @@ def t(bench: str, leaf: str) -> str:
 
 
 def test_bench_cannot_publish_as_another_bench(clients: dict[str, Client]) -> None:
-    a, ops = clients["bench-a"], clients["ops"]
+    a, ops = clients["bench-a"], clients["ops.view"]
     assert ops.subscribe(f"{PREFIX}/#").value < 0x80
 
     for leaf in ("status", "telemetry", "event", "state", "cmd/reply"):
@@ -255,7 +275,7 @@ def test_bench_cannot_publish_as_another_bench(clients: dict[str, Client]) -> No
 
 
 def test_bench_reads_only_its_own_commands(clients: dict[str, Client]) -> None:
-    a, b, ops = clients["bench-a"], clients["bench-b"], clients["ops"]
+    a, b, ops = clients["bench-a"], clients["bench-b"], clients["ops.command"]
     a.subscribe(t("bench-b", "cmd"))  # accepted or refused, it must never deliver
     assert a.subscribe(t("bench-a", "cmd")).value < 0x80
     assert b.subscribe(t("bench-b", "cmd")).value < 0x80
@@ -273,7 +293,7 @@ def test_bench_reads_only_its_own_commands(clients: dict[str, Client]) -> None:
 
 
 def test_wildcard_subscription_sees_nothing_of_other_benches(clients: dict[str, Client]) -> None:
-    a, b, ops = clients["bench-a"], clients["bench-b"], clients["ops"]
+    a, b, ops = clients["bench-a"], clients["bench-b"], clients["ops.command"]
     a.subscribe("#")
     a.subscribe(f"{PREFIX}/+/+")
 
@@ -287,8 +307,8 @@ def test_wildcard_subscription_sees_nothing_of_other_benches(clients: dict[str, 
 
 
 def test_username_is_the_certificate_not_what_the_client_claims(broker: Broker) -> None:
-    # use_identity_as_username: bench-a asking to be "ops" stays bench-a.
-    pretender = Client(broker, "bench-a", username="ops").start()
+    # use_identity_as_username: bench-a asking to be ops stays bench-a.
+    pretender = Client(broker, "bench-a", username="ops.command").start()
     try:
         assert pretender.connected.wait(WAIT_S)
         assert pretender.publish(t("bench-b", "cmd"), "reboot").value == 0x87
@@ -347,8 +367,9 @@ def test_pki_keys_are_private_and_names_are_checked(tmp_path: Path) -> None:
     before = (tmp_path / "bench-7.crt").read_bytes()
     _pki(tmp_path, "client", "bench-7")
     assert (tmp_path / "bench-7.crt").read_bytes() == before
-    # Names that would break ACL substitution or collide are refused.
-    for bad in ("a/b", "+", "#", "Bench", "ca", "-x"):
+    # Names that would break ACL substitution or collide are refused, and so are
+    # the reserved "ops" and anything that looks like an ops identity but is not one.
+    for bad in ("a/b", "+", "#", "Bench", "ca", "crl", "-x", "ops", "ops.admin", "ops.view/x"):
         r = subprocess.run(
             [str(BROKER_DIR / "make-pki.sh"), str(tmp_path), "client", bad],
             check=False,
@@ -356,3 +377,67 @@ def test_pki_keys_are_private_and_names_are_checked(tmp_path: Path) -> None:
             text=True,
         )
         assert r.returncode != 0, bad
+
+
+def test_ops_view_reads_but_cannot_command(clients: dict[str, Client]) -> None:
+    view, a = clients["ops.view"], clients["bench-a"]
+    assert view.publish(t("bench-a", "cmd"), "reboot").value == 0x87  # not authorized
+    assert a.subscribe(t("bench-a", "cmd")).value < 0x80
+    assert clients["ops.command"].publish(t("bench-a", "cmd"), "control").value == 0x00
+    got = a.receive_until(t("bench-a", "cmd"))
+    assert [payload for _, payload in got] == [b"control"]  # never the "reboot"
+
+
+def test_a_stolen_certificate_cannot_knock_another_bench_off(broker: Broker) -> None:
+    # bench-a online under the client id its agent uses by default.
+    victim = Client(broker, "bench-a", client_id="bench-agent-bench-a").start()
+    thief = None
+    try:
+        assert victim.connected.wait(WAIT_S)
+        # bench-b's stolen certificate, claiming bench-a's client id.
+        thief = Client(broker, "bench-b", client_id="bench-agent-bench-a").start()
+        assert thief.connected.wait(WAIT_S)
+        # use_username_as_clientid: the thief's session is "bench-b", not bench-a's.
+        assert not victim.disconnected.wait(1.5), "bench-a was kicked off"
+        assert victim.publish(t("bench-a", "telemetry"), "still here").value < 0x80
+    finally:
+        victim.stop()
+        if thief is not None:
+            thief.stop()
+
+
+def test_a_revoked_certificate_cannot_connect(tmp_path: Path) -> None:
+    pki, persist = tmp_path / "pki", tmp_path / "persist"
+    persist.mkdir()
+    _pki(pki, "ca")
+    _pki(pki, "broker", "localhost", "127.0.0.1")
+    for name in ("bench-a", "bench-b"):
+        _pki(pki, "client", name)
+    _pki(pki, "revoke", "bench-b")
+    with _running_broker(tmp_path, pki, persist) as broker:
+        good = Client(broker, "bench-a").start()
+        try:
+            assert good.connected.wait(WAIT_S)
+        finally:
+            good.stop()
+        revoked = Client(broker, "bench-b")
+        try:
+            try:
+                revoked.start()
+            except (ssl.SSLError, OSError):
+                return  # refused in the handshake
+            assert not revoked.connected.wait(1.5), "a revoked certificate connected"
+        finally:
+            revoked.stop()
+
+
+def test_the_agent_refuses_an_ops_identity_as_its_bench_id(tmp_path: Path) -> None:
+    from bench_agent.config import load_config
+    from bench_agent.errors import ConfigError
+    from tests.support import MINIMAL_CONFIG
+
+    for reserved in ("ops", "ops.view", "ops.command"):
+        path = tmp_path / "bench.toml"
+        path.write_text(MINIMAL_CONFIG.replace('id = "b1"', f'id = "{reserved}"'))
+        with pytest.raises(ConfigError, match=r"bench\.id"):
+            load_config(path)

@@ -6,7 +6,14 @@
 #   make-pki.sh DIR broker HOST [HOST...]    broker.key/.crt for the broker's
 #                                            DNS names / IP addresses
 #   make-pki.sh DIR client NAME              NAME.key/.crt with CN=NAME: a bench
-#                                            id ([a-z0-9][a-z0-9-]{0,62}) or "ops"
+#                                            id ([a-z0-9][a-z0-9-]{0,62}) or an ops
+#                                            identity: ops.view, ops.command (or
+#                                            ops.view-X, ops.command-X)
+#   make-pki.sh DIR revoke NAME              withdraw NAME's certificate: DIR/crl.pem
+#                                            is rewritten; copy it to the broker and
+#                                            restart mosquitto
+#   make-pki.sh DIR crl                      rewrite DIR/crl.pem (it is valid for
+#                                            DAYS; renew it well before)
 #
 # Keys are EC P-256 (fast on a Pi Zero), written 0600; certificates 0644.
 # Validity: DAYS (default 3650) - a bench runs unattended for years and an
@@ -17,7 +24,7 @@ set -euo pipefail
 umask 077
 
 die() { echo "make-pki: $*" >&2; exit 1; }
-[ $# -ge 2 ] || die "usage: make-pki.sh DIR ca | broker HOST... | client NAME"
+[ $# -ge 2 ] || die "usage: make-pki.sh DIR ca | broker HOST... | client NAME | revoke NAME | crl"
 dir=$1
 what=$2
 shift 2
@@ -44,6 +51,23 @@ sign() {
     echo "make-pki: wrote $dir/$name.crt and $dir/$name.key"
 }
 
+# ca_database: what `openssl ca` needs to revoke and to sign a CRL (certificates are
+# issued with `openssl x509`, so the index starts empty and lists revocations).
+ca_database() {
+    [ -f ca.key ] && [ -f ca.crt ] || die "no CA in $dir: run 'make-pki.sh $dir ca' first"
+    [ -f index.txt ] || : >index.txt
+    [ -f crlnumber ] || echo 01 >crlnumber
+    printf '%s\n' "[ca]" "default_ca = pilot" "[pilot]" "dir = ." "database = index.txt" \
+        "crlnumber = crlnumber" "certificate = ca.crt" "private_key = ca.key" \
+        "default_md = sha256" "default_crl_days = $days" >ca.cnf
+}
+
+write_crl() {
+    openssl ca -config ca.cnf -gencrl -out crl.pem 2>/dev/null || die "openssl could not write the CRL"
+    chmod 0644 crl.pem
+    echo "make-pki: wrote $dir/crl.pem"
+}
+
 case "$what" in
     ca)
         if [ -f ca.crt ]; then
@@ -59,6 +83,21 @@ case "$what" in
             chmod 0644 ca.crt
             echo "make-pki: wrote $dir/ca.crt and $dir/ca.key"
         fi
+        ca_database
+        [ -f crl.pem ] || write_crl
+        ;;
+    revoke)
+        [ $# -eq 1 ] || die "revoke needs exactly one NAME"
+        [ -f "$1.crt" ] || die "no certificate $dir/$1.crt to revoke"
+        ca_database
+        openssl ca -config ca.cnf -revoke "$1.crt" 2>/dev/null ||
+            die "openssl could not revoke $1 (already revoked?)"
+        write_crl
+        echo "make-pki: revoked $1; copy $dir/crl.pem to the broker and restart mosquitto"
+        ;;
+    crl)
+        ca_database
+        write_crl
         ;;
     broker)
         [ $# -ge 1 ] || die "broker needs at least one HOST (DNS name or IP address)"
@@ -76,15 +115,23 @@ subjectKeyIdentifier=hash"
     client)
         [ $# -eq 1 ] || die "client needs exactly one NAME"
         name=$1
-        # The CN becomes the MQTT username and is substituted into the ACL
-        # patterns, so it must be a valid bench id (no '/', '+', '#') or "ops".
-        [[ $name =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || die "'$name' is not a bench id ([a-z0-9][a-z0-9-]{0,62})"
-        [[ $name != broker && $name != ca ]] || die "'$name' is reserved for the PKI's own files"
+        # The CN becomes the MQTT username (and client id) and a bench's is
+        # substituted into the ACL patterns: a bench id (no '/', '+', '#', no
+        # dot), or an ops identity, whose dot no bench id can have.
+        if [[ $name =~ ^ops\.(view|command)(-[a-z0-9][a-z0-9-]{0,30})?$ ]]; then
+            :
+        elif [[ $name == ops.* ]]; then
+            die "'$name' is not an ops identity (ops.view, ops.command, ops.view-X, ops.command-X)"
+        else
+            [[ $name =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || die "'$name' is not a bench id ([a-z0-9][a-z0-9-]{0,62})"
+            [[ $name != ops ]] || die "'ops' is reserved: city operations use ops.view and ops.command"
+            [[ $name != broker && $name != ca && $name != crl ]] || die "'$name' is reserved for the PKI's own files"
+        fi
         sign "$name" "/CN=$name" "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth
 authorityKeyIdentifier=keyid
 subjectKeyIdentifier=hash"
         ;;
-    *) die "unknown command '$what' (ca, broker, client)" ;;
+    *) die "unknown command '$what' (ca, broker, client, revoke, crl)" ;;
 esac
