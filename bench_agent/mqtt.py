@@ -56,6 +56,16 @@ class Acked:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """The broker answered a QoS 1 publish with a failure reason (MQTT 5 PUBACK >= 0x80:
+    not authorized, quota exceeded, payload format…): not delivered."""
+
+    generation: int
+    mid: int
+    reason: str  # e.g. "Not authorized (0x87)"
+
+
+@dataclass(frozen=True, slots=True)
 class MessageIn:
     topic: str
     payload: bytes
@@ -70,7 +80,7 @@ class SetupFailed:
     detail: str | None
 
 
-LinkEvent = Connected | Disconnected | Acked | MessageIn | SetupFailed
+LinkEvent = Connected | Disconnected | Acked | Refused | MessageIn | SetupFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,8 @@ class MqttLink:
         self._on_event = on_event
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # One log line a minute at most for a broker refusing every publish.
+        self._refusal_logged: tuple[str | None, float] = (None, 0.0)
         self._setup_problem: str | None = None  # what stops the bench's side of the link
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
@@ -316,9 +328,14 @@ class MqttLink:
         self, _client: paho.Client, _userdata: Any, mid: int, reason_code: ReasonCode, _props: Any
     ) -> None:
         # A PUBACK with a failure reason (MQTT 5, e.g. "Not authorized") is not a
-        # delivery: the record stays in the outbox.
+        # delivery: the record stays in the outbox, and the agent backs off.
         if reason_code.is_failure:
-            log.warning("mqtt: broker refused message %d: %s", mid, reason_code)
+            reason = f"{reason_code} (0x{reason_code.value:02X})"
+            now = time.monotonic()
+            if reason != self._refusal_logged[0] or now - self._refusal_logged[1] >= 60:
+                log.warning("mqtt: the broker refuses publishes: %s", reason)
+                self._refusal_logged = (reason, now)
+            self._on_event(Refused(self._generation, mid, reason))
             return
         self._on_event(Acked(self._generation, mid))
 

@@ -35,6 +35,10 @@ class Store(Protocol):
     def ack(self, seqs: Any) -> None: ...
 
 
+REFUSAL_BACKOFF_MIN_S = 5.0
+REFUSAL_BACKOFF_MAX_S = 600.0
+
+
 class Publisher:
     def __init__(
         self,
@@ -63,6 +67,10 @@ class Publisher:
         self.records_acked = 0
         self.last_ack_mono: float | None = None
         self.backlog_exhausted = True
+        # A broker refusing publishes: why, and when to try again (agent monotonic s).
+        self.refused_reason: str | None = None
+        self._retry_at: float | None = None
+        self._refusal_backoff_s = REFUSAL_BACKOFF_MIN_S
 
     # -- link events --------------------------------------------------------
 
@@ -90,6 +98,31 @@ class Publisher:
             log.warning("outbox: could not delete acknowledged records: %s", exc)
         self.records_acked += len(seqs)
         self.last_ack_mono = self._now()
+        # Delivered again: the refusal is over.
+        self.refused_reason = None
+        self._retry_at = None
+        self._refusal_backoff_s = REFUSAL_BACKOFF_MIN_S
+
+    def on_refused(self, generation: int, mid: int, reason: str) -> None:
+        """The broker refused a message: its records leave the in-flight set (so the
+        outbox's cap and age limit apply to them again) and wait in the outbox; nothing
+        is sent for a backoff that doubles while refusals go on."""
+        if generation != self._generation:
+            return
+        seqs = self._inflight.pop(mid, None)
+        if seqs is None:
+            return  # status/state/replies: the outbox does not hold them
+        self._inflight_seqs.difference_update(seqs)
+        if self._retry_at is None or self._now() >= self._retry_at:
+            if self.refused_reason is not None:
+                self._refusal_backoff_s = min(self._refusal_backoff_s * 2, REFUSAL_BACKOFF_MAX_S)
+            self._retry_at = self._now() + self._refusal_backoff_s
+        self.refused_reason = reason
+
+    @property
+    def holding_off(self) -> bool:
+        """Refused by the broker and waiting for the backoff to end."""
+        return self._retry_at is not None and self._now() < self._retry_at
 
     @property
     def inflight_messages(self) -> int:
@@ -103,8 +136,9 @@ class Publisher:
     # -- sending --------------------------------------------------------------
 
     def send_live(self, item: Any) -> bool:
-        """Publish a record just recorded, ahead of any backlog. False when offline."""
-        if self._generation is None:
+        """Publish a record just recorded, ahead of any backlog. False when offline or
+        while the broker's refusals are backed off (it goes later, from the outbox)."""
+        if self._generation is None or self.holding_off:
             return False
         if item.kind == "event":
             payload = payloads.event_message(self._bench_id, item, historical=False)
@@ -132,8 +166,12 @@ class Publisher:
         return True
 
     def pump(self) -> None:
-        """Send backlog into the free in-flight slots."""
-        while self._generation is not None and len(self._inflight) < self._max_inflight:
+        """Send backlog into the free in-flight slots (none while backing off)."""
+        if self.holding_off:
+            return
+        # After a refusal, one message probes the broker; the rest wait for its answer.
+        slots = 1 if self.refused_reason is not None else self._max_inflight
+        while self._generation is not None and len(self._inflight) < slots:
             items = self._store.oldest(
                 limit=self._batch_records,
                 max_bytes=self._max_payload_bytes,

@@ -46,6 +46,7 @@ from bench_agent.mqtt import (
     LinkEvent,
     MessageIn,
     MqttLink,
+    Refused,
     SetupFailed,
     Will,
 )
@@ -69,6 +70,8 @@ UPLINK_FILE = "uplink-recovery.json"
 COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much counting
 WIFI_CLIENTS_EVERY_S = 60.0
 MAX_PENDING_REPLIES = 256
+# The broker refuses the bench's publishes (ACL, quota): records wait in the outbox.
+BROKER_REFUSED_FAULT = "broker_refused"
 # Ops' key files that could not be used (skipped; commands signed with them refused).
 OPS_KEYS_FAULT = "ops_keys"
 # The bench's own side of the uplink cannot be set up (TLS files): not the broker's fault.
@@ -429,19 +432,8 @@ class Agent:
 
     def _handle(self, item: InboxItem) -> None:
         match item:
-            case Acked(generation, mid):
-                self.publisher.on_acked(generation, mid)
-            case Connected(generation):
-                self.link_changed_mono = self.clock.monotonic()
-                self.link.publish(self.cfg.topic("status"), self._status(online=True), retain=True)
-                self._publish_state(force=True)
-                self.publisher.on_connected(generation)
-                self._report_drops()
-            case Disconnected():
-                self.link_changed_mono = self.clock.monotonic()
-                self.publisher.on_disconnected()
-            case SetupFailed(detail):
-                self._set_fault(MQTT_SETUP_FAULT, None if detail is None else detail[:300])
+            case Acked() | Refused() | Connected() | Disconnected() | SetupFailed():
+                self._handle_link(item)
             case MessageIn(topic, payload, retained):
                 if topic == self.cfg.topic("cmd"):
                     reply = self.commands.handle_mqtt(payload, retained=retained)
@@ -460,6 +452,28 @@ class Agent:
                 self._take_bmv_soc(item)
             case Call():
                 self._run_call(item)
+
+    def _handle_link(self, item: LinkEvent) -> None:
+        """What the MQTT session reports: acks and refusals, the connection, set-up."""
+        match item:
+            case Acked(generation, mid):
+                self.publisher.on_acked(generation, mid)
+                if self.publisher.refused_reason is None:
+                    self._clear_fault(BROKER_REFUSED_FAULT)
+            case Refused(generation, mid, reason):
+                self.publisher.on_refused(generation, mid, reason)
+                self._raise_fault(BROKER_REFUSED_FAULT, reason)
+            case Connected(generation):
+                self.link_changed_mono = self.clock.monotonic()
+                self.link.publish(self.cfg.topic("status"), self._status(online=True), retain=True)
+                self._publish_state(force=True)
+                self.publisher.on_connected(generation)
+                self._report_drops()
+            case Disconnected():
+                self.link_changed_mono = self.clock.monotonic()
+                self.publisher.on_disconnected()
+            case SetupFailed(detail):
+                self._set_fault(MQTT_SETUP_FAULT, None if detail is None else detail[:300])
 
     def _dead_threads(self) -> list[str]:
         """The agent's threads that ended although nobody stopped them, each a fault.

@@ -20,6 +20,8 @@ import random
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -30,7 +32,7 @@ import pytest
 
 from bench_agent.outbox import SEQ_FLOOR_EVERY
 from tests.outbox_support import BlackHoleProxy, DurableBroker, DurableRecorder, validate_all
-from tests.support import AgentProcess, Message, Recorder, wait_until
+from tests.support import AgentProcess, Broker, Message, Recorder, wait_until
 from tests.support import small_tmpfs as support_small_tmpfs
 
 pytestmark = pytest.mark.integration
@@ -577,3 +579,60 @@ def test_records_made_before_the_clock_synced_are_corrected_and_none_purged(
     assert set(corrected) == set(range(min(corrected), synced_event["seq"]))
     after = records(snapshot(recorder)[restart:])
     assert all(r["time_quality"] != "unsynced" for r in after if r.get("historical"))
+
+
+def test_a_broker_refusing_publishes_raises_a_fault_and_the_cap_holds(
+    tmp_path: Path, start_agent: StartAgent
+) -> None:
+    # Before: records refused with PUBACK 0x87 stayed "in flight" until the connection
+    # dropped, the cap spared them, and the outbox grew to 3x its cap in 45 s, with a
+    # warning per record and no fault.
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "topic read #\n"
+        "topic write smartbench/+/status\ntopic write smartbench/+/state\n"
+        "topic write smartbench/+/event\ntopic write smartbench/+/cmd/reply\n"
+    )
+    broker = Broker(tmp_path)
+    broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\nuser root\n")
+    broker.start()
+    recorder = Recorder(broker.port)
+    cap = 64 * 1024
+    agent = start_agent(broker.port, merged(FAST, {"storage": {"outbox_max_bytes": cap}}))
+    socket_path = tmp_path / "control.sock"
+
+    def outbox() -> dict[str, Any]:
+        command = ["-m", "bench_agent", "--socket", str(socket_path), "status", "--json"]
+        done = subprocess.run(
+            [sys.executable, *command],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return dict(json.loads(done.stdout)["outbox"]) if done.returncode == 0 else {}
+
+    try:
+        fault = recorder.wait_for(
+            "event", lambda p: p["type"] == "fault_raised" and p["fault"] == "broker_refused", 30
+        )
+        assert "Not authorized" in fault["detail"] and "0x87" in fault["detail"]
+        wait_until(lambda: outbox().get("drops", 0) > 40, 60, "the cap dropping the oldest")
+        # Full, and it stays full: every new record drops an old one.
+        before = outbox()
+        wait_until(lambda: outbox()["drops"] > before["drops"] + 40, 60, "more drops")
+        assert outbox()["depth"] <= before["depth"] + 5
+        assert agent.log.count("refuses publishes") <= 2  # at most one line a minute
+        assert not recorder.on("telemetry")
+        # The broker is fixed: delivery resumes and the fault clears.
+        acl.write_text(acl.read_text() + "topic write smartbench/+/telemetry\n")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)  # mosquitto reads its ACL again
+        recorder.wait_for("telemetry", timeout_s=60)
+        recorder.wait_for(
+            "event", lambda p: p["type"] == "fault_cleared" and p["fault"] == "broker_refused", 60
+        )
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+        recorder.close()
+        broker.stop()

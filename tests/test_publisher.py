@@ -378,3 +378,43 @@ def test_an_unstored_record_goes_once_without_seq_flagged_not_stored(
     assert h.publisher.inflight_messages == 0
     h.publisher.on_acked(generation, message.mid)
     assert h.stored() == [waiting.seq]
+
+
+def test_a_broker_refusal_releases_the_records_and_backs_off(make: Make) -> None:
+    h = make(max_payload_bytes=600, max_inflight=4)  # one record a message
+    for _ in range(6):
+        h.record()
+    generation = h.connect()
+    h.publisher.pump()
+    assert len(h.link.sent) == 4 and len(h.publisher.inflight_seqs) == 4
+    # The broker refuses them all (MQTT 5 PUBACK 0x87): none is in flight any more,
+    # so the outbox's cap and age limit apply to them again; all are still stored.
+    for sent in list(h.link.sent):
+        h.publisher.on_refused(generation, sent.mid, "Not authorized (0x87)")
+    assert h.publisher.inflight_seqs == frozenset()
+    assert h.publisher.refused_reason == "Not authorized (0x87)"
+    assert len(h.stored()) == 6
+    # Nothing more is sent during the backoff, live or backlog.
+    h.publisher.pump()
+    now = h.mono
+    live = h.record()  # (recording moves the harness clock on a minute)
+    h.mono = now
+    assert not h.publisher.send_live(live)
+    assert len(h.link.sent) == 4
+    # After it, a single message probes the broker.
+    h.mono += 6.0
+    h.publisher.pump()
+    assert len(h.link.sent) == 5 and len(h.publisher.inflight_seqs) == 1
+    # Refused again: the backoff doubles (10 s).
+    h.publisher.on_refused(generation, h.link.sent[-1].mid, "Not authorized (0x87)")
+    h.mono += 6.0
+    h.publisher.pump()
+    assert len(h.link.sent) == 5
+    h.mono += 5.0
+    h.publisher.pump()
+    assert len(h.link.sent) == 6
+    # Accepted: the refusal is over, the backlog flows at full width again.
+    h.publisher.on_acked(generation, h.link.sent[-1].mid)
+    assert h.publisher.refused_reason is None
+    h.publisher.pump()
+    assert len(h.publisher.inflight_seqs) == 4
