@@ -35,6 +35,8 @@ from bench_agent.soc import CHEMISTRIES, DEFAULT_REST_CURRENT_C
 from bench_agent.uplink import UplinkConfig
 
 BENCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# 1 MiB, the shipped broker's max_packet_size, less room for the topic and headers.
+MAX_PAYLOAD_BYTES = 1024 * 1024 - 4096
 TOPIC_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
 OUTPUT_NAME_PATTERN = re.compile(r"usb[0-9]{1,2}|wifi")
 CHANNEL_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -570,7 +572,13 @@ def _parse_storage(t: _Table, base: Path) -> StorageConfig:
             dir=directory,
             outbox_max_bytes=t.get_int("outbox_max_bytes", 64 * 1024 * 1024, lo=64 * 1024),
             max_payload_bytes=t.get_int(
-                "max_payload_bytes", 64 * 1024, lo=2048, hi=256 * 1024 * 1024
+                # The shipped broker (deploy/broker) takes packets up to 1 MiB; the
+                # topic and headers need the rest. A bigger broker limit is learned
+                # from its CONNACK, never assumed.
+                "max_payload_bytes",
+                64 * 1024,
+                lo=2048,
+                hi=MAX_PAYLOAD_BYTES,
             ),
             outbox_max_age_s=t.get_float("outbox_max_age_s", None, lo=60),
         )

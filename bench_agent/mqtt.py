@@ -41,6 +41,8 @@ _LOOP_TIMEOUT_S = 1.0
 @dataclass(frozen=True, slots=True)
 class Connected:
     generation: int  # increases with every connection; acks carry it
+    # The broker's Maximum Packet Size (MQTT 5 CONNACK), when it announces one.
+    max_packet_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +299,7 @@ class MqttLink:
         _userdata: Any,
         _flags: Any,
         reason_code: ReasonCode,
-        _properties: Any,
+        properties: Any,
     ) -> None:
         if reason_code.is_failure:
             # e.g. "Not authorized": paho closes the socket and the loop returns.
@@ -322,7 +324,8 @@ class MqttLink:
         self.down_since_mono = None
         self.last_error = None
         log.info("mqtt: connected to %s:%d", self._cfg.host, self._cfg.port)
-        self._on_event(Connected(generation))
+        limit = getattr(properties, "MaximumPacketSize", None)
+        self._on_event(Connected(generation, limit if isinstance(limit, int) else None))
 
     def _on_publish(
         self, _client: paho.Client, _userdata: Any, mid: int, reason_code: ReasonCode, _props: Any

@@ -35,6 +35,10 @@ class Store(Protocol):
     def ack(self, seqs: Any) -> None: ...
 
 
+# Room in a PUBLISH packet for what is not the payload: fixed header, topic, packet
+# id, properties. A batch is never cut below MIN_PAYLOAD_BYTES (one record fits).
+PACKET_OVERHEAD_BYTES = 512
+MIN_PAYLOAD_BYTES = 2048
 REFUSAL_BACKOFF_MIN_S = 5.0
 REFUSAL_BACKOFF_MAX_S = 600.0
 
@@ -56,7 +60,8 @@ class Publisher:
         self._link = link
         self._bench_id = bench_id
         self._topic = topic
-        self._max_payload_bytes = max_payload_bytes
+        self._configured_max_payload_bytes = max_payload_bytes
+        self._max_payload_bytes = max_payload_bytes  # lowered to what the broker takes
         self._max_inflight = max_inflight
         self._batch_records = batch_records
         self._now = now  # the agent's monotonic seconds, for `last_ack_mono`
@@ -74,8 +79,17 @@ class Publisher:
 
     # -- link events --------------------------------------------------------
 
-    def on_connected(self, generation: int) -> None:
+    def on_connected(self, generation: int, max_packet_size: int | None = None) -> None:
+        """A new session. A broker that announces a Maximum Packet Size gets batches
+        that fit in it (topic and headers included): a bigger one would be a protocol
+        error, a disconnect, and the same batch again, for ever."""
         self._generation = generation
+        self._max_payload_bytes = self._configured_max_payload_bytes
+        if max_packet_size is not None:
+            fits = max_packet_size - PACKET_OVERHEAD_BYTES
+            if fits < self._max_payload_bytes:
+                log.info("mqtt: the broker takes packets up to %d bytes", max_packet_size)
+                self._max_payload_bytes = max(fits, MIN_PAYLOAD_BYTES)
         self._forget_inflight()
         self.backlog_exhausted = False
 

@@ -463,11 +463,11 @@ class Agent:
             case Refused(generation, mid, reason):
                 self.publisher.on_refused(generation, mid, reason)
                 self._raise_fault(BROKER_REFUSED_FAULT, reason)
-            case Connected(generation):
+            case Connected(generation, max_packet_size):
                 self.link_changed_mono = self.clock.monotonic()
                 self.link.publish(self.cfg.topic("status"), self._status(online=True), retain=True)
                 self._publish_state(force=True)
-                self.publisher.on_connected(generation)
+                self.publisher.on_connected(generation, max_packet_size)
                 self._report_drops()
             case Disconnected():
                 self.link_changed_mono = self.clock.monotonic()

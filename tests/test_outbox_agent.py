@@ -636,3 +636,25 @@ def test_a_broker_refusing_publishes_raises_a_fault_and_the_cap_holds(
         agent.kill()
         recorder.close()
         broker.stop()
+
+
+def test_backlog_batches_fit_the_packet_size_the_broker_announces(
+    broker: DurableBroker, recorder: DurableRecorder, start_agent: StartAgent
+) -> None:
+    # A broker whose packets are smaller than the configured batch: before, the
+    # first backlog message was a protocol error, a disconnect, and the same batch
+    # again after the reconnect, for ever.
+    limit = 8192
+    broker.stop()
+    broker.conf.write_text(broker.conf.read_text() + f"max_packet_size {limit}\n")
+    agent = start_agent(broker.port, merged(FAST, {"storage": {"max_payload_bytes": 65536}}))
+    time.sleep(3.0)  # a backlog of ~100 records, ~160 kB
+    broker.start()
+    settle(recorder)
+    assert agent.stop() == 0
+    seqs = stored_seqs(recorder)
+    assert seqs == set(range(1, max(seqs) + 1)), f"gaps: {gaps(seqs)}"
+    batches = [m for m in snapshot(recorder) if m.topic.endswith("/telemetry")]
+    assert max(len(m.json()["records"]) for m in batches) > 1  # still batched
+    assert all(len(m.payload) <= limit for m in batches)
+    assert "disconnected (connection lost)" not in agent.log, agent.log
