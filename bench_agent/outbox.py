@@ -96,6 +96,8 @@ import errno
 import json
 import logging
 import os
+import re
+import secrets
 import sqlite3
 import threading
 from collections.abc import Collection, Generator, Iterable, Iterator, Mapping
@@ -127,6 +129,7 @@ WAL_AUTOCHECKPOINT_PAGES: Final = 128
 JOURNAL_SIZE_LIMIT: Final = 256 * 1024  # bytes the WAL is truncated to after a checkpoint
 SEQ_FLOOR_EVERY: Final = 64  # seqs between two writes of the sidecar floor (~1 h at 60 s)
 ACK_FLUSH_AT: Final = 64  # pending acks that force a delete transaction of their own
+_EPOCH = re.compile(r"[0-9a-f]{16}")
 KEEP_CORRUPT: Final = 3  # corrupt copies kept for forensics; older ones are deleted
 
 # Primary result codes (sqlite3.h); extended codes carry them in the low byte.
@@ -190,6 +193,10 @@ class OutboxItem:
     time_quality: str  # "synced" | "unsynced" | "corrected"
     body_json: str  # the record without the envelope: a compact JSON object
     size: int  # bytes of the stored body (UTF-8)
+    # The outbox's random id, made with its file: a replaced SD card (or a corrupt
+    # file set aside) starts a new epoch, so ops never mistake a new seq 1 for an
+    # old one. Ops dedupe on (bench, seq_epoch, seq). Empty before it is stored.
+    seq_epoch: str = ""
 
     @property
     def body(self) -> dict[str, Any]:
@@ -292,6 +299,7 @@ class Outbox:
         self._open_writes_due = False  # the floor and meta of `_load` wait for a put
         self._replaced_fault = False
         self.replaced_as: Path | None = None  # where the last corrupt file went
+        self._seq_epoch = ""  # read (or made) when the file is opened
 
     # -- life cycle -------------------------------------------------------------
 
@@ -616,7 +624,9 @@ class Outbox:
             for seq, kind, boot_id, mono_s, ts, quality, size, body in cursor:
                 if seq in exclude or seq in self._pending_acks:
                     continue
-                yield OutboxItem(seq, kind, boot_id, mono_s, ts, quality, body, size)
+                yield OutboxItem(
+                    seq, kind, boot_id, mono_s, ts, quality, body, size, self._seq_epoch
+                )
         except sqlite3.Error as exc:
             raise self._read_failed(exc) from exc
 
@@ -743,6 +753,11 @@ class Outbox:
                 self._write_fault = None  # opened and writable again
             return
 
+    @property
+    def seq_epoch(self) -> str:
+        """This outbox's random id (16 hex digits), made with its file."""
+        return self._seq_epoch
+
     def _set_aside(self, exc: _CorruptError, replaced: bool) -> bool:
         """Move an unusable file aside for a fresh one; False when that is not possible."""
         if replaced:  # a fresh file is corrupt too: the medium is failing
@@ -803,10 +818,18 @@ class Outbox:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        epoch = meta.get("seq_epoch")
+        if not (isinstance(epoch, str) and _EPOCH.fullmatch(epoch)):
+            if epoch is not None:
+                raise _CorruptError(f"stored seq_epoch is {epoch!r}")
+            # A new file, or one made before epochs existed: its epoch starts now.
+            epoch = secrets.token_hex(8)
+            _set_meta(conn, "seq_epoch", epoch)
+        self._seq_epoch = epoch
         count, total, max_seq = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM outbox"
         ).fetchone()
-        conn.execute("COMMIT")  # writes only for a new file
+        conn.execute("COMMIT")  # writes only for a new file (schema, epoch)
         db_last = max(_stored_int(meta, "last_seq"), _stored_int({"seq": max_seq}, "seq"))
         floor = self._read_floor()
         power_lost = meta.get("clean", 1) == 0 and (
@@ -834,9 +857,14 @@ class Outbox:
         self._open_writes_due = True
         try:
             self._write_floor(last)
+            # The "in use" mark must be on the card before the first seq is published:
+            # a power cut that lost it would make the next start trust the file's own
+            # last seq and reuse one. synchronous=NORMAL does not fsync a WAL commit.
+            conn.execute("PRAGMA synchronous=FULL")
             conn.execute("BEGIN IMMEDIATE")
             self._mark_running(conn)
             conn.execute("COMMIT")
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._open_writes_due = False
         except (sqlite3.Error, OSError) as exc:
             _rollback(conn)

@@ -34,6 +34,8 @@ class Recorded(Protocol):
     def body(self) -> dict[str, Any]: ...
     @property
     def body_json(self) -> str: ...
+    @property
+    def seq_epoch(self) -> str: ...
 
 
 def _text(obj: Mapping[str, Any]) -> str:
@@ -53,7 +55,7 @@ def _envelope(item: Recorded, *, historical: bool, stored: bool) -> dict[str, An
     """A record's envelope fields. A record the outbox could not store (storage fault)
     has no seq -- a seq is only ever issued by a commit, so that a gap means lost
     data -- and is flagged `"stored": false` instead."""
-    out: dict[str, Any] = {"seq": item.seq} if stored else {}
+    out: dict[str, Any] = {"seq": item.seq, "seq_epoch": item.seq_epoch} if stored else {}
     out.update(
         ts=item.ts,
         time_quality=item.time_quality,

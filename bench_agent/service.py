@@ -878,7 +878,7 @@ class Agent:
             self.publisher.send_unstored(item)
             self._storage_failed(exc)
             return item, False
-        item = replace(item, seq=seq)
+        item = replace(item, seq=seq, seq_epoch=self.outbox.seq_epoch)
         self.publisher.send_live(item)
         if kind == "telemetry":
             self._clear_fault("storage")

@@ -531,3 +531,26 @@ def test_a_bad_ops_key_file_at_start_is_skipped_with_a_fault_not_exit_78(
     assert "nope" not in agent.log  # the file's content is never logged
     assert agent.proc.poll() is None
     assert agent.stop() == 0
+
+
+def test_a_wiped_store_starts_a_new_seq_epoch_so_ops_never_merge_two_seq_1s(
+    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    agent = start_agent(broker.port)
+    first = recorder.wait_for("telemetry")["records"][0]
+    validate("telemetry", {"v": 1, "bench": "sim-bench-01", "records": [first]})
+    assert agent.stop() == 0
+    # A replaced SD card: the state directory is gone.
+    import shutil
+
+    shutil.rmtree(tmp_path / "state")
+    count = len(recorder.on("telemetry"))
+    start_agent(broker.port)
+    again = wait_until(
+        lambda: [m.json()["records"][0] for m in recorder.on("telemetry")[count:]],
+        30,
+        "telemetry after the wipe",
+    )[0]
+    assert again["seq_epoch"] != first["seq_epoch"]
+    # Seqs start over in the new epoch: (bench, seq_epoch, seq) stays unique.
+    assert again["seq"] <= first["seq"] + 3

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -620,3 +621,36 @@ def test_kill_9_at_random_moments_loses_and_reuses_nothing(db: Path, tmp_path: P
         missing = {s for s in seen if s not in present and s not in acked}
         assert not missing, f"run {run}: committed records lost: {sorted(missing)[:10]}"
         highest = max(highest, *present, *committed)
+
+
+def test_every_outbox_has_its_own_seq_epoch_kept_across_restarts(db: Path) -> None:
+    with Outbox(db, max_bytes=10_000_000, boot_id=BOOT) as box:
+        epoch = box.seq_epoch
+        put(box)
+        assert [item.seq_epoch for item in box.oldest(10, 1 << 20)] == [epoch]
+    assert re.fullmatch(r"[0-9a-f]{16}", epoch)
+    with Outbox(db, max_bytes=10_000_000, boot_id=BOOT) as box:
+        assert box.seq_epoch == epoch  # the same store: the same epoch
+    # A replaced SD card: a new file, a new epoch, seq from 1 again.
+    other = db.with_name("other.db")
+    with Outbox(other, max_bytes=10_000_000, boot_id=BOOT) as box:
+        assert box.seq_epoch != epoch
+        assert put(box) == 1
+    # A corrupt file set aside: the fresh one is a new epoch too.
+    db.write_bytes(b"garbage!" * 1000)
+    with Outbox(db, max_bytes=10_000_000, boot_id=BOOT) as box:
+        assert box.fault == FAULT_CORRUPT_REPLACED
+        assert box.seq_epoch != epoch
+
+
+def test_a_store_from_before_epochs_gets_one_and_keeps_its_seqs(db: Path) -> None:
+    with Outbox(db, max_bytes=10_000_000, boot_id=BOOT) as box:
+        last = put(box)
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM meta WHERE key = 'seq_epoch'")
+    conn.commit()
+    conn.close()
+    with Outbox(db, max_bytes=10_000_000, boot_id=BOOT) as box:
+        assert re.fullmatch(r"[0-9a-f]{16}", box.seq_epoch)
+        assert box.fault is None
+        assert put(box) == last + 1
