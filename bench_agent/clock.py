@@ -11,13 +11,19 @@ is in *agent seconds*, and `to_real_s()` converts a wait into real seconds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import json
+import math
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
+
+from bench_agent.statefile import replace_atomically
 
 # systemd-timesyncd creates this file once it has synchronised the clock.
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
@@ -120,3 +126,70 @@ class SimulatedClock:
         with self._lock:
             self._wall_error = error
             self._synced = synced
+
+
+class TimeFloor:
+    """A lower bound for the real time that survives reboots, for a Pi without an RTC.
+
+    Until NTP syncs, the wall clock of a Pi may be years off (it resumes from the
+    last fake-hwclock save, or 1970), so command expiry and age cannot be checked
+    against it; the replay store alone then protects, and a command signed a year
+    ago and never delivered would run. This keeps what is known for certain:
+    the last wall time seen while synced, and the newest `issued_at` of a command
+    that was accepted (signed, so ops' clock vouches for it). Either is a time that
+    has passed; the monotonic time since it was learned has passed since too.
+
+    Persisted in `path` (a few bytes, rewritten at most every `save_every_s` while
+    synced, and at once when a command raises it).
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        save_every_s: float = 3600.0,
+    ) -> None:
+        self._path = path
+        self._monotonic = monotonic
+        self._save_every_s = save_every_s
+        self._floor_s: float | None = None  # epoch seconds...
+        self._floor_mono: float = monotonic()  # ...known at this monotonic time
+        self._saved_mono: float | None = None
+        self._load()
+
+    def _load(self) -> None:
+        if self._path is None:
+            return
+        try:
+            value = json.loads(self._path.read_text())["t"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # none yet, or unreadable: no floor, as on a new bench
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            self._floor_s = float(value)
+
+    def now_at_least(self) -> float | None:
+        """Epoch seconds that have certainly passed; None when nothing is known."""
+        if self._floor_s is None:
+            return None
+        return self._floor_s + max(self._monotonic() - self._floor_mono, 0.0)
+
+    def observe(self, epoch_s: float, *, save_now: bool) -> None:
+        """`epoch_s` has passed (a synced clock's reading, or an accepted issued_at)."""
+        if not math.isfinite(epoch_s):
+            return
+        current = self.now_at_least()
+        if current is not None and epoch_s <= current:
+            return
+        self._floor_s, self._floor_mono = epoch_s, self._monotonic()
+        due = self._saved_mono is None or self._monotonic() - self._saved_mono >= self._save_every_s
+        if save_now or due:
+            self.save()
+
+    def save(self) -> None:
+        floor = self.now_at_least()
+        if self._path is None or floor is None:
+            return
+        self._saved_mono = self._monotonic()
+        with contextlib.suppress(OSError):  # a full card: the floor is a bonus, not a duty
+            replace_atomically(self._path, json.dumps({"t": floor}).encode(), durable=True)

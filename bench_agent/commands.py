@@ -62,9 +62,11 @@ Error codes (stable; never renamed):
 - ``bad_signature``: the signature does not verify (or is not base64 of 64 bytes).
 - ``replayed``: the id was executed before and its reply is no longer cached, or
   the command is older than the oldest id the bounded store still remembers.
-- ``expired`` / ``stale`` / ``future``: once the clock is synced, past
-  ``expires_at``; ``issued_at`` older than ``max_age_s``; ``issued_at`` more than
-  30 s ahead of the bench clock.
+- ``expired`` / ``stale`` / ``future``: past ``expires_at``; ``issued_at`` older
+  than ``max_age_s``; ``issued_at`` more than 30 s ahead of the bench clock. Before
+  the clock is synced the first two are checked against the last time known for
+  certain (``TimeFloor``: the last synced time and the newest accepted
+  ``issued_at``, kept across reboots), and ``future`` is not checked.
 - ``refused``: the agent's policy said no; the message is its reason.
 - ``internal``: a bug or an unusable replay store; never expected.
 
@@ -120,6 +122,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from bench_agent.checks import json_nesting_exceeds
+from bench_agent.clock import TimeFloor
 from bench_agent.errors import BenchAgentError, ConfigError, StorageError
 from bench_agent.statefile import replace_atomically
 
@@ -686,6 +689,7 @@ class CommandProcessor:
         wall_now: Callable[[], datetime],
         on_event: Callable[[dict[str, Any]], None] | None = None,
         max_age_s: float = 300.0,
+        time_floor: TimeFloor | None = None,
         max_payload_bytes: int = 8192,
         replay_capacity: int = DEFAULT_REPLAY_CAPACITY,
         reply_cache_size: int = DEFAULT_REPLY_CACHE,
@@ -696,6 +700,7 @@ class CommandProcessor:
         self.allow_unsigned = allow_unsigned
         self._clock_synced = clock_synced
         self._wall_now = wall_now
+        self._time_floor = time_floor
         self._on_event = on_event
         self.max_age_s = max_age_s
         self.max_payload_bytes = max_payload_bytes
@@ -839,6 +844,9 @@ class CommandProcessor:
                 # Not recorded, so not run: running it could let a replay run it again.
                 log.error("commands: cannot record %s: %s", cmd.id, exc)
                 raise CommandError("internal", "cannot record the command id") from None
+            if self._time_floor is not None:
+                # Signed by ops, whose clock is synced: that time has passed.
+                self._time_floor.observe(cmd.issued_at.timestamp(), save_now=True)
         except CommandError as exc:
             return self._reject(command_id, exc.code, exc.message)
         if cmd.key_id is None:
@@ -884,7 +892,19 @@ class CommandProcessor:
         if self.store.below_floor(issued_s):
             raise CommandError("replayed", "issued before the oldest id this bench remembers")
         if not self._clock_synced():
-            return  # the wall clock may be years off before NTP; rely on the id store
+            # The wall clock may be years off before NTP. What has certainly passed
+            # (the last synced time, the newest accepted command, kept across
+            # reboots) still ends old commands; the id store does the rest.
+            floor = None if self._time_floor is None else self._time_floor.now_at_least()
+            if floor is None:
+                return
+            if cmd.expires_at is not None and cmd.expires_at.timestamp() <= floor:
+                raise CommandError("expired", "past expires_at (by the last time known)")
+            if issued_s < floor - self.max_age_s:
+                raise CommandError(
+                    "stale", f"issued more than {self.max_age_s:g} s before the last time known"
+                )
+            return
         now_s = self._wall_now().timestamp()
         if cmd.expires_at is not None and cmd.expires_at.timestamp() <= now_s:
             raise CommandError("expired", "past expires_at")

@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from bench_agent import __version__, payloads, statefile, uplink
+from bench_agent.clock import TimeFloor
 from bench_agent.commands import CommandProcessor, load_trusted_keys
 from bench_agent.config import Config, load_config
 from bench_agent.control import ControlError, ControlServer, ControlSocketError
@@ -67,6 +68,7 @@ COUNTERS_FILE = "daily-counters.json"
 # built once at start: a change there is refused and needs a restart.
 LIVE_RELOADABLE = frozenset({"policy", "commands", "uplink"})
 UPLINK_FILE = "uplink-recovery.json"
+TIME_FLOOR_FILE = "time-floor.json"
 COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much counting
 WIFI_CLIENTS_EVERY_S = 60.0
 MAX_PENDING_REPLIES = 256
@@ -182,6 +184,11 @@ class Agent:
                 )
             )
             self.clock = self.hardware.clock
+            # What time has certainly passed, across reboots (commands' age while unsynced).
+            self.time_floor = TimeFloor(
+                self.cfg.storage.dir / TIME_FLOOR_FILE, monotonic=self.clock.monotonic
+            )
+            stack.callback(self.time_floor.save)
             self.boot_id = self.hardware.boot_id or self.boot_id
             # Whether this run has seen the clock synced / not synced (see
             # _follow_clock_sync: the first sample on a synced clock corrects too).
@@ -258,6 +265,7 @@ class Agent:
                 wall_now=self.clock.wall,
                 on_event=lambda event: self.emit_event(event.pop("type"), event),
                 max_age_s=self.cfg.commands.max_age_s,
+                time_floor=self.time_floor,
             )
             self.tamper_open = self.hardware.tamper_open()
             self.charger_reading: ChargerSample | None = None
@@ -723,6 +731,8 @@ class Agent:
         corrected from their monotonic time (an earlier run of the same boot may have
         left some). `clock_synced` says so when it was a change or corrected any."""
         synced = self.clock.synced()
+        if synced:  # saved at most hourly, and at the stop
+            self.time_floor.observe(self.clock.wall().timestamp(), save_now=False)
         if synced and not self._clock_synced:
             wall_minus_mono_s = self.clock.wall().timestamp() - self.clock.monotonic()
             try:

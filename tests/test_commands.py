@@ -848,3 +848,44 @@ def test_throughput_of_signed_commands(tmp_path: Path) -> None:
     per_command_ms = (time.perf_counter() - started) * 1000 / len(payloads)
     print(f"\nsigned command handled in {per_command_ms:.2f} ms (fsync included)")
     assert per_command_ms < 100
+
+
+# -- the clock is not synced: what time has certainly passed -------------------------
+
+
+def test_before_ntp_an_old_signed_command_is_refused_by_the_time_floor(tmp_path: Path) -> None:
+    from bench_agent.clock import TimeFloor
+
+    # The last run saw the synced time T0 (+ 1 h) and saved it; the Pi rebooted
+    # without an RTC and its clock is wrong, unsynced.
+    saved = TimeFloor(tmp_path / "time-floor.json")
+    saved.observe(T0.timestamp() + 3600, save_now=True)
+    clock = Clock(now=datetime(1970, 1, 2, tzinfo=UTC), synced=False)
+    rig = make_rig(
+        tmp_path / "replay.jsonl", clock, time_floor=TimeFloor(tmp_path / "time-floor.json")
+    )
+    year_ago = T0 - timedelta(days=365)
+    assert error_code(rig.send(cmd("ping", now=year_ago, id="old-1"))) in {"stale", "expired"}
+    no_expiry = cmd("ping", now=year_ago, id="old-3", expires_at=None)
+    assert error_code(rig.send(no_expiry)) == "stale"
+    # Signed 3 minutes before the floor (not stale), but it expired (2 min) before it.
+    expired = cmd("ping", now=T0 + timedelta(minutes=57), id="old-2")
+    assert error_code(rig.send(expired)) == "expired"
+    # A fresh command still runs.
+    assert rig.send(cmd("ping", now=T0 + timedelta(hours=1, minutes=1), id="new-1"))["ok"]
+    assert rig.control.mutations() == []
+
+
+def test_an_accepted_command_raises_the_floor_across_a_reboot(tmp_path: Path) -> None:
+    from bench_agent.clock import TimeFloor
+
+    clock = Clock(now=datetime(1970, 1, 2, tzinfo=UTC), synced=False)
+    path = tmp_path / "time-floor.json"
+    rig = make_rig(tmp_path / "replay.jsonl", clock, time_floor=TimeFloor(path))
+    # No floor yet (a new bench): only the id store protects.
+    assert rig.send(cmd("ping", now=T0, id="first"))["ok"]
+    # Reboot: the floor is T0, from the signed command just accepted.
+    rig = make_rig(tmp_path / "replay.jsonl", clock, time_floor=TimeFloor(path))
+    older = cmd("ping", now=T0 - timedelta(hours=1), id="older", expires_at=None)
+    assert error_code(rig.send(older)) == "stale"
+    assert rig.send(cmd("ping", now=T0 + timedelta(seconds=10), id="later"))["ok"]
