@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 DURATION ?=
 
-.PHONY: setup demo test lint typecheck bench rehearse-pi clean-rehearsal clean
+.PHONY: setup demo test lint typecheck bench lock rehearse-pi clean-rehearsal clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,11 @@ bench: setup  # the figures in the README; a few minutes
 	$(PY) bench/bench_outbox_disk.py
 	$(PY) bench/bench_vedirect.py
 	$(PY) bench/bench_unit_lifecycle.py
+
+lock: setup  # deploy/requirements.lock: what install.sh installs on a bench, pinned with hashes
+	.venv/bin/pip-compile --quiet --generate-hashes --extra pi --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+		--output-file deploy/requirements.lock pyproject.toml
 
 rehearse-pi:  # root; arm64 Raspberry Pi OS (bookworm) under qemu: install and run; a few minutes
 	bash scripts/rehearse-pi.sh

@@ -104,12 +104,21 @@ make_dir 0750 "$user:$user" "$state"
 # 5. The venv, rebuilt only when the package source changed.
 if ((make_venv)); then
     stamp_file=$root$opt/venv/.installed-source
-    stamp=$(cd "$source_dir" && find pyproject.toml bench_agent -type f ! -name '*.pyc' -print0 |
+    stamp=$(cd "$source_dir" && find pyproject.toml deploy/requirements.lock bench_agent -type f ! -name '*.pyc' -print0 |
         sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
     if [ ! -f "$stamp_file" ] || [ "$(cat "$stamp_file")" != "$stamp" ]; then
         [ -x "$root$opt/venv/bin/python" ] || python3 -m venv "$root$opt/venv"
+        # Every dependency pinned and checked against its hash (deploy/requirements.lock,
+        # made by `make lock`): a bench installs exactly what was tested, and a
+        # tampered package on the way is refused. Then the package itself, from the
+        # checkout, with the setuptools the lock just installed (no other download).
+        # --use-pep517: the two packages that come as source are built in isolation
+        # (Bookworm's pip would otherwise run their legacy setup.py install).
         # Not editable: the service must not depend on the checkout staying put.
-        "$root$opt/venv/bin/python" -m pip install -q --disable-pip-version-check "$source_dir[pi]"
+        "$root$opt/venv/bin/python" -m pip install -q --disable-pip-version-check \
+            --use-pep517 --require-hashes -r "$source_dir/deploy/requirements.lock"
+        "$root$opt/venv/bin/python" -m pip install -q --disable-pip-version-check \
+            --no-deps --no-build-isolation "$source_dir"
         echo "$stamp" >"$stamp_file"
         changed=1
     fi

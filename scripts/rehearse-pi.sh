@@ -153,8 +153,11 @@ if [ ! -f "$root/opt/bench-agent/venv/.rehearsal-source" ] ||
     git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$src"
     in_root bash -c 'set -e
         [ -x /opt/bench-agent/venv/bin/python ] || python3 -m venv /opt/bench-agent/venv
-        /opt/bench-agent/venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip wheel
-        /opt/bench-agent/venv/bin/python -m pip install -q --disable-pip-version-check "/opt/src/bench-agent[pi]"' \
+        # As deploy/install.sh does it: the lock, hash-checked, then the package.
+        /opt/bench-agent/venv/bin/python -m pip install -q --disable-pip-version-check \
+            --use-pep517 --require-hashes -r /opt/src/bench-agent/deploy/requirements.lock
+        /opt/bench-agent/venv/bin/python -m pip install -q --disable-pip-version-check \
+            --no-deps --no-build-isolation /opt/src/bench-agent' \
         >"$work/pip.log" 2>&1 || { tail -30 "$work/pip.log"; die "pip failed in the root"; }
     echo "$stamp" >"$root/opt/bench-agent/venv/.rehearsal-source"
 fi

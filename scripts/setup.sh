@@ -45,22 +45,22 @@ if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
 fi
 
 # A wheelhouse for the system Python (/usr/bin/python3, the interpreter the
-# installer builds /opt/bench-agent/venv from): every dependency of the package
-# with its `pi` extra, plus the build backend. The deployment tests run
-# deploy/install.sh for real inside a sandbox without network, where pip finds
-# its packages here (PIP_NO_INDEX + PIP_FIND_LINKS), as a bench would behind a
-# local mirror. Rebuilt only when pyproject.toml changed.
+# installer builds /opt/bench-agent/venv from): exactly the files of
+# deploy/requirements.lock (hash-checked), plus setuptools, wheel and setuptools_scm
+# (adafruit-extended-bus asks for it) to build the
+# two that come as source. The deployment tests run deploy/install.sh for real
+# inside a sandbox without network, where pip finds its packages here
+# (PIP_NO_INDEX + PIP_FIND_LINKS), as a bench would behind a local mirror.
+# Rebuilt only when the lock changed.
 wheelhouse=.cache/wheelhouse
-wheel_stamp=$wheelhouse/.built-from-pyproject
-if [ ! -f "$wheel_stamp" ] || ! cmp -s pyproject.toml "$wheel_stamp"; then
-    echo "setup: building $wheelhouse for /usr/bin/python3 (the installer's interpreter)"
+wheel_stamp=$wheelhouse/.built-from-lock
+if [ ! -f "$wheel_stamp" ] || ! cmp -s deploy/requirements.lock "$wheel_stamp"; then
+    echo "setup: filling $wheelhouse from deploy/requirements.lock (the installer's packages)"
     rm -rf .cache/system-venv "$wheelhouse"
     /usr/bin/python3 -m venv .cache/system-venv
-    # Bookworm's bundled pip 23.0 cannot build a wheel from a legacy sdist
-    # (adafruit-extended-bus) without the wheel package.
-    .cache/system-venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip wheel
-    .cache/system-venv/bin/python -m pip wheel -q --disable-pip-version-check \
-        -w "$wheelhouse" '.[pi]' 'setuptools>=64' wheel
-    rm -f "$wheelhouse"/bench_agent-*.whl  # the installer builds the package from the checkout
-    cp pyproject.toml "$wheel_stamp"
+    .cache/system-venv/bin/python -m pip download -q --disable-pip-version-check \
+        --require-hashes -r deploy/requirements.lock -d "$wheelhouse"
+    .cache/system-venv/bin/python -m pip download -q --disable-pip-version-check \
+        -d "$wheelhouse" 'setuptools>=64' wheel setuptools_scm
+    cp deploy/requirements.lock "$wheel_stamp"
 fi
