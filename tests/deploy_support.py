@@ -21,9 +21,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.support import REPO, SIM_CONFIG, dump_toml
-from tests.systemd_sandbox import SystemdSandbox
+import pytest
 
+from tests.support import REPO, SIM_CONFIG, dump_toml
+from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
+
+# For the test modules that need a sandbox: skipped, with the reason printed, only
+# where a sandbox cannot be made (no root, no unshare, no systemd, no cgroup2).
+NEEDS_SANDBOX = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        unavailable_reason() is not None, reason=f"no systemd sandbox: {unavailable_reason()}"
+    ),
+]
 WHEELHOUSE = REPO / ".cache" / "wheelhouse"
 INSTALLED_CONFIG = "/etc/bench-agent/bench-agent.toml"
 UNIT = "bench-agent.service"

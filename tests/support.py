@@ -285,3 +285,16 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+def technician_status(socket_path: Path) -> dict[str, Any] | None:
+    """`bench-agent --socket PATH status --json`, as a technician runs it; None until
+    the daemon answers."""
+    command = ["-m", "bench_agent", "--socket", str(socket_path), "status", "--json"]
+    done = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, check=False, timeout=60
+    )
+    if done.returncode != 0:
+        return None
+    status: dict[str, Any] = json.loads(done.stdout)
+    return status

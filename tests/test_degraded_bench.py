@@ -43,6 +43,7 @@ from tests.support import (
     dump_toml,
     free_port,
     sim_config,
+    technician_status,
     wait_until,
 )
 
@@ -332,16 +333,8 @@ def test_a_missing_tls_file_at_run_time_is_a_fault_retried_until_it_is_there(
         socket_path = tmp_path / "control.sock"
 
         def faults() -> dict[str, str]:
-            command = ["-m", "bench_agent", "--socket", str(socket_path), "status", "--json"]
-            done = subprocess.run(
-                [sys.executable, *command],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
-                return {}
-            return {f["name"]: f["detail"] for f in json.loads(done.stdout)["faults"]}
+            status = technician_status(socket_path)
+            return {} if status is None else {f["name"]: f["detail"] for f in status["faults"]}
 
         detail = wait_until(lambda: faults().get("mqtt_setup"), 30, f"the fault\n{agent.log}")
         assert "mqtt.cert_file" in detail and "bench.crt: no such file" in detail

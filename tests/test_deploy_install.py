@@ -16,20 +16,16 @@ import pytest
 
 from tests.deploy_support import (
     INSTALLED_CONFIG,
+    NEEDS_SANDBOX,
     UNIT,
     InstalledBench,
     run_installer,
     wheelhouse_missing,
 )
 from tests.support import REPO, wait_until
-from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
+from tests.systemd_sandbox import SystemdSandbox
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        unavailable_reason() is not None, reason=f"no systemd sandbox: {unavailable_reason()}"
-    ),
-]
+pytestmark = NEEDS_SANDBOX
 
 # What the installer owns on the machine; a re-run must leave every bit of it as it was.
 INSTALLED_PATHS = (

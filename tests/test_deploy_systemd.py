@@ -18,6 +18,7 @@ import pytest
 
 from tests.deploy_support import (
     INSTALLED_CONFIG,
+    NEEDS_SANDBOX,
     SECRET_PASSWORD,
     UNIT,
     InstalledBench,
@@ -25,14 +26,9 @@ from tests.deploy_support import (
     wheelhouse_missing,
 )
 from tests.support import REPO
-from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
+from tests.systemd_sandbox import SystemdSandbox
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        unavailable_reason() is not None, reason=f"no systemd sandbox: {unavailable_reason()}"
-    ),
-]
+pytestmark = NEEDS_SANDBOX
 
 RESTART_SEC = 10  # the unit's RestartSec=
 WATCHDOG_SEC = 30  # the unit's WatchdogSec=

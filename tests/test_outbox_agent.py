@@ -20,8 +20,6 @@ import random
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -32,7 +30,14 @@ import pytest
 
 from bench_agent.outbox import SEQ_FLOOR_EVERY
 from tests.outbox_support import BlackHoleProxy, DurableBroker, DurableRecorder, validate_all
-from tests.support import AgentProcess, Broker, Message, Recorder, wait_until
+from tests.support import (
+    AgentProcess,
+    Broker,
+    Message,
+    Recorder,
+    technician_status,
+    wait_until,
+)
 from tests.support import small_tmpfs as support_small_tmpfs
 
 pytestmark = pytest.mark.integration
@@ -602,14 +607,8 @@ def test_a_broker_refusing_publishes_raises_a_fault_and_the_cap_holds(
     socket_path = tmp_path / "control.sock"
 
     def outbox() -> dict[str, Any]:
-        command = ["-m", "bench_agent", "--socket", str(socket_path), "status", "--json"]
-        done = subprocess.run(
-            [sys.executable, *command],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return dict(json.loads(done.stdout)["outbox"]) if done.returncode == 0 else {}
+        status = technician_status(socket_path)
+        return {} if status is None else dict(status["outbox"])
 
     try:
         fault = recorder.wait_for(
