@@ -149,7 +149,17 @@ class OpsView:
         return lines
 
 
-_ENVELOPE = {"v", "bench", "seq", "ts", "time_quality", "boot_id", "uptime_s", "historical"}
+_ENVELOPE = {
+    "v",
+    "bench",
+    "seq",
+    "seq_epoch",
+    "ts",
+    "time_quality",
+    "boot_id",
+    "uptime_s",
+    "historical",
+}
 
 
 class TechnicianView:
