@@ -63,7 +63,18 @@ _DURATION: Final = re.compile(
 )
 _PORT: Final = re.compile(r"(?:usb)?([1-9][0-9]?)")
 _EVENT_ENVELOPE: Final = frozenset(
-    {"v", "bench", "seq", "ts", "type", "time_quality", "boot_id", "uptime_s", "historical"}
+    {
+        "v",
+        "bench",
+        "seq",
+        "seq_epoch",
+        "ts",
+        "type",
+        "time_quality",
+        "boot_id",
+        "uptime_s",
+        "historical",
+    }
 )
 
 _sleep: Callable[[float], None] = time.sleep  # tests replace it to end --watch
