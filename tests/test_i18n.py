@@ -253,7 +253,7 @@ def test_compiling_the_real_catalogue_is_fast() -> None:
 # --------------------------------------------------------------------------- the CLI
 
 
-def status(method: str, params: Mapping[str, Any]) -> Any:
+def status(method: str, params: Mapping[str, Any], _peer: object = None) -> Any:
     from tests.test_techcli import STATUS
 
     return STATUS

@@ -189,12 +189,14 @@ def read_outbox(state: Path, scratch: Path) -> dict[int, dict[str, Any]]:
         rows = conn.execute(
             "SELECT seq, boot_id, mono_s, ts, time_quality, body FROM outbox"
         ).fetchall()
+        epoch = conn.execute("SELECT value FROM meta WHERE key = 'seq_epoch'").fetchone()[0]
     finally:
         conn.close()
     # The wire form of a record (README, MQTT contract): the envelope, then the body.
     return {
         seq: {
             "seq": seq,
+            "seq_epoch": epoch,
             "ts": ts,
             "time_quality": quality,
             "boot_id": boot,
