@@ -11,11 +11,9 @@ is in *agent seconds*, and `to_real_s()` converts a wait into real seconds.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import json
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from bench_agent.statefile import replace_atomically
+from bench_agent import statefile
+from bench_agent.checks import is_finite_number
 
 # systemd-timesyncd creates this file once it has synchronised the clock.
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
@@ -140,7 +139,7 @@ class TimeFloor:
     has passed; the monotonic time since it was learned has passed since too.
 
     Persisted in `path` (a few bytes, rewritten at most every `save_every_s` while
-    synced, and at once when a command raises it).
+    synced, at once when a command raises it, and at the stop).
     """
 
     def __init__(
@@ -159,13 +158,14 @@ class TimeFloor:
         self._load()
 
     def _load(self) -> None:
-        if self._path is None:
-            return
-        try:
-            value = json.loads(self._path.read_text())["t"]
-        except (OSError, ValueError, KeyError, TypeError):
+        text = None if self._path is None else statefile.read_text(self._path)
+        if text is None:
             return  # none yet, or unreadable: no floor, as on a new bench
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            value = json.loads(text)["t"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if is_finite_number(value):
             self._floor_s = float(value)
 
     def now_at_least(self) -> float | None:
@@ -176,7 +176,7 @@ class TimeFloor:
 
     def observe(self, epoch_s: float, *, save_now: bool) -> None:
         """`epoch_s` has passed (a synced clock's reading, or an accepted issued_at)."""
-        if not math.isfinite(epoch_s):
+        if not is_finite_number(epoch_s):
             return
         current = self.now_at_least()
         if current is not None and epoch_s <= current:
@@ -187,9 +187,9 @@ class TimeFloor:
             self.save()
 
     def save(self) -> None:
+        """Not fsynced: a power cut can only leave an older floor, which is still true."""
         floor = self.now_at_least()
         if self._path is None or floor is None:
             return
         self._saved_mono = self._monotonic()
-        with contextlib.suppress(OSError):  # a full card: the floor is a bonus, not a duty
-            replace_atomically(self._path, json.dumps({"t": floor}).encode(), durable=True)
+        statefile.write_json(self._path, {"t": floor})  # a full card: logged, not fatal

@@ -100,7 +100,7 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Collection, Generator, Iterable, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -830,7 +830,7 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM outbox"
         ).fetchone()
         conn.execute("COMMIT")  # writes only for a new file (schema, epoch)
-        db_last = max(_stored_int(meta, "last_seq"), _stored_int({"seq": max_seq}, "seq"))
+        db_last = max(_stored_int(meta.get("last_seq", 0), "last_seq"), _stored_int(max_seq, "seq"))
         floor = self._read_floor()
         power_lost = meta.get("clean", 1) == 0 and (
             not self._boot_id or meta.get("boot_id") != self._boot_id
@@ -847,11 +847,11 @@ class Outbox:
             if last != db_last:
                 log.warning("outbox: seq resumes at %d (was %d in the file)", last + 1, db_last)
         self._last_seq = last
-        self._count = _stored_int({"count": count}, "count")
-        self._bytes = _stored_int({"size": total}, "size")
+        self._count = _stored_int(count, "count")
+        self._bytes = _stored_int(total, "size")
         self._pending_acks.clear()
-        self._drops_total = _stored_int(meta, "drops_total")
-        self._drops_reported = _stored_int(meta, "drops_reported")
+        self._drops_total = _stored_int(meta.get("drops_total", 0), "drops_total")
+        self._drops_reported = _stored_int(meta.get("drops_reported", 0), "drops_reported")
         # On a full or read-only disk the backlog must still be readable and sent:
         # keep the connection and let the first `put` do these writes (or fail).
         self._open_writes_due = True
@@ -916,15 +916,14 @@ class Outbox:
         return target
 
 
-def _stored_int(values: Mapping[str, Any], key: str) -> int:
-    """A non-negative integer the file holds (0 when absent); _CorruptError when it holds
+def _stored_int(value: Any, what: str) -> int:
+    """`value` read from the file as a non-negative integer; _CorruptError when it is
     anything else: a file that passes SQLite's quick check can still hold nonsense, and
     that must end like a corrupt file (set aside, a fresh one, a fault), not in a crash."""
-    value = values.get(key, 0)
     if isinstance(value, str) and value.isdigit():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _CorruptError(f"stored {key} is {value!r}, not a count")
+        raise _CorruptError(f"stored {what} is {value!r}, not a count")
     return value
 
 

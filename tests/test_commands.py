@@ -889,3 +889,15 @@ def test_an_accepted_command_raises_the_floor_across_a_reboot(tmp_path: Path) ->
     older = cmd("ping", now=T0 - timedelta(hours=1), id="older", expires_at=None)
     assert error_code(rig.send(older)) == "stale"
     assert rig.send(cmd("ping", now=T0 + timedelta(seconds=10), id="later"))["ok"]
+
+
+@pytest.mark.parametrize("content", ["", "garbage", '{"t": "soon"}', '{"t": 1e999}', "[1]"])
+def test_an_unreadable_time_floor_is_no_floor(tmp_path: Path, content: str) -> None:
+    from bench_agent.clock import TimeFloor
+
+    path = tmp_path / "time-floor.json"
+    path.write_text(content)
+    floor = TimeFloor(path)
+    assert floor.now_at_least() is None  # as on a new bench: the id store protects
+    floor.observe(T0.timestamp(), save_now=True)
+    assert TimeFloor(path).now_at_least() == pytest.approx(T0.timestamp(), abs=1)

@@ -496,3 +496,37 @@ def test_a_password_without_tls_is_a_loud_warning_everywhere(
         assert agent.stop() == 0
     finally:
         agent.kill()
+
+
+def test_outputs_and_tamper_come_back_when_gpio_does() -> None:
+    """A board gpiozero cannot place (PinUnknownPi on a pin, after the factory opened):
+    outputs unknown, tamper unknown, a fault; once pins can be made, both recover
+    without a restart, and the tamper input reports its state."""
+    from gpiozero.pins.mock import MockFactory
+
+    from bench_agent.hardware.gpio import GpioSwitch, TamperSwitch
+
+    class NoPins(MockFactory):  # type: ignore[misc]
+        def pin(self, spec: Any, **kwargs: Any) -> Any:
+            raise OSError("unable to locate Pi revision")
+
+    now = [0.0]
+    working = MockFactory()
+    factories = iter([NoPins(), working])
+    supply = PinSupply(lambda: next(factories), now=lambda: now[0], retry_initial_s=5)
+    reported: list[bool] = []
+    switch = GpioSwitch("usb1", 17, False, supply)
+    tamper = TamperSwitch(5, True, False, supply, on_change=reported.append)
+    assert switch.is_on is None and tamper.is_open is None
+    assert supply.error is not None and "unable to locate Pi revision" in str(supply.error)
+    with pytest.raises(GpioUnavailable):
+        switch.set(True)  # within the backoff: refused at once, nothing tried
+    now[0] = 6.0  # the backoff is over: the next factory makes pins
+    switch.set(True)
+    assert switch.is_on is True and working.pin(17).state is True
+    assert supply.error is None
+    tamper.poll()
+    assert tamper.is_open is not None and reported == [tamper.is_open]
+    switch.close()
+    tamper.close()
+    assert working.pin(17).state is False  # the safe state on close
