@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install bench-agent on a Raspberry Pi OS Bookworm bench, as root. Idempotent:
 # a second run changes nothing, and an existing configuration is NEVER
-# overwritten (the unit and the polkit rule are ours and are kept up to date).
+# overwritten (the units and the polkit rule are ours and are kept up to date).
 #
 #   sudo deploy/install.sh [--source DIR] [--root DIR] [--no-venv] [--no-start]
 #
@@ -39,7 +39,11 @@ opt=/opt/bench-agent
 etc=/etc/bench-agent
 state=/var/lib/bench-agent
 unit=/etc/systemd/system/bench-agent.service
-polkit_rule=/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules
+hotspot_unit=/etc/systemd/system/bench-hotspot@.service
+polkit_rule=/etc/polkit-1/rules.d/50-bench-agent-hotspot.rules
+# Earlier releases granted NetworkManager's network-control (any profile, the
+# uplink too): removed on upgrade, since the hotspot unit replaces it.
+old_polkit_rule=/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules
 log=/var/log/bench-agent-install.log
 
 [ -f "$source_dir/config/bench-agent.toml" ] || die "$source_dir/config/bench-agent.toml not found (is --source a bench-agent checkout?)"
@@ -127,10 +131,16 @@ else
 fi
 [ -f "$source_dir/README.md" ] && install_file 0644 "$source_dir/README.md" "$opt/README.md"
 
-# 6. The unit and the polkit rule for nmcli (ours: replaced when they differ).
+# 6. The units and the polkit rule for the hotspot (ours: replaced when they differ).
 install_file 0644 "$here/bench-agent.service" "$unit"
-install_file 0644 "$here/polkit/50-bench-agent-nmcli.rules" "$polkit_rule"
-sys "chown root:root $unit $polkit_rule"
+install_file 0644 "$here/bench-hotspot@.service" "$hotspot_unit"
+install_file 0644 "$here/polkit/50-bench-agent-hotspot.rules" "$polkit_rule"
+sys "chown root:root $unit $hotspot_unit $polkit_rule"
+if [ -e "$root$old_polkit_rule" ]; then
+    rm -f "$root$old_polkit_rule"
+    echo "install: removed $old_polkit_rule (it let the agent switch any NetworkManager profile)"
+    changed=1
+fi
 
 # 7. I2C bus 1 (INA219 sensors).
 if [ -n "$root" ] || command -v raspi-config >/dev/null; then

@@ -30,8 +30,9 @@ start_command_log "$root" /var/log/bench-agent-uninstall.log
 
 # Stop first, so the agent publishes its offline status and closes the store.
 sys "systemctl disable --now bench-agent.service 2>/dev/null || true"
-rm -f "$root/etc/systemd/system/bench-agent.service"
-rm -f "$root/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules"
+rm -f "$root/etc/systemd/system/bench-agent.service" "$root/etc/systemd/system/bench-hotspot@.service"
+# The hotspot rule, and the nmcli rule of earlier releases.
+rm -f "$root/etc/polkit-1/rules.d/50-bench-agent-hotspot.rules" "$root/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules"
 rm -rf "$root/opt/bench-agent"
 sys "systemctl daemon-reload"
 

@@ -20,10 +20,10 @@ systemd, the installer as root. Nothing reaches the host:
 Tear-down is SIGKILL of the sandbox's PID 1 (the kernel then kills every
 process of the namespace), then removal of the cgroup.
 
-Driven with `nsenter -t <pid> -a`: `systemctl` reaches systemd over its private
-socket (there is no D-Bus inside). Needs root, `unshare`, `nsenter`,
-`/lib/systemd/systemd` and a cgroup2 hierarchy; `unavailable_reason()` says
-what is missing, for the skip message.
+Driven with `nsenter -t <pid> -a`: `systemctl` as root reaches systemd over its
+private socket; the system bus runs only when a test starts `dbus.socket`.
+Needs root, `unshare`, `nsenter`, `/lib/systemd/systemd` and a cgroup2
+hierarchy; `unavailable_reason()` says what is missing, for the skip message.
 """
 
 from __future__ import annotations
@@ -42,13 +42,17 @@ from pathlib import Path
 SYSTEMD = Path("/lib/systemd/system/../systemd").resolve()  # /lib/systemd/systemd
 SANDBOX_TARGET = "bench-sandbox.target"
 
-# Boot-time units allowed to run inside: the journal, which the tests read.
+# Boot-time units allowed to run inside: the journal, which the tests read, and
+# the system bus, which a test may start (nothing starts it at the sandbox's boot:
+# its target pulls in nothing) for polkit checks made by systemd.
 KEEP_UNITS = frozenset(
     {
         "systemd-journald.service",
         "systemd-journald.socket",
         "systemd-journald-dev-log.socket",
         "systemd-journal-flush.service",
+        "dbus.socket",
+        "dbus.service",
     }
 )
 UNIT_DIRS = (Path("/lib/systemd/system"), Path("/etc/systemd/system"))

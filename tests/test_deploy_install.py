@@ -107,7 +107,11 @@ def test_install_on_a_fresh_machine_then_again_then_uninstall(fresh: InstalledBe
         box.path(f"/etc/systemd/system/{UNIT}").read_bytes()
         == (REPO / "deploy" / "bench-agent.service").read_bytes()
     )
-    assert box.path("/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules").is_file()
+    assert (
+        box.path("/etc/systemd/system/bench-hotspot@.service").read_bytes()
+        == (REPO / "deploy" / "bench-hotspot@.service").read_bytes()
+    )
+    assert box.path("/etc/polkit-1/rules.d/50-bench-agent-hotspot.rules").is_file()
     assert box.systemctl("is-enabled", UNIT).stdout.strip() == "enabled"
     fresh.wait_for_state("active", "running", 30)
     # The technician's view of the fresh bench: what is missing, and why.
@@ -163,7 +167,8 @@ def test_install_on_a_fresh_machine_then_again_then_uninstall(fresh: InstalledBe
         "/opt/bench-agent",
         f"/etc/systemd/system/{UNIT}",
         f"/etc/systemd/system/multi-user.target.wants/{UNIT}",
-        "/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules",
+        "/etc/systemd/system/bench-hotspot@.service",
+        "/etc/polkit-1/rules.d/50-bench-agent-hotspot.rules",
     ):
         assert not box.path(gone).exists(), gone
     assert box.systemctl("is-active", UNIT, check=False).stdout.strip() == "inactive"

@@ -76,9 +76,12 @@ def test_install_writes_every_file_with_its_mode(tmp_path: Path, source: Path) -
     unit = root / "etc/systemd/system/bench-agent.service"
     assert mode(unit) == 0o644
     assert unit.read_bytes() == (REPO / "deploy/bench-agent.service").read_bytes()
-    rule = root / "etc/polkit-1/rules.d/50-bench-agent-nmcli.rules"
+    hotspot_unit = root / "etc/systemd/system/bench-hotspot@.service"
+    assert mode(hotspot_unit) == 0o644
+    assert hotspot_unit.read_bytes() == (REPO / "deploy/bench-hotspot@.service").read_bytes()
+    rule = root / "etc/polkit-1/rules.d/50-bench-agent-hotspot.rules"
     assert mode(rule) == 0o644
-    assert rule.read_bytes() == (REPO / "deploy/polkit/50-bench-agent-nmcli.rules").read_bytes()
+    assert rule.read_bytes() == (REPO / "deploy/polkit/50-bench-agent-hotspot.rules").read_bytes()
     assert (root / "opt/bench-agent/README.md").read_text() == "# bench-agent\n"
     assert not (root / "opt/bench-agent/venv").exists()  # --no-venv
 
@@ -96,7 +99,8 @@ def test_install_records_owners_and_system_commands(tmp_path: Path, source: Path
         "chown -R bench-agent:bench-agent /etc/bench-agent/secrets",
         "chown bench-agent:bench-agent /var/lib/bench-agent",
         "chown root:root /etc/systemd/system/bench-agent.service "
-        "/etc/polkit-1/rules.d/50-bench-agent-nmcli.rules",
+        "/etc/systemd/system/bench-hotspot@.service "
+        "/etc/polkit-1/rules.d/50-bench-agent-hotspot.rules",
         "usermod --append --groups gpio,i2c,dialout bench-agent",
         "raspi-config nonint do_i2c 0",
         "systemctl daemon-reload",
@@ -177,7 +181,8 @@ def test_uninstall_keeps_config_and_state_unless_purged(tmp_path: Path, source: 
     r = run(UNINSTALL, "--root", str(root))
     assert r.returncode == 0, r.stderr
     assert not (root / "etc/systemd/system/bench-agent.service").exists()
-    assert not (root / "etc/polkit-1/rules.d/50-bench-agent-nmcli.rules").exists()
+    assert not (root / "etc/systemd/system/bench-hotspot@.service").exists()
+    assert not (root / "etc/polkit-1/rules.d/50-bench-agent-hotspot.rules").exists()
     assert not (root / "opt/bench-agent").exists()
     assert (root / "etc/bench-agent/bench-agent.toml").read_text() == CONFIG
     assert (root / "var/lib/bench-agent/store.sqlite3").read_text() == "rows"
@@ -198,33 +203,58 @@ def test_uninstall_keeps_config_and_state_unless_purged(tmp_path: Path, source: 
     assert "userdel bench-agent" in ulog
 
 
+def test_upgrade_removes_the_old_rule_that_let_the_agent_switch_any_profile(
+    tmp_path: Path, source: Path
+) -> None:
+    root = tmp_path / "root"
+    install(root, source)
+    old_rule = root / "etc/polkit-1/rules.d/50-bench-agent-nmcli.rules"
+    old_rule.write_text('polkit.addRule(function () { return "yes"; });\n')  # an earlier release
+    r = install(root, source)
+    assert not old_rule.exists()
+    assert "removed /etc/polkit-1/rules.d/50-bench-agent-nmcli.rules" in r.stdout
+    assert "systemctl try-restart bench-agent.service" in (root / LOG).read_text()
+    r = run(UNINSTALL, "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    assert list((root / "etc/polkit-1/rules.d").iterdir()) == []
+
+
 @pytest.mark.skipif(
     shutil.which("node") is None, reason="node is needed to evaluate the polkit rule"
 )
-def test_polkit_rule_grants_only_hotspot_switching() -> None:
-    """Evaluates the rule file as polkit does: a JavaScript function per request."""
-    rule = (REPO / "deploy/polkit/50-bench-agent-nmcli.rules").read_text()
+def test_polkit_rule_grants_only_starting_the_two_hotspot_switches() -> None:
+    """Evaluates the rule file as polkit does: a JavaScript function per request.
+
+    The real polkitd, with the real systemd asking it, is in test_deploy_hotspot.py.
+    """
+    rule = (REPO / "deploy/polkit/50-bench-agent-hotspot.rules").read_text()
     harness = (
         "const rules = [];\n"
         "const polkit = {addRule: (f) => rules.push(f), "
         "Result: {YES: 'yes', NO: 'no', NOT_HANDLED: null}};\n"
         + rule
         + "\nconst cases = JSON.parse(process.argv[1]);\n"
-        "console.log(JSON.stringify(cases.map(([user, id]) => "
-        "rules[0]({id: id}, {user: user}))));\n"
+        "console.log(JSON.stringify(cases.map(([user, id, details]) => "
+        "rules[0]({id: id, lookup: (k) => details[k]}, {user: user}))));\n"
     )
+    units = "org.freedesktop.systemd1.manage-units"
     nm = "org.freedesktop.NetworkManager."
+    up, down = "bench-hotspot@up.service", "bench-hotspot@down.service"
     cases = [
-        ["bench-agent", nm + "network-control"],
-        ["bench-agent", nm + "wifi.share.protected"],
-        ["bench-agent", nm + "wifi.share.open"],
-        ["bench-agent", nm + "settings.modify.system"],
-        ["bench-agent", nm + "enable-disable-network"],
-        ["bench-agent", "org.freedesktop.login1.reboot"],
-        ["pi", nm + "network-control"],
-        ["nobody", nm + "wifi.share.open"],
+        ["bench-agent", units, {"unit": up, "verb": "start"}],
+        ["bench-agent", units, {"unit": down, "verb": "start"}],
+        ["bench-agent", units, {"unit": up, "verb": "stop"}],
+        ["bench-agent", units, {"unit": down, "verb": "restart"}],
+        ["bench-agent", units, {"unit": "bench-hotspot@uplink.service", "verb": "start"}],
+        ["bench-agent", units, {"unit": "NetworkManager.service", "verb": "stop"}],
+        ["bench-agent", units, {"unit": "bench-agent.service", "verb": "stop"}],
+        ["bench-agent", units, {}],  # daemon-reload and friends: no unit
+        ["bench-agent", nm + "network-control", {}],
+        ["bench-agent", nm + "wifi.share.open", {}],
+        ["bench-agent", "org.freedesktop.login1.reboot", {}],
+        ["pi", units, {"unit": up, "verb": "start"}],
     ]
     r = subprocess.run(
         ["node", "-e", harness, json.dumps(cases)], capture_output=True, text=True, check=True
     )
-    assert json.loads(r.stdout) == ["yes", "yes", "yes", None, None, None, None, None]
+    assert json.loads(r.stdout) == ["yes", "yes"] + [None] * 10

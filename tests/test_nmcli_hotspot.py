@@ -1,10 +1,17 @@
-"""The nmcli hotspot backend against a stand-in `nmcli` (and `iw`) first on PATH.
+"""The nmcli hotspot backend against stand-in `nmcli`, `iw` and `systemctl` first on PATH.
 
 There is no NetworkManager here, so the test writes small programs named
 `nmcli` and `iw` into tmp_path. Each records its argv (one JSON line per call)
 and answers like the real tool from a state file the test controls: a
 profile's state, exit codes, a hang, garbage on stdout. The backend runs them
 exactly as it would run the real ones (PATH lookup, no shell).
+
+The switch goes through `systemctl start bench-hotspot@up|down.service`; the
+stand-in `systemctl` runs the ExecStart line of the shipped unit file (its
+python and config path pointed at this test's) as systemd would, keeps its
+exit status as the unit's ExecMainStatus, and can answer as systemd does when
+polkit refuses or the unit is not installed. The real systemd, D-Bus and
+polkit with the installed unit and rule are in `test_deploy_hotspot.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +42,15 @@ PROFILE = "Bench Hotspot"  # a space: proves nothing goes through a shell
 SHOW = ["-t", "-f", "GENERAL.STATE,GENERAL.DEVICES", "connection", "show", "id", PROFILE]
 UP = ["--wait", "8", "connection", "up", "id", PROFILE]
 DOWN = ["--wait", "8", "connection", "down", "id", PROFILE]
-STOP_DOWN = ["--wait", "1", "connection", "down", "id", PROFILE]
+HOTSPOT_UNIT = REPO / "deploy" / "bench-hotspot@.service"
+START_UP = ["--no-ask-password", "start", "bench-hotspot@up.service"]
+START_DOWN = ["--no-ask-password", "start", "bench-hotspot@down.service"]
+EXEC_MAIN_STATUS_DOWN = [
+    "show",
+    "--property=ExecMainStatus",
+    "--value",
+    "bench-hotspot@down.service",
+]
 MACS = ["02:00:5e:10:00:01", "02:00:5e:10:00:02", "02:00:5e:10:00:03"]
 
 # Answers like nmcli 1.42 (Bookworm) for the forms the backend uses; anything
@@ -45,7 +62,7 @@ argv = sys.argv[1:]
 with open(os.path.join(here, "calls.jsonl"), "a") as log:
     log.write(json.dumps({
         "prog": "nmcli", "argv": argv, "lc_all": os.environ.get("LC_ALL"),
-        "stdin": os.path.realpath("/proc/self/fd/0"),
+        "stdin": os.path.realpath("/proc/self/fd/0"), "unit": os.environ.get("STANDIN_UNIT"),
     }) + "\\n")
 state_path = os.path.join(here, "nm.json")
 with open(state_path) as f:
@@ -127,6 +144,64 @@ for mac in nm["stations"]:
     print("\\tinactive time:\\t1200 ms\\n\\trx bytes:\\t51234\\n\\tsignal:  \\t-52 dBm")
 """
 
+# systemctl 252 for the forms the backend uses. `start` runs the unit's
+# ExecStart (given as JSON argv with %i still in it) and fails as systemd
+# does; `show --property=ExecMainStatus --value` reads what the last run left.
+STANDIN_SYSTEMCTL = """
+import json, os, subprocess, sys
+here = os.path.dirname(os.path.abspath(__file__))
+argv = sys.argv[1:]
+with open(os.path.join(here, "calls.jsonl"), "a") as log:
+    log.write(json.dumps({"prog": "systemctl", "argv": argv}) + "\\n")
+state_path = os.path.join(here, "nm.json")
+with open(state_path) as f:
+    nm = json.load(f)
+words = [a for a in argv if not a.startswith("--")]
+if words[:1] == ["show"] and "--property=ExecMainStatus" in argv and "--value" in argv:
+    print(nm["exec_main_status"].get(words[1], 0))
+    sys.exit(0)
+if len(words) != 2 or words[0] != "start":
+    sys.stderr.write("Unknown command verb %s.\\n" % words[:1])
+    sys.exit(1)
+unit = words[1]
+if nm["systemctl"] == "denied":
+    sys.stderr.write("Failed to start %s: Interactive authentication required.\\n" % unit)
+    sys.stderr.write("See system logs and 'systemctl status %s' for details.\\n" % unit)
+    sys.exit(1)
+prefix, sep, instance = unit.removesuffix(".service").partition("@")
+if nm["systemctl"] == "no_unit" or prefix != "bench-hotspot" or not sep:
+    sys.stderr.write("Failed to start %s: Unit %s not found.\\n" % (unit, unit))
+    sys.exit(5)
+with open(os.path.join(here, "exec_start.json")) as f:
+    exec_start = [word.replace("%i", instance) for word in json.load(f)]
+status = subprocess.call(exec_start, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "STANDIN_UNIT": unit})
+nm["exec_main_status"][unit] = status
+with open(state_path) as f:
+    latest = json.load(f)  # nmcli changed the profile's state meanwhile
+latest["exec_main_status"] = nm["exec_main_status"]
+with open(state_path, "w") as f:
+    json.dump(latest, f)
+if status != 0:
+    sys.stderr.write("Job for %s failed because the control process exited with error code.\\n"
+                     % unit)
+    sys.exit(1)
+"""
+
+
+def shipped_exec_start(config: Path) -> list[str]:
+    """The hotspot unit's ExecStart, with this test's python and config for the installed ones."""
+    lines = [
+        line.partition("=")[2]
+        for line in HOTSPOT_UNIT.read_text().splitlines()
+        if line.startswith("ExecStart=")
+    ]
+    assert len(lines) == 1, lines
+    argv = shlex.split(lines[0])
+    assert argv[0] == "/opt/bench-agent/venv/bin/python"
+    assert argv[-1] == "/etc/bench-agent/bench-agent.toml"
+    return [sys.executable, *argv[1:-1], str(config)]
+
 
 class FakeNetworkManager:
     """The stand-in tools' directory, their shared state file and their call log."""
@@ -135,10 +210,18 @@ class FakeNetworkManager:
         self.bin_dir = bin_dir
         self.state_path = bin_dir / "nm.json"
         self.calls_path = bin_dir / "calls.jsonl"
-        for name, body in (("nmcli", STANDIN_NMCLI), ("iw", STANDIN_IW)):
+        for name, body in (
+            ("nmcli", STANDIN_NMCLI),
+            ("iw", STANDIN_IW),
+            ("systemctl", STANDIN_SYSTEMCTL),
+        ):
             path = bin_dir / name
             path.write_text(f"#!{sys.executable}\n{body}")
             path.chmod(0o755)
+        # What the root-owned config says: the only profile the switch ever touches.
+        config = bin_dir / "bench-agent.toml"
+        config.write_text(f'[outputs.wifi]\nbackend = "nmcli"\nnmcli_connection = "{PROFILE}"\n')
+        (bin_dir / "exec_start.json").write_text(json.dumps(shipped_exec_start(config)))
         self.state: dict[str, Any] = {
             "profile": PROFILE,
             "exists": True,
@@ -150,6 +233,8 @@ class FakeNetworkManager:
             "after": {},
             "stations": [],
             "iw_exit": 0,
+            "systemctl": "ok",  # or "denied" (polkit said no), "no_unit" (not installed)
+            "exec_main_status": {},
         }
         self.save()
 
@@ -319,6 +404,122 @@ def test_is_on_reads_networkmanager_again_after_confirm_every_s(
     assert nm.calls() == [SHOW, SHOW]
 
 
+def test_the_agent_switches_only_through_the_units_and_they_name_no_profile(
+    nm: FakeNetworkManager, clock: FakeClock, hotspots: list[NmcliHotspot]
+) -> None:
+    hotspot = make(hotspots, clock)
+    hotspot.set(True)
+    hotspot.set(False)
+    assert nm.calls("systemctl") == [START_UP, START_DOWN]
+    switches = [r for r in nm.records() if r["prog"] == "nmcli" and r["argv"] != SHOW]
+    assert [r["argv"] for r in switches] == [UP, DOWN]
+    # Every up/down ran inside the root-owned unit, in the C locale, without a terminal.
+    assert [r["unit"] for r in switches] == [
+        "bench-hotspot@up.service",
+        "bench-hotspot@down.service",
+    ]
+    assert all(r["lc_all"] == "C" and r["stdin"] == "/dev/null" for r in switches)
+    # The profile comes from the root-owned config, never from the agent's command line.
+    assert not any(PROFILE in word for call in nm.calls("systemctl") for word in call)
+
+
+def test_refused_by_polkit_is_a_fault_that_names_the_rule(
+    nm: FakeNetworkManager, clock: FakeClock, hotspots: list[NmcliHotspot]
+) -> None:
+    hotspot = make(hotspots, clock)
+    nm.set(systemctl="denied")
+    with pytest.raises(NmcliError) as raised:
+        hotspot.set(True)
+    assert raised.value.fault == "not_authorized"
+    assert "polkit rule" in str(raised.value)
+    assert nm.calls() == [SHOW]  # nmcli never ran
+    assert nm.nm_state() == "deactivated"
+    assert is_on(hotspot) is False
+
+
+def test_a_missing_switch_unit_is_a_fault_that_says_to_install(
+    nm: FakeNetworkManager, clock: FakeClock, hotspots: list[NmcliHotspot]
+) -> None:
+    hotspot = make(hotspots, clock)
+    nm.set(systemctl="no_unit")
+    with pytest.raises(NmcliError) as raised:
+        hotspot.set(True)
+    assert raised.value.fault == "switch_unit_missing"
+    assert "install.sh" in str(raised.value)
+    assert nm.calls() == [SHOW]
+
+
+def test_a_config_without_an_nmcli_hotspot_switches_nothing_and_says_so(
+    nm: FakeNetworkManager, clock: FakeClock, hotspots: list[NmcliHotspot]
+) -> None:
+    hotspot = make(hotspots, clock)
+    (nm.bin_dir / "bench-agent.toml").write_text('[outputs.wifi]\nbackend = "gpio"\npin = 22\n')
+    with pytest.raises(NmcliError) as raised:
+        hotspot.set(True)
+    assert raised.value.fault == "switch_config"
+    assert nm.calls() == [SHOW]
+
+
+def run_switch(*args: str) -> subprocess.CompletedProcess[str]:
+    """The switch as the unit runs it (python -I -m), with this test's PATH."""
+    return subprocess.run(
+        [sys.executable, "-I", "-m", "bench_agent.hardware.hotspot_switch", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "instance",
+    ["uplink", "Up", "up ", "", "down;nmcli", "connection", "reload", "../up"],
+)
+def test_the_switch_refuses_any_instance_but_up_and_down(
+    nm: FakeNetworkManager, instance: str
+) -> None:
+    r = run_switch(instance, str(nm.bin_dir / "bench-agent.toml"))
+    assert r.returncode == 64, r.stdout + r.stderr
+    assert nm.records() == []  # nmcli never ran
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,  # missing
+        "[outputs.wifi\n",  # not TOML
+        '[outputs.wifi]\nbackend = "gpio"\npin = 22\n',
+        '[outputs.wifi]\nbackend = "nmcli"\n',
+        '[outputs.wifi]\nbackend = "nmcli"\nnmcli_connection = ""\n',
+        '[outputs.wifi]\nbackend = "nmcli"\nnmcli_connection = 7\n',
+        '[outputs.usb1]\nbackend = "nmcli"\nnmcli_connection = "uplink"\n',  # not the wifi
+        '[outputs]\nwifi = "uplink"\n',
+    ],
+)
+def test_the_switch_runs_nmcli_only_for_the_configured_hotspot(
+    nm: FakeNetworkManager, tmp_path: Path, config: str | None
+) -> None:
+    path = tmp_path / "bench-agent.toml"
+    if config is not None:
+        path.write_text(config)
+    r = run_switch("up", str(path))
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert nm.records() == []
+
+
+def test_the_switch_passes_nmcli_status_through_and_a_down_of_an_inactive_profile_is_done(
+    nm: FakeNetworkManager,
+) -> None:
+    config = str(nm.bin_dir / "bench-agent.toml")
+    nm.set(exit={"up": 4})
+    assert run_switch("up", config).returncode == 4
+    nm.set(exit={})
+    assert run_switch("down", config).returncode == 0  # nmcli said 10: it was not active
+    nm.set(exists=False)
+    assert run_switch("up", config).returncode == 10  # profile_missing, for the agent
+    assert nm.calls() == [UP, DOWN, UP]
+
+
 # -- failures -----------------------------------------------------------------
 
 
@@ -335,7 +536,9 @@ def test_activation_failure_exit_4_raises_keeps_the_state_and_logs_once(
         hotspot.set(True)
     assert isinstance(raised.value, OSError)  # what the controller catches
     assert raised.value.fault == "activation_failed"
-    assert "Secrets were required" in str(raised.value)
+    # nmcli's own words went to the unit's journal; the error says where.
+    assert "exit status 4" in str(raised.value)
+    assert "journalctl -u bench-hotspot@up.service" in str(raised.value)
     assert fault_of(hotspot) == "activation_failed"
     assert is_on(hotspot) is False
     assert nm.calls() == [SHOW, UP]
@@ -457,7 +660,7 @@ def test_a_hung_nmcli_is_killed_after_the_timeout(
     with pytest.raises(NmcliError) as raised:
         hotspot.set(True)
     assert time.monotonic() - started < 20.0
-    assert raised.value.fault == "nmcli_timeout"
+    assert raised.value.fault == "systemctl_timeout"  # the switch's unit did not finish in time
     assert is_on(hotspot) is False
     assert nm.calls() == [SHOW, SHOW, UP]
 
@@ -498,7 +701,7 @@ def test_unreadable_output_is_a_fault_and_not_a_state(
 # -- stop ---------------------------------------------------------------------
 
 
-def test_close_switches_off_with_a_short_wait_once_even_during_a_backoff(
+def test_close_switches_off_once_even_during_a_backoff(
     nm: FakeNetworkManager, clock: FakeClock, hotspots: list[NmcliHotspot]
 ) -> None:
     hotspot = make(hotspots, clock, retry_min_s=60.0)
@@ -509,12 +712,13 @@ def test_close_switches_off_with_a_short_wait_once_even_during_a_backoff(
     nm.set(exit={})
     hotspot.close()  # backoff running; the agent is leaving, so it tries anyway
     hotspot.close()
-    assert nm.calls() == [SHOW, UP, DOWN, STOP_DOWN]
+    assert nm.calls() == [SHOW, UP, DOWN, DOWN]
+    assert nm.calls("systemctl")[-2:] == [EXEC_MAIN_STATUS_DOWN, START_DOWN]
     assert is_on(hotspot) is False
     assert nm.nm_state() == "deactivated"
     with pytest.raises(NmcliError, match="closed"):
         hotspot.set(True)
-    assert nm.calls() == [SHOW, UP, DOWN, STOP_DOWN]
+    assert nm.calls() == [SHOW, UP, DOWN, DOWN]
 
 
 def test_close_with_safe_state_on_brings_it_up_only_when_not_known_on(
@@ -524,7 +728,7 @@ def test_close_with_safe_state_on_brings_it_up_only_when_not_known_on(
     assert nm.calls() == [SHOW, UP]
     hotspot.set(False)
     hotspot.close()
-    assert nm.calls() == [SHOW, UP, DOWN, ["--wait", "1", "connection", "up", "id", PROFILE]]
+    assert nm.calls() == [SHOW, UP, DOWN, UP]
     assert is_on(hotspot) is True
 
 

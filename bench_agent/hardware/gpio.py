@@ -127,7 +127,11 @@ _NMCLI_EXIT_FAULTS = {
 }
 _NM_ACTIVE_STATES = frozenset({"activating", "activated", "deactivating", "deactivated"})
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")  # IFNAMSIZ is 16, with its NUL
-_STOP_WAIT_S = 1  # on close; NetworkManager completes a deactivation it accepted anyway
+# deploy/bench-hotspot@.service: root switches the config's profile, the agent may only
+# start these two instances (polkit). See bench_agent/hardware/hotspot_switch.py for why.
+HOTSPOT_SWITCH_UNIT = "bench-hotspot@{verb}.service"
+_SYSTEMCTL_UNIT_NOT_FOUND = 5  # systemctl(1) "EXIT STATUS": no such unit
+_SWITCH_EXIT_FAULTS = {64: "switch_refused", 78: "switch_config"}  # hotspot_switch's own
 
 
 def _run_bounded(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -191,16 +195,24 @@ def _parse_active_state(stdout: str) -> tuple[str, str | None]:
 
 
 class NmcliHotspot:
-    """The Pi's own radio as a NetworkManager hotspot profile, switched with nmcli.
+    """The Pi's own radio as a NetworkManager hotspot profile, switched through systemd.
 
     Exactly these invocations, never through a shell and never with a secret
-    (the profile holds its own PSK; a polkit rule in deploy/ lets the service
-    user activate it):
+    (the profile holds its own PSK):
 
         nmcli -t -f GENERAL.STATE,GENERAL.DEVICES connection show id <profile>
-        nmcli --wait <wait_s> connection up id <profile>
-        nmcli --wait <wait_s> connection down id <profile>
+        systemctl --no-ask-password start bench-hotspot@up.service
+        systemctl --no-ask-password start bench-hotspot@down.service
+        systemctl show --property=ExecMainStatus --value bench-hotspot@<verb>.service
+                                                           (after a failed switch)
         iw dev <ifname> station dump                       (client_count only)
+
+    Reading needs no privilege. Switching does, and NetworkManager cannot
+    limit it to one profile, so the agent never runs `nmcli up|down` itself:
+    polkit lets it start the two root-owned instances of
+    `bench-hotspot@.service`, which switch the profile named in the root-owned
+    config with `nmcli --wait 8` (`hotspot_switch.py`). nmcli's exit status
+    comes back as the unit's ExecMainStatus and names the fault.
 
     `is_on` is what NetworkManager last reported or last accepted, never what
     was merely asked for. It is learned at start, re-read every
@@ -208,9 +220,9 @@ class NmcliHotspot:
     repeated while the profile is known to be active: re-activating a hotspot
     restarts the access point and drops every phone on it.
 
-    Each call is bounded (`timeout_s`, which defaults to `wait_s` + 2 s) so a
-    hung NetworkManager costs the main loop at most that long. A failed call
-    (non-zero exit, nmcli missing, timeout, unreadable output) raises
+    Each call is bounded (`timeout_s`) so a hung NetworkManager costs the main
+    loop at most that long. A failed call (non-zero exit, nmcli or the unit
+    missing, not authorized, timeout, unreadable output) raises
     `NmcliError`, keeps its code in `fault` until nmcli works again, is logged
     once per streak, and is not retried before a backoff (`retry_min_s`
     doubling to `retry_max_s`): meanwhile `set` raises at once. The
@@ -224,26 +236,21 @@ class NmcliHotspot:
         connection: str,
         safe_state_on: bool,
         *,
-        wait_s: int = 8,
-        timeout_s: float | None = None,
+        timeout_s: float = 12.0,
         stop_timeout_s: float = 2.0,
         retry_min_s: float = 10.0,
         retry_max_s: float = 300.0,
         confirm_every_s: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Times in seconds. The defaults keep a hung nmcli (10 s) well inside the
-        30 s systemd watchdog, and a stop (2 s) inside the agent's 5 s stop budget."""
-        if wait_s < 1:
-            raise ValueError(
-                f"wait_s must be at least 1 (nmcli --wait 0 does not wait), got {wait_s}"
-            )
+        """Times in seconds. The defaults keep a hung switch (nmcli's own --wait 8,
+        plus the unit's start) well inside the 30 s systemd watchdog, and a stop
+        (2 s) inside the agent's 5 s stop budget."""
         self.name = name
         self.connection = connection
         self.safe_state_on = safe_state_on
         self.fault: str | None = None  # a code from NmcliError while nmcli keeps failing
-        self._wait_s = int(wait_s)
-        self._timeout_s = float(wait_s + 2) if timeout_s is None else timeout_s
+        self._timeout_s = timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
@@ -281,7 +288,7 @@ class NmcliHotspot:
             self._refresh()  # a timed-out `up` may have completed: ask before acting
         if self._known and self._on == on:
             return
-        self._switch(on, self._wait_s, self._timeout_s)
+        self._switch(on, self._timeout_s)
 
     @property
     def is_on(self) -> bool:
@@ -301,11 +308,13 @@ class NmcliHotspot:
             return
         self._closed = True
         try:
+            # Bounded by stop_timeout_s; a switch still running then is finished by
+            # systemd after the agent has gone (killing systemctl does not cancel the job).
             if not self.safe_state_on:
                 # Sent even when known off: the last word on stop should be NetworkManager's.
-                self._switch(False, _STOP_WAIT_S, self._stop_timeout_s)
+                self._switch(False, self._stop_timeout_s)
             elif not (self._known and self._on):
-                self._switch(True, _STOP_WAIT_S, self._stop_timeout_s)
+                self._switch(True, self._stop_timeout_s)
         except NmcliError as exc:
             log.warning(
                 "hotspot %s: could not return to its safe state: %s",
@@ -380,35 +389,65 @@ class NmcliHotspot:
         if not self._switch_failed or (self._known and self._on == self._wanted):
             self._recovered()
 
-    def _switch(self, on: bool, wait_s: int, timeout_s: float) -> None:
+    def _switch(self, on: bool, timeout_s: float) -> None:
+        """Start bench-hotspot@up|down and wait for its end (the unit is Type=oneshot)."""
         verb = "up" if on else "down"
-        argv = ["nmcli", "--wait", str(wait_s), "connection", verb, "id", self.connection]
+        unit = HOTSPOT_SWITCH_UNIT.format(verb=verb)
+        argv = ["systemctl", "--no-ask-password", "start", unit]
         result = self._invoke(verb, argv, timeout_s)
-        # `down` of a profile that is not active exits 10: off is what was asked for.
-        if result.returncode == 0 or (not on and result.returncode == 10):
+        if result.returncode == 0:
             self._confirmed(on)
             self._recovered()
             return
-        raise self._failed(
-            _NMCLI_EXIT_FAULTS.get(result.returncode, f"nmcli_exit_{result.returncode}"),
-            f"nmcli connection {verb}: {_last_line(result.stderr, result.stdout)}",
-            switching=True,
+        fault, detail = self._switch_failure(unit, result)
+        raise self._failed(fault, f"hotspot {verb} ({unit}): {detail}", switching=True)
+
+    def _switch_failure(
+        self, unit: str, result: subprocess.CompletedProcess[str]
+    ) -> tuple[str, str]:
+        """(fault, detail) for a failed `systemctl start`: denied, no unit, or nmcli's exit."""
+        # systemctl's first line says what happened; the next ones point at its logs.
+        said = next(
+            (line.strip()[:200] for line in result.stderr.splitlines() if line.strip()),
+            _last_line(result.stdout),
         )
+        if "authentication required" in said.lower() or "access denied" in said.lower():
+            # No polkit rule for us (deploy/polkit/50-bench-agent-hotspot.rules), or no polkit.
+            return "not_authorized", f"{said} (is the polkit rule installed?)"
+        if result.returncode == _SYSTEMCTL_UNIT_NOT_FOUND or "not found" in said:
+            return "switch_unit_missing", f"{said} (run deploy/install.sh)"
+        # The unit ran and failed: its main process's exit status is nmcli's (or the
+        # switch's own 64/78). Read only after a failure, so a stale value cannot mislead.
+        status = self._invoke(
+            "status",
+            ["systemctl", "show", "--property=ExecMainStatus", "--value", unit],
+            self._timeout_s,
+        )
+        text = status.stdout.strip()
+        code = int(text) if status.returncode == 0 and text.isdigit() else None
+        journal = f"see journalctl -u {unit}"
+        if code is None or code == 0:
+            return f"systemctl_exit_{result.returncode}", f"{said}; {journal}"
+        fault = _SWITCH_EXIT_FAULTS.get(code) or _NMCLI_EXIT_FAULTS.get(code, f"nmcli_exit_{code}")
+        return fault, f"exit status {code} ({fault}); {journal}"
 
     def _invoke(
         self, what: str, argv: list[str], timeout_s: float
     ) -> subprocess.CompletedProcess[str]:
         switching = what != "show"
+        program = argv[0]
         try:
             return _run_bounded(argv, timeout_s)
         except FileNotFoundError:
-            raise self._failed("nmcli_missing", "nmcli not found on PATH", switching) from None
+            raise self._failed(
+                f"{program}_missing", f"{program} not found on PATH", switching
+            ) from None
         except subprocess.TimeoutExpired:
-            detail = f"nmcli connection {what}: no answer in {timeout_s:g} s, killed"
-            raise self._failed("nmcli_timeout", detail, switching) from None
+            detail = f"{program} ({what}): no answer in {timeout_s:g} s, killed"
+            raise self._failed(f"{program}_timeout", detail, switching) from None
         except OSError as exc:
             raise self._failed(
-                "nmcli_not_runnable", f"nmcli cannot run: {exc}", switching
+                f"{program}_not_runnable", f"{program} cannot run: {exc}", switching
             ) from None
 
     def _confirmed(self, on: bool) -> None:
