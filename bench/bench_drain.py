@@ -64,11 +64,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import tcp_counters  # noqa: E402
-from bench_agent import payloads  # noqa: E402
+from bench_agent.clock import iso_utc, read_boot_id  # noqa: E402
 from bench_agent.config import MqttConfig  # noqa: E402
-from bench_agent.mqtt import Acked, Connected, Disconnected, LinkEvent, MqttLink, Will  # noqa: E402
-from bench_agent.outbox import Outbox, OutboxItem, current_boot_id, iso_utc  # noqa: E402
-from bench_agent.publisher import Publisher  # noqa: E402
+from bench_agent.link import payloads  # noqa: E402
+from bench_agent.link.mqtt import Acked, Connected, Disconnected, LinkEvent, MqttLink, Will  # noqa: E402
+from bench_agent.link.outbox import Outbox, OutboxItem  # noqa: E402
+from bench_agent.link.publisher import Publisher  # noqa: E402
 from tests.support import Broker  # noqa: E402
 
 BENCH_ID = "bench-drain-01"
@@ -341,7 +342,7 @@ def next_tick(due: float, now: float, every: float) -> float:
 def record_live(outbox: Outbox, rng: random.Random, minute: int) -> OutboxItem:
     """Record one live telemetry record as `Agent._record` does: outbox first."""
     body = telemetry_body(rng, minute, depth=0)
-    boot, mono, ts = current_boot_id(), time.monotonic(), iso_utc(time.time())
+    boot, mono, ts = read_boot_id(), time.monotonic(), iso_utc(time.time())
     seq = outbox.put("telemetry", body, boot_id=boot, mono_s=mono, ts=ts, time_quality="synced")
     return OutboxItem.of(
         seq, "telemetry", body, boot_id=boot, mono_s=mono, ts=ts, time_quality="synced"
@@ -466,7 +467,7 @@ def drain_with_paho(
                 next_seq,
                 "telemetry",
                 body,
-                boot_id=current_boot_id(),
+                boot_id=read_boot_id(),
                 mono_s=mono,
                 ts=ts,
                 time_quality="synced",
@@ -782,5 +783,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # The link's own "disconnected (stopped)" at the end of each run is not news here.
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("bench_agent.mqtt").setLevel(logging.ERROR)
+    logging.getLogger("bench_agent.link.mqtt").setLevel(logging.ERROR)
     sys.exit(main())

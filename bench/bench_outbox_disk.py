@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_agent.outbox import Outbox
+from bench_agent.link.outbox import Outbox
 
 BOOT = "6f1c2d0e-3b7a-4c55-9d1e-2a8b7c9d0e1f"
 CHANNELS = ("solar", "battery", "usb1", "usb2", "ap")

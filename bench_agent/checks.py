@@ -1,4 +1,4 @@
-"""Checks shared by the small pure modules (counters.py, uplink.py) for their
+"""Checks shared by the pure modules (policy, soc, counters, uplink) for their
 configuration and their saved state: one wording, so every refusal reads alike;
 and the depth check every parser of untrusted JSON runs first."""
 
@@ -22,6 +22,11 @@ def is_finite_number(value: object) -> TypeGuard[float]:
         return math.isfinite(value)
     except OverflowError:  # an int too large for a float, e.g. from a garbled file
         return False
+
+
+def require_finite(name: str, value: object) -> None:
+    """ValueError unless `value` is a finite number (nan passes every range comparison)."""
+    require(is_finite_number(value), name, "must be a finite number", value)
 
 
 def json_nesting_exceeds(text: str, limit: int) -> bool:

@@ -16,9 +16,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bench_agent import __version__, techcli
+from bench_agent import __version__
 from bench_agent.config import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
+from bench_agent.local import techcli
 from bench_agent.logsetup import register_secret, setup_logging
 
 DEFAULT_CONFIG = os.environ.get("BENCH_AGENT_CONFIG", "/etc/bench-agent/bench-agent.toml")
@@ -121,8 +122,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return code
     if args.command == "config":
         # Here, not at the top: the technician's commands need neither (nor PyNaCl).
-        from bench_agent.commands import load_trusted_keys  # noqa: PLC0415
         from bench_agent.preflight import deployment_problems  # noqa: PLC0415
+        from bench_agent.remote.commands import load_trusted_keys  # noqa: PLC0415
 
         cfg = load_config(args.config)
         problems = deployment_problems(cfg)

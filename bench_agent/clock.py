@@ -29,6 +29,29 @@ TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 _TIME_ERROR = 5  # adjtimex(2) return value: "clock not synchronized"
 
 
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
+    """The kernel's boot id: the boot every record's monotonic time counts from.
+
+    "unknown" where there is none (not Linux), the same in the outbox and on the wire.
+    """
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def iso_utc(when: datetime | float) -> str:
+    """ISO 8601 in UTC with millisecond precision and a Z, as in every payload.
+
+    `when`: an aware datetime, or seconds since the epoch.
+    """
+    moment = datetime.fromtimestamp(when, tz=UTC) if isinstance(when, int | float) else when
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class Clock(Protocol):
     def monotonic(self) -> float:
         """Agent seconds since an arbitrary point in this boot; never jumps."""

@@ -22,17 +22,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from bench_agent.counters import CountersConfig
 from bench_agent.errors import ConfigError
-from bench_agent.policy import (
+from bench_agent.power.counters import CountersConfig
+from bench_agent.power.policy import (
     BatteryThresholds,
     PolicyConfig,
     PortLimits,
     Schedule,
     TemperatureLimits,
 )
-from bench_agent.soc import CHEMISTRIES, DEFAULT_REST_CURRENT_C
-from bench_agent.uplink import UplinkConfig
+from bench_agent.power.soc import CHEMISTRIES, DEFAULT_REST_CURRENT_C
+from bench_agent.power.uplink import UplinkConfig
 
 BENCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # 1 MiB, the shipped broker's max_packet_size, less room for the topic and headers.
@@ -663,7 +663,7 @@ def _parse_battery(t: _Table) -> BatteryConfig:
 # 10-11.2 V; the load output of a solar controller or a BatteryProtect, typically set
 # between 10.5 and 12 V; the simulated bench's controller at 12.0 V for LiFePO4 and
 # 11.8 V for AGM), which cut everything, the Pi and the uplink included. The percentages
-# below are read off the estimator's charts (bench_agent/soc.py), which the simulated
+# below are read off the estimator's charts (bench_agent/power/soc.py), which the simulated
 # battery also follows.
 _VOLTAGE_NET: dict[str, tuple[float, float, float]] = {
     # LiFePO4 (4S): the plateau ends at ~3.2 V per cell (12.8 V, ~20 %); 3.10 V per

@@ -30,9 +30,9 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench_agent.control import ControlClient
 from bench_agent.errors import BenchAgentError
-from bench_agent.techcli import format_status
+from bench_agent.local.control import ControlClient
+from bench_agent.local.techcli import format_status
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_CONFIG = REPO / "config" / "sim-bench.toml"

@@ -23,6 +23,11 @@ class ConfigError(BenchAgentError, ValueError):
         self.problem = problem
 
 
+class UsageError(BenchAgentError, ValueError):
+    """A bad command-line value (or a file named on the command line): printed as one
+    line; each tool exits with its own status (`bench-agent` 2, `bench-ops` 64)."""
+
+
 class SensorError(BenchAgentError, OSError):
     """A sensor did not answer or answered nonsense; the reading is lost, the agent goes on."""
 

@@ -20,8 +20,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_agent.commands import load_trusted_keys
 from bench_agent.config import Config, MqttConfig
+from bench_agent.remote.commands import load_trusted_keys
 
 
 @dataclass(frozen=True, slots=True)

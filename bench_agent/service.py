@@ -23,24 +23,20 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench_agent import __version__, payloads, statefile, uplink
-from bench_agent.clock import TimeFloor
-from bench_agent.commands import CommandProcessor, load_trusted_keys
+from bench_agent import __version__, statefile
+from bench_agent.clock import TimeFloor, iso_utc, read_boot_id
 from bench_agent.config import Config, load_config
-from bench_agent.control import ControlError, ControlServer, ControlSocketError
-from bench_agent.control_api import LocalControl
-from bench_agent.controller import Controller
-from bench_agent.counters import DailyCounters
 from bench_agent.errors import ConfigError, StorageError
 from bench_agent.eventlog import EventLog
-from bench_agent.hardware.backend import I2C_FAULT, Hardware, build_hardware
-from bench_agent.hardware.pins import GPIO_FAULT
+from bench_agent.faults import Fault, FaultRegistry, sensor_fault, thread_fault
+from bench_agent.hardware.backend import build_hardware
+from bench_agent.hardware.bundle import Hardware
 from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
-from bench_agent.mqtt import (
+from bench_agent.link import payloads
+from bench_agent.link.mqtt import (
     Acked,
     Connected,
     Disconnected,
@@ -51,18 +47,23 @@ from bench_agent.mqtt import (
     SetupFailed,
     Will,
 )
-from bench_agent.outbox import Kind, Outbox, OutboxItem, OutboxStats
-from bench_agent.policy import Override
+from bench_agent.link.outbox import Kind, Outbox, OutboxItem, OutboxStats
+from bench_agent.link.publisher import Publisher
+from bench_agent.local.control import ControlError, ControlServer, ControlSocketError
+from bench_agent.local.control_api import LocalControl
+from bench_agent.power import uplink
+from bench_agent.power.controller import Controller
+from bench_agent.power.counters import DailyCounters
+from bench_agent.power.policy import Override
+from bench_agent.power.sampler import Sampler
+from bench_agent.power.soc import CHEMISTRIES, SocEstimator
+from bench_agent.power.uplink import UplinkConfig, UplinkRecovery
 from bench_agent.preflight import cleartext_password
-from bench_agent.publisher import Publisher
-from bench_agent.sampler import Sampler
-from bench_agent.soc import CHEMISTRIES, SocEstimator
+from bench_agent.remote.commands import CommandProcessor, load_trusted_keys
 from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
-from bench_agent.uplink import UplinkConfig, UplinkRecovery
 
 log = logging.getLogger(__name__)
 
-BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 COUNTERS_FILE = "daily-counters.json"
 # What SIGHUP applies live. The rest (hardware, outputs, MQTT, storage, ...) is
 # built once at start: a change there is refused and needs a restart.
@@ -73,13 +74,13 @@ COUNTERS_SAVE_EVERY_S = 900.0  # agent seconds; a crash loses at most this much 
 WIFI_CLIENTS_EVERY_S = 60.0
 MAX_PENDING_REPLIES = 256
 # The broker refuses the bench's publishes (ACL, quota): records wait in the outbox.
-BROKER_REFUSED_FAULT = "broker_refused"
+BROKER_REFUSED_FAULT = Fault.BROKER_REFUSED
 # Ops' key files that could not be used (skipped; commands signed with them refused).
-OPS_KEYS_FAULT = "ops_keys"
+OPS_KEYS_FAULT = Fault.OPS_KEYS
 # The bench's own side of the uplink cannot be set up (TLS files): not the broker's fault.
-MQTT_SETUP_FAULT = "mqtt_setup"
+MQTT_SETUP_FAULT = Fault.MQTT_SETUP
 # Faults that Hardware.faults() owns: raised while present there, cleared when gone.
-HARDWARE_FAULTS = frozenset({GPIO_FAULT, I2C_FAULT})
+HARDWARE_FAULTS = frozenset({Fault.GPIO, Fault.I2C})
 CONTROL_CLOSE_WAIT_S = 1.0
 STOP_GRACE_S = 2.0
 # The charge controller's fields that go into telemetry (units in the names).
@@ -101,13 +102,6 @@ CHARGER_FIELDS = (
     "firmware",
     "serial_number",
 )  # how long shutdown waits for the broker to acknowledge "offline"
-
-
-def read_boot_id() -> str:
-    try:
-        return BOOT_ID_PATH.read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +142,8 @@ class Agent:
         # the main loop is inside get() (queue.Queue could deadlock on its lock).
         self.inbox: queue.SimpleQueue[InboxItem] = queue.SimpleQueue()
         self._stopping = False
-        self.faults: dict[str, str] = {}  # fault code -> detail, e.g. "sensor.usb1"
+        # Every source reports here; each change is an event, a raise also a state.
+        self.faults = FaultRegistry(self._fault_changed)
         self.storage_errors = 0
         self.tamper_open: bool | None = None
         self._last_counted_mono: float | None = None
@@ -252,9 +247,6 @@ class Agent:
             self._published_state_version = -1
             if (cleartext := cleartext_password(self.cfg.mqtt)) is not None:
                 log.warning("SECURITY: %s", cleartext.message)
-            if self.outbox.fault:
-                self._raise_fault("storage", self.outbox.fault)
-            self._set_fault(OPS_KEYS_FAULT, self._key_problems)
             self.commands = CommandProcessor(
                 AgentCommands(self),
                 bench_id=self.cfg.bench.id,
@@ -267,6 +259,7 @@ class Agent:
                 max_age_s=self.cfg.commands.max_age_s,
                 time_floor=self.time_floor,
             )
+            self._report_start_faults()
             self.tamper_open = self.hardware.tamper_open()
             self.charger_reading: ChargerSample | None = None
             self.charger: VEDirectReader | None = None
@@ -319,14 +312,14 @@ class Agent:
             server.start()
         except (OSError, ControlSocketError) as exc:
             log.error("control socket %s not served: %s", self.cfg.control.socket, exc)
-            self._raise_fault("control_socket", str(exc)[:200])
+            self.faults.raise_(Fault.CONTROL_SOCKET, str(exc)[:200])
             return None
         return server
 
     def _restart_control_socket(self) -> bool:
         """The socket's thread ended: serve a new one (the technician's CLI must work)."""
-        fault = "thread.control_socket"
-        self._raise_fault(fault, "ended unexpectedly; restarting it")
+        fault = thread_fault("control_socket")
+        self.faults.raise_(fault, "ended unexpectedly; restarting it")
         old, self.control_server = self.control_server, None
         if old is not None:
             with contextlib.suppress(Exception):
@@ -335,7 +328,7 @@ class Agent:
         if self.control_server is None:
             return False
         log.warning("control socket restarted")
-        self._clear_fault(fault)
+        self.faults.clear(fault)
         return True
 
     def _install_signal_handlers(self, stack: ExitStack) -> None:
@@ -467,10 +460,10 @@ class Agent:
             case Acked(generation, mid):
                 self.publisher.on_acked(generation, mid)
                 if self.publisher.refused_reason is None:
-                    self._clear_fault(BROKER_REFUSED_FAULT)
+                    self.faults.clear(BROKER_REFUSED_FAULT)
             case Refused(generation, mid, reason):
                 self.publisher.on_refused(generation, mid, reason)
-                self._raise_fault(BROKER_REFUSED_FAULT, reason)
+                self.faults.raise_(BROKER_REFUSED_FAULT, reason)
             case Connected(generation, max_packet_size):
                 self.link_changed_mono = self.clock.monotonic()
                 self.link.publish(self.cfg.topic("status"), self._status(online=True), retain=True)
@@ -481,7 +474,7 @@ class Agent:
                 self.link_changed_mono = self.clock.monotonic()
                 self.publisher.on_disconnected()
             case SetupFailed(detail):
-                self._set_fault(MQTT_SETUP_FAULT, None if detail is None else detail[:300])
+                self.faults.set(MQTT_SETUP_FAULT, None if detail is None else detail[:300])
 
     def _dead_threads(self) -> list[str]:
         """The agent's threads that ended although nobody stopped them, each a fault.
@@ -500,9 +493,9 @@ class Agent:
             threads["control_socket"] = self._restart_control_socket()
         dead = [name for name, alive in threads.items() if not alive]
         for name in dead:
-            if f"thread.{name}" not in self.faults:
+            if thread_fault(name) not in self.faults:
                 log.error("thread %s ended unexpectedly: watchdog pings withheld", name)
-            self._raise_fault(f"thread.{name}", "ended unexpectedly; the agent will restart")
+            self.faults.raise_(thread_fault(name), "ended unexpectedly; the agent will restart")
         return dead
 
     def _tamper_changed(self, is_open: bool) -> None:
@@ -543,7 +536,7 @@ class Agent:
             log.error("configuration not reloaded: %s", exc)
             self.emit_event("config_reload_refused", {"reason": "invalid", "detail": str(exc)})
             return
-        self._set_fault(OPS_KEYS_FAULT, self._key_problems)
+        self.faults.set(OPS_KEYS_FAULT, self._key_problems)
         self.controller.policy = new.policy
         self.commands.reconfigure(
             trusted_keys=trusted_keys,
@@ -717,10 +710,10 @@ class Agent:
         payload = {
             "v": payloads.CONTRACT_VERSION,
             "bench": self.cfg.bench.id,
-            "ts": payloads.iso_utc(self.clock.wall()),
+            "ts": iso_utc(self.clock.wall()),
             **self.controller.state_payload(self.clock.monotonic()),
             "tamper_open": self.tamper_open,
-            "faults": [{"name": k, "detail": v} for k, v in sorted(self.faults.items())],
+            "faults": self.faults.as_list(),
         }
         if self.link.publish(self.cfg.topic("state"), payloads.encode(payload), retain=True):
             self._published_state_version = version
@@ -758,7 +751,7 @@ class Agent:
 
     def _storage_failed(self, exc: StorageError) -> None:
         self.storage_errors += 1
-        self._raise_fault("storage", self.outbox.fault or str(exc))
+        self.faults.raise_(Fault.STORAGE, self.outbox.fault or str(exc))
 
     def _record_telemetry(self, mono_s: float, interval_s: float) -> None:
         self._purge_expired(mono_s)
@@ -787,9 +780,9 @@ class Agent:
             return None
         if self.charger_stale():
             why = self.charger.open_error
-            self._raise_fault("charger", "no_valid_block" + (f": {why}" if why else ""))
+            self.faults.raise_(Fault.CHARGER, "no_valid_block" + (f": {why}" if why else ""))
         else:
-            self._clear_fault("charger")
+            self.faults.clear(Fault.CHARGER)
         return self.charger_summary()
 
     def _take_bmv_soc(self, sample: ChargerSample) -> None:
@@ -871,7 +864,7 @@ class Agent:
             body,
             boot_id=self.boot_id,
             mono_s=mono_s,
-            ts=payloads.iso_utc(self.clock.wall()),
+            ts=iso_utc(self.clock.wall()),
             time_quality=quality,
         )
         try:
@@ -891,7 +884,7 @@ class Agent:
         item = replace(item, seq=seq, seq_epoch=self.outbox.seq_epoch)
         self.publisher.send_live(item)
         if kind == "telemetry":
-            self._clear_fault("storage")
+            self.faults.clear(Fault.STORAGE)
         self._report_drops()
         return item, True
 
@@ -908,37 +901,25 @@ class Agent:
 
     # -- faults -------------------------------------------------------------
 
+    def _report_start_faults(self) -> None:
+        """What was found wrong while building the parts, before the first sample."""
+        if self.outbox.fault:
+            self.faults.raise_(Fault.STORAGE, self.outbox.fault)
+        self.faults.set(OPS_KEYS_FAULT, self._key_problems)
+        # Remote commands are refused until a restart: ops and the self-test must know.
+        self.faults.set(Fault.REPLAY_STORE, self.commands.fault)
+
     def _sync_hardware_faults(self) -> None:
         """Raise or clear the faults of bench parts that cannot be used (GPIO…)."""
-        present = self.hardware.faults()
-        for name in HARDWARE_FAULTS - present.keys():
-            self._clear_fault(name)
-        for name, detail in present.items():
-            self._raise_fault(name, detail)
+        self.faults.sync(HARDWARE_FAULTS, self.hardware.faults())
 
     def _channel_fault(self, channel: str, code: str | None) -> None:
-        if code is None:
-            self._clear_fault(f"sensor.{channel}")
-        else:
-            self._raise_fault(f"sensor.{channel}", code)
+        self.faults.set(sensor_fault(channel), code)
 
-    def _raise_fault(self, name: str, detail: str) -> None:
-        if self.faults.get(name) == detail:
-            return
-        self.faults[name] = detail
-        self.emit_event("fault_raised", {"fault": name, "detail": detail})
-        self._publish_state(force=True)
-
-    def _set_fault(self, name: str, detail: str | None) -> None:
-        """Raise `name` with `detail`, or clear it when `detail` is None."""
-        if detail is None:
-            self._clear_fault(name)
-        else:
-            self._raise_fault(name, detail)
-
-    def _clear_fault(self, name: str) -> None:
-        if self.faults.pop(name, None) is not None:
-            self.emit_event("fault_cleared", {"fault": name})
+    def _fault_changed(self, kind: str, data: dict[str, Any]) -> None:
+        self.emit_event(kind, data)
+        if kind == "fault_raised":
+            self._publish_state(force=True)
 
     # -- status ---------------------------------------------------------------
 
@@ -947,7 +928,7 @@ class Agent:
             self.cfg.bench.id,
             online=online,
             boot_id=self.boot_id,
-            ts=payloads.iso_utc(self.clock.wall()),
+            ts=iso_utc(self.clock.wall()),
             version=__version__,
             reason=reason,
         )
@@ -988,7 +969,7 @@ class AgentCommands:
         return {
             **agent.controller.state_payload(agent.clock.monotonic()),
             "tamper_open": agent.tamper_open,
-            "faults": [{"name": k, "detail": v} for k, v in sorted(agent.faults.items())],
+            "faults": agent.faults.as_list(),
         }
 
     def set_override(

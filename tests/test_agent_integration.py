@@ -230,8 +230,8 @@ def test_signed_remote_command_switches_a_port_and_bad_ones_change_nothing(
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from bench_agent.commands import new_command, sign_command
-    from bench_agent.opsctl import keygen
+    from bench_agent.remote.commands import new_command, sign_command
+    from bench_agent.remote.opsctl import keygen
 
     private_path, _public = keygen(tmp_path / "keys", "ops-test")
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -451,7 +451,7 @@ def test_a_bmv_battery_monitor_state_of_charge_outranks_the_estimate(
 def test_a_reload_during_a_power_cycle_keeps_it_and_the_technicians_override(
     broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess], tmp_path: Path
 ) -> None:
-    from bench_agent.control import ControlClient
+    from bench_agent.local.control import ControlClient
 
     uplink = {"enabled": True, "offline_after_s": 600, "power_off_s": 2400}  # 2.5 s, 10 s real
     agent = start_agent(broker.port, {"uplink": uplink})

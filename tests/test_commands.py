@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.serialization import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench_agent.commands import (
+from bench_agent.errors import ConfigError
+from bench_agent.remote.commands import (
     ERROR_CODES,
     CommandError,
     CommandProcessor,
@@ -38,7 +39,6 @@ from bench_agent.commands import (
     sign_command,
     validate_command,
 )
-from bench_agent.errors import ConfigError
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "bench_agent" / "schemas"
 COMMAND_SCHEMA = jsonschema.Draft202012Validator(
@@ -385,7 +385,7 @@ def test_retained_commands_are_ignored_without_a_reply(rig: Rig) -> None:
 def test_allow_unsigned_accepts_unsigned_and_warns_loudly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="bench_agent.commands"):
+    with caplog.at_level(logging.WARNING, logger="bench_agent.remote.commands"):
         rig = make_rig(tmp_path / "r.jsonl", allow_unsigned=True)
         assert any("UNSIGNED" in r.message for r in caplog.records)
         caplog.clear()
@@ -405,7 +405,7 @@ def test_allow_unsigned_accepts_unsigned_and_warns_loudly(
 def test_without_allow_unsigned_there_is_no_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="bench_agent.commands"):
+    with caplog.at_level(logging.WARNING, logger="bench_agent.remote.commands"):
         make_rig(tmp_path / "r.jsonl")
     assert not any("UNSIGNED" in r.message for r in caplog.records)
 

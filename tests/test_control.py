@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from bench_agent.control import (
+from bench_agent.errors import BenchAgentError
+from bench_agent.local.control import (
     MAX_CLIENTS,
     MAX_LINE_BYTES,
     ControlClient,
@@ -33,7 +34,6 @@ from bench_agent.control import (
     Peer,
     PermissionDenied,
 )
-from bench_agent.errors import BenchAgentError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -613,7 +613,7 @@ def test_permission_denied_for_another_user(world_readable_dir: Path) -> None:
     path = world_readable_dir / "c.sock"
     probe = (
         "import sys\n"
-        "from bench_agent.control import ControlClient, PermissionDenied\n"
+        "from bench_agent.local.control import ControlClient, PermissionDenied\n"
         "try:\n"
         f"    ControlClient({str(path)!r}).call('echo')\n"
         "except PermissionDenied:\n"

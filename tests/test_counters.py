@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench_agent.config import load_config
-from bench_agent.counters import CountersConfig, DailyCounters
 from bench_agent.model import PowerReading
+from bench_agent.power.counters import CountersConfig, DailyCounters
 
 REPO = Path(__file__).resolve().parent.parent
 TZ = ZoneInfo("Asia/Jakarta")

@@ -530,3 +530,31 @@ def test_outputs_and_tamper_come_back_when_gpio_does() -> None:
     switch.close()
     tamper.close()
     assert working.pin(17).state is False  # the safe state on close
+
+
+@pytest.mark.integration
+def test_an_unusable_replay_store_is_a_fault_ops_and_the_selftest_see(
+    broker: Broker, recorder: Recorder, tmp_path: Path
+) -> None:
+    """The command processor refuses remote commands without its replay store; that
+    used to be a log line only, never in `state.faults` or the self-test."""
+    config = sim_config(tmp_path, broker.port)
+    (tmp_path / "state" / "commands-seen.jsonl").mkdir(parents=True)  # not a file
+    agent = AgentProcess(config, tmp_path)
+    try:
+        state = recorder.wait_for(
+            "state", lambda p: "replay_store" in {f["name"] for f in p["faults"]}, 30
+        )
+        jsonschema.validate(state, schema("state"))
+        detail = {f["name"]: f["detail"] for f in state["faults"]}["replay_store"]
+        assert "replay store unusable" in detail
+        raised = [m.json() for m in recorder.on("event") if m.json()["type"] == "fault_raised"]
+        assert "replay_store" in {e["fault"] for e in raised}
+        english = cli(tmp_path, "selftest")
+        line = next(x for x in english.stdout.splitlines() if x.split()[1] == "commands:")
+        assert line.startswith("FAIL") and "refused until a restart" in line, english.stdout
+        indonesian = cli(tmp_path, "selftest", lang=ID)
+        assert "ditolak sampai agen dimulai ulang" in indonesian.stdout
+        assert agent.stop() == 0
+    finally:
+        agent.kill()

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from bench_agent import i18n
-from bench_agent.control import ControlServer
+from bench_agent.local import i18n
+from bench_agent.local.control import ControlServer
 
 PACKAGE = Path(i18n.__file__).parent
 REPO = PACKAGE.parent
@@ -269,7 +269,7 @@ def run_cli(socket_path: Path, lang: str, *argv: str) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if k not in i18n.ENV_VARIABLES}
     env["LANG"] = lang
     return subprocess.run(
-        [sys.executable, "-m", "bench_agent.techcli", "--socket", str(socket_path), *argv],
+        [sys.executable, "-m", "bench_agent.local.techcli", "--socket", str(socket_path), *argv],
         check=False,
         cwd=REPO,
         env=env,

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from bench_agent.errors import SensorAbsent, SensorError
 from bench_agent.hardware.ina219 import (
     INA219Channel,
-    PowerSensor,
     compute_calibration,
     open_pi_i2c_bus,
 )
+from bench_agent.hardware.ports import PowerSensor
 from bench_agent.hardware.sim.i2c_bus import SimulatedI2CBus
 from bench_agent.hardware.sim.ina219_chip import REG_BUS_VOLTAGE, SimulatedINA219
 from bench_agent.model import PowerReading

@@ -371,9 +371,9 @@ def test_a_password_passed_as_a_log_arg_never_reaches_the_output() -> None:
 def test_register_secret_protects_setup_logging_output() -> None:
     out = io.StringIO()
     setup_logging(False, environ={}, stream=out)
-    logging.getLogger("bench_agent.mqtt").warning("auth failed for %s", PASSWORD)
+    logging.getLogger("bench_agent.link.mqtt").warning("auth failed for %s", PASSWORD)
     register_secret(PASSWORD)
-    logging.getLogger("bench_agent.mqtt").warning("auth failed for %s", PASSWORD)
+    logging.getLogger("bench_agent.link.mqtt").warning("auth failed for %s", PASSWORD)
     first, second = out.getvalue().splitlines()
     assert first.endswith(f"auth failed for {PASSWORD}")  # before registration: nothing to hide
     assert second.endswith("auth failed for ***")

@@ -32,10 +32,10 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from bench_agent.config import Config, load_config
-from bench_agent.controller import Controller
-from bench_agent.hardware.backend import build_outputs
-from bench_agent.hardware.gpio import NmcliError, NmcliHotspot
-from bench_agent.soc import SocEstimator
+from bench_agent.hardware.hotspot import NmcliError, NmcliHotspot
+from bench_agent.hardware.parts import build_outputs
+from bench_agent.power.controller import Controller
+from bench_agent.power.soc import SocEstimator
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = "Bench Hotspot"  # a space: proves nothing goes through a shell
@@ -312,7 +312,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         r
         for r in caplog.records
-        if r.name == "bench_agent.hardware.gpio" and r.levelno >= logging.WARNING
+        if r.name == "bench_agent.hardware.hotspot" and r.levelno >= logging.WARNING
     ]
 
 
@@ -529,7 +529,7 @@ def test_activation_failure_exit_4_raises_keeps_the_state_and_logs_once(
     hotspots: list[NmcliHotspot],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="bench_agent.hardware.gpio")
+    caplog.set_level(logging.DEBUG, logger="bench_agent.hardware.hotspot")
     hotspot = make(hotspots, clock, retry_min_s=10.0, retry_max_s=25.0)
     nm.set(exit={"up": 4})
     with pytest.raises(NmcliError) as raised:

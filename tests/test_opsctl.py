@@ -15,8 +15,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench_agent.commands import CommandProcessor, load_trusted_keys
-from bench_agent.opsctl import (
+from bench_agent.remote.commands import CommandProcessor, load_trusted_keys
+from bench_agent.remote.opsctl import (
     EXIT_ERROR_REPLY,
     EXIT_NO_CONNECTION,
     EXIT_OK,

@@ -19,15 +19,15 @@ from typing import Any
 
 import pytest
 
+from bench_agent.clock import iso_utc
 from bench_agent.errors import StorageError
-from bench_agent.outbox import (
+from bench_agent.link.outbox import (
     FAULT_CORRUPT_REPLACED,
     FAULT_FULL,
     FAULT_LOCKED,
     FAULT_READONLY,
     SEQ_FLOOR_EVERY,
     Outbox,
-    iso_utc,
 )
 from tests.support import small_tmpfs as support_small_tmpfs
 
@@ -98,7 +98,7 @@ def test_power_cut_while_running_resumes_seq_past_the_floor(db: Path) -> None:
         f"""
         import os
         from pathlib import Path
-        from bench_agent.outbox import Outbox
+        from bench_agent.link.outbox import Outbox
         box = Outbox(Path({str(db)!r}), max_bytes=10_000, boot_id="b1").open()
         for _ in range(3):
             box.put("telemetry", {{}}, boot_id="b1", mono_s=1.0, ts="t", time_quality="synced")
@@ -237,7 +237,7 @@ def test_a_crash_between_floor_and_commit_on_the_same_boot_leaves_no_gap(db: Pat
         f"""
         import os
         from pathlib import Path
-        from bench_agent.outbox import Outbox
+        from bench_agent.link.outbox import Outbox
         box = Outbox(Path({str(db)!r}), max_bytes=10_000, boot_id="b1").open()
         box.put("telemetry", {{}}, boot_id="b1", mono_s=1.0, ts="t", time_quality="synced")
         box._write_floor(7 * {SEQ_FLOOR_EVERY})  # as just before committing that seq
@@ -562,7 +562,7 @@ def test_foreign_sqlite_file_is_moved_aside_not_used(db: Path) -> None:
 _WORKER = """
 import sys
 from pathlib import Path
-from bench_agent.outbox import Outbox
+from bench_agent.link.outbox import Outbox
 
 box = Outbox(Path(sys.argv[1]), max_bytes=100_000_000, boot_id="kill-test").open()
 out = sys.stdout

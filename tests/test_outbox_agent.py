@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from bench_agent.outbox import SEQ_FLOOR_EVERY
+from bench_agent.link.outbox import SEQ_FLOOR_EVERY
 from tests.outbox_support import BlackHoleProxy, DurableBroker, DurableRecorder, validate_all
 from tests.support import (
     AgentProcess,

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench_agent import payloads
-from bench_agent.outbox import OutboxItem
+from bench_agent.link import payloads
+from bench_agent.link.outbox import OutboxItem
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),

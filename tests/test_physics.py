@@ -17,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_agent import soc
 from bench_agent.config import load_config
 from bench_agent.hardware.sim.physics import (
     CHEMISTRIES,
@@ -26,8 +25,9 @@ from bench_agent.hardware.sim.physics import (
     BenchModel,
     BenchParams,
 )
-from bench_agent.policy import PolicyConfig, PolicyInputs, PolicyState, decide
-from bench_agent.soc import SocEstimator
+from bench_agent.power import soc
+from bench_agent.power.policy import PolicyConfig, PolicyInputs, PolicyState, decide
+from bench_agent.power.soc import SocEstimator
 from tests.support import dump_toml
 
 JAKARTA = ZoneInfo("Asia/Jakarta")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_agent.policy import (
+from bench_agent.power.policy import (
     WIFI,
     BatteryThresholds,
     Decision,

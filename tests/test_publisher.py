@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from bench_agent.outbox import Kind, Outbox, OutboxItem
-from bench_agent.publisher import Publisher
+from bench_agent.link.outbox import Kind, Outbox, OutboxItem
+from bench_agent.link.publisher import Publisher
 from tests.outbox_support import validate
 
 BENCH = "bench-test-01"

@@ -14,11 +14,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bench_agent import i18n, techcli
-from bench_agent.control import ControlClient, ControlError, ControlServer
+from bench_agent.local import i18n, techcli
+from bench_agent.local.control import ControlClient, ControlError, ControlServer
 from tests.test_control import as_nobody, world_readable_tempdir
 
-SCHEMA_PATH = Path(techcli.__file__).parent / "schemas" / "control-status.schema.json"
+SCHEMA_PATH = Path(techcli.__file__).parents[1] / "schemas" / "control-status.schema.json"
 
 # What a bench in trouble looks like: a link error, a dead sensor, a latched port,
 # an override, long details. Every line of `status` must still fit 80 columns.
@@ -694,9 +694,9 @@ def test_a_daemon_that_does_not_answer_exits_69(tmp_path: Path, english: None) -
 def test_permission_denied_is_one_translated_line_and_exit_77(world_readable_dir: Path) -> None:
     path = world_readable_dir / "c.sock"
     with ControlServer(path, FakeDaemon(), mode=0o600):
-        english = as_nobody(["-m", "bench_agent.techcli", "--socket", str(path), "status"])
+        english = as_nobody(["-m", "bench_agent.local.techcli", "--socket", str(path), "status"])
         bahasa = as_nobody(
-            ["-m", "bench_agent.techcli", "--socket", str(path), "status"],
+            ["-m", "bench_agent.local.techcli", "--socket", str(path), "status"],
             LANG="id_ID.UTF-8",
         )
     assert english.returncode == techcli.EXIT_NOPERM, english.stderr

@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench_agent.config import load_config
-from bench_agent.controller import Controller
 from bench_agent.hardware.gpio import GpioSwitch
-from bench_agent.soc import SocEstimator
-from bench_agent.uplink import (
+from bench_agent.power.controller import Controller
+from bench_agent.power.soc import SocEstimator
+from bench_agent.power.uplink import (
     EVENT_TYPE,
     OVERRIDE_SOURCE,
     UplinkAction,

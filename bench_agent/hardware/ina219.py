@@ -66,17 +66,6 @@ class I2CBus(Protocol):
     ) -> None: ...
 
 
-class PowerSensor(Protocol):
-    """The seam the sampler reads through: one named power channel."""
-
-    @property
-    def name(self) -> str:
-        """Channel name from the config, e.g. "solar" or "usb1"."""
-
-    def read(self) -> PowerReading:
-        """One reading now; raises SensorError when the sensor does not answer."""
-
-
 @dataclass(frozen=True, slots=True)
 class Calibration:
     """An INA219 calibration, computed per the datasheet's calibration procedure."""

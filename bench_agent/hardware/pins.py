@@ -27,7 +27,6 @@ from bench_agent.errors import BenchAgentError
 
 log = logging.getLogger(__name__)
 
-GPIO_FAULT = "gpio"
 DEV = Path("/dev")
 RETRY_INITIAL_S = 5.0
 RETRY_MAX_S = 300.0

@@ -17,13 +17,15 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
 from bench_agent.clock import SimulatedClock
 from bench_agent.config import Config
-from bench_agent.hardware.backend import Hardware, build_outputs, ina219_opener
+from bench_agent.hardware.bundle import Hardware, closing
 from bench_agent.hardware.gpio import TamperSwitch
+from bench_agent.hardware.parts import build_outputs, ina219_opener
 from bench_agent.hardware.sim.i2c_bus import SimulatedI2CBus
 from bench_agent.hardware.sim.ina219_chip import SimulatedINA219
 from bench_agent.hardware.sim.physics import CHANNELS, BenchModel, BenchParams
@@ -193,15 +195,16 @@ class SimulatedBench:
 
 def build_simulated_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardware:
     bench = SimulatedBench(cfg, on_tamper)
-    hardware = Hardware(
-        clock=bench.clock,
-        channels={s.name: ina219_opener(lambda: bench.bus, s) for s in cfg.sensors},
-        outputs=bench.outputs,
-        tamper=bench.tamper,
-        read_cpu_temperature=bench.cpu_temperature,
-        tick=bench.tick,
-    )
-    hardware._closers.append(bench.close)
-    hardware.simulation = bench
-    hardware.boot_id = f"sim-{uuid.uuid4()}"
-    return hardware
+    with ExitStack() as stack:
+        closing(stack, bench.close, "the simulated bench")
+        return Hardware(
+            clock=bench.clock,
+            channels={s.name: ina219_opener(lambda: bench.bus, s) for s in cfg.sensors},
+            outputs=bench.outputs,
+            tamper=bench.tamper,
+            read_cpu_temperature=bench.cpu_temperature,
+            tick=bench.tick,
+            simulation=bench,
+            boot_id=f"sim-{uuid.uuid4()}",
+            resources=stack.pop_all(),
+        )

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from astral import Observer
 from astral.sun import elevation
 
-from bench_agent.soc import AGM_12V, LIFEPO4_12V
+from bench_agent.power.soc import AGM_12V, LIFEPO4_12V
 
 Chemistry = Literal["lifepo4", "agm"]
 ChargeState = Literal["off", "bulk", "absorption", "float"]
@@ -69,7 +69,7 @@ class BatteryChemistry:
 
 
 # (state of charge %, open-circuit volts) of a 12 V battery at rest: the very curves the
-# agent's estimator reads the voltage with (bench_agent/soc.py). Two charts that disagree
+# agent's estimator reads the voltage with (bench_agent/power/soc.py). Two charts that disagree
 # by ten points in LiFePO4's plateau made every simulated run test the disagreement
 # instead of the agent (a rest anchor "corrected" a true 30 % to 40 %); real batteries do
 # differ from their chart, and `BenchParams.ocv_offset_volts` shifts the model's curve

@@ -122,7 +122,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from bench_agent.checks import json_nesting_exceeds
-from bench_agent.clock import TimeFloor
+from bench_agent.clock import TimeFloor, iso_utc
 from bench_agent.errors import BenchAgentError, ConfigError, StorageError
 from bench_agent.statefile import replace_atomically
 
@@ -388,16 +388,12 @@ def new_command(
         "id": command_id or str(uuid.uuid4()),
         "action": action,
         "args": dict(args),
-        "issued_at": _iso(now),
+        "issued_at": iso_utc(now),
         "bench": bench,
     }
     if ttl_s is not None:
-        cmd["expires_at"] = _iso(datetime.fromtimestamp(now.timestamp() + ttl_s, UTC))
+        cmd["expires_at"] = iso_utc(datetime.fromtimestamp(now.timestamp() + ttl_s, UTC))
     return cmd
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def public_key_text(key: Ed25519PublicKey | VerifyKey) -> str:
@@ -980,7 +976,7 @@ class CommandProcessor:
             return {
                 "pong": True,
                 "bench": self.bench_id,
-                "time": _iso(self._wall_now()),
+                "time": iso_utc(self._wall_now()),
                 "clock_synced": bool(self._clock_synced()),
             }
         if action == "state.get":

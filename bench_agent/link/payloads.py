@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 CONTRACT_VERSION = 1
@@ -44,11 +43,6 @@ def _text(obj: Mapping[str, Any]) -> str:
 
 def encode(obj: Mapping[str, Any]) -> bytes:
     return _text(obj).encode()
-
-
-def iso_utc(when: datetime) -> str:
-    """ISO 8601 in UTC with millisecond precision and a Z."""
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _envelope(item: Recorded, *, historical: bool, stored: bool) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench_agent import statefile
-from bench_agent.hardware.gpio import Switch
+from bench_agent.hardware.ports import Switch
 from bench_agent.model import PowerReading
-from bench_agent.policy import (
+from bench_agent.power.policy import (
     Decision,
     Override,
     PolicyConfig,
@@ -28,7 +28,7 @@ from bench_agent.policy import (
     decide,
     reset_fault,
 )
-from bench_agent.soc import SocEstimator
+from bench_agent.power.soc import SocEstimator
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,3 @@ class Controller:
                 for name, switch in self.outputs.items()
             }
         )
-
-    def safe_state(self) -> None:
-        """Every output to its configured safe state (on stop)."""
-        for switch in self.outputs.values():
-            switch.close()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Final
 
 DOMAIN: Final = "bench-agent"
-LOCALE_DIR: Final = Path(__file__).resolve().parent / "locale"
+LOCALE_DIR: Final = Path(__file__).resolve().parent.parent / "locale"
 SOURCE_LANGUAGE: Final = "en"
 CATALOGUE_LANGUAGES: Final = ("id",)
 ENV_VARIABLES: Final = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")

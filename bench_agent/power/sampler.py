@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,10 +91,6 @@ class Sampler:
         self._sample_interval_s = sample_interval_s
         self._on_fault = on_fault or (lambda _channel, _fault: None)
         self.samples_total = 0
-
-    @property
-    def channel_names(self) -> Sequence[str]:
-        return [c.name for c in self._channels]
 
     def faults(self) -> dict[str, str]:
         return {c.name: c.fault for c in self._channels if c.fault is not None}

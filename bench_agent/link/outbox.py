@@ -102,11 +102,11 @@ import sqlite3
 import threading
 from collections.abc import Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
 
+from bench_agent.clock import iso_utc, read_boot_id
 from bench_agent.errors import StorageError
 from bench_agent.statefile import replace_atomically
 
@@ -239,20 +239,6 @@ class OutboxStats:
     fault: str | None
 
 
-def iso_utc(epoch_s: float) -> str:
-    """ISO 8601 UTC with millisecond precision and a Z, as in the MQTT payloads."""
-    when = datetime.fromtimestamp(epoch_s, tz=UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def current_boot_id() -> str:
-    """The kernel's boot id, or "" where there is none (not Linux)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 class _CorruptError(Exception):
     """The file is not a usable outbox (corrupt, not SQLite, or not our schema)."""
 
@@ -307,7 +293,7 @@ class Outbox:
         """Open (or create) the file. Never raises for storage trouble: see `fault`."""
         with self._lock:
             if self._boot_id is None:
-                self._boot_id = current_boot_id()
+                self._boot_id = read_boot_id()
             self._opened = True
             self._connect()
             return self

@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any, Final, Literal
 
+from bench_agent.checks import require_finite
+
 Source = Literal["coulomb", "voltage_anchor", "bmv"]
 
 _GUESS_UNCERTAINTY_PCT: Final = 20.0  # an initial_pct given by the caller is a guess
@@ -62,11 +64,6 @@ _COUNTED_SOURCE_PCT: Final = 1.0  # counted this much (% of capacity) since an a
 _TRUE_REST_C: Final = 0.01  # |I| below C/100 is rest, charging or discharging
 _GAP_SIGMAS: Final = 3.0  # a reading this many sigmas from the count: the count is wrong
 DEFAULT_REST_CURRENT_C: Final = 0.05  # C/20: the bench's own night load on 15 Ah and up
-
-
-def _finite(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number (got {value!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +82,8 @@ class Chemistry:
         if len(self.ocv_curve) < 2:
             raise ValueError(f"ocv_curve: needs at least 2 points (got {self.ocv_curve!r})")
         for volts, pct in self.ocv_curve:
-            _finite("ocv_curve", volts)
-            _finite("ocv_curve", pct)
+            require_finite("ocv_curve", volts)
+            require_finite("ocv_curve", pct)
         volts_list = [v for v, _ in self.ocv_curve]
         pcts = [p for _, p in self.ocv_curve]
         if any(b <= a for a, b in pairwise(volts_list)) or any(b <= a for a, b in pairwise(pcts)):
@@ -100,7 +97,7 @@ class Chemistry:
             "rest_s",
             "resistance_ohm_ah",
         ):
-            _finite(name, getattr(self, name))
+            require_finite(name, getattr(self, name))
         if not 0.0 < self.charge_efficiency <= 1.0:
             raise ValueError(f"charge_efficiency: must be in (0, 1] (got {self.charge_efficiency})")
         if not 0.0 < self.tail_current_c < 1.0:
@@ -254,7 +251,7 @@ class SocEstimator:
         rest_current_c: float = DEFAULT_REST_CURRENT_C,
         resistance_ohm: float | None = None,
     ) -> None:
-        _finite("capacity_ah", capacity_ah)
+        require_finite("capacity_ah", capacity_ah)
         if capacity_ah <= 0:
             raise ValueError(f"capacity_ah: must be > 0 (got {capacity_ah})")
         if isinstance(chemistry, str):
@@ -268,21 +265,21 @@ class SocEstimator:
             ("ocv_tolerance_v", ocv_tolerance_v),
             ("drift_fraction", drift_fraction),
         ):
-            _finite(name, value)
+            require_finite(name, value)
             if value < 0:
                 raise ValueError(f"{name}: must be >= 0 (got {value})")
         if rest_s is not None:
-            _finite("rest_s", rest_s)
+            require_finite("rest_s", rest_s)
             if rest_s <= 0:
                 raise ValueError(f"rest_s: must be > 0 (got {rest_s})")
-        _finite("rest_current_c", rest_current_c)
+        require_finite("rest_current_c", rest_current_c)
         # Below C/100 it would be stricter than true rest; far above C/5 the I·R
         # correction is larger than the plateau it is meant to read.
         if not _TRUE_REST_C <= rest_current_c <= 0.2:
             raise ValueError(f"rest_current_c: must be in [0.01, 0.2] (got {rest_current_c})")
         if resistance_ohm is None:
             resistance_ohm = chemistry.resistance_ohm_ah / capacity_ah
-        _finite("resistance_ohm", resistance_ohm)
+        require_finite("resistance_ohm", resistance_ohm)
         if not 0.0 <= resistance_ohm <= 1.0:
             raise ValueError(f"resistance_ohm: must be in [0, 1] (got {resistance_ohm})")
         self.capacity_ah = float(capacity_ah)
@@ -349,9 +346,9 @@ class SocEstimator:
         Raises ValueError on a non-finite value or a negative time step; the caller
         skips samples whose sensor failed.
         """
-        _finite("amps", amps)
-        _finite("volts", volts)
-        _finite("dt_s", dt_s)
+        require_finite("amps", amps)
+        require_finite("volts", volts)
+        require_finite("dt_s", dt_s)
         if dt_s < 0:
             raise ValueError(f"dt_s: must be >= 0 (got {dt_s})")
         if self._soc is None:
@@ -463,7 +460,7 @@ class SocEstimator:
 
     @staticmethod
     def _check_pct(name: str, value: float) -> None:
-        _finite(name, value)
+        require_finite(name, value)
         if not 0.0 <= value <= 100.0:
             raise ValueError(f"{name}: must be between 0 and 100 (got {value})")
 
@@ -528,8 +525,8 @@ class SocEstimator:
             )
         except KeyError as exc:
             raise ValueError(f"soc state: missing {exc}") from exc
-        _finite("uncertainty_pct", uncertainty)
-        _finite("ah_since_anchor", counted)
+        require_finite("uncertainty_pct", uncertainty)
+        require_finite("ah_since_anchor", counted)
         if uncertainty <= 0 or counted < 0 or anchor not in ("coulomb", "voltage_anchor", "bmv"):
             raise ValueError("soc state: uncertainty_pct, ah_since_anchor or anchor out of range")
         est._uncertainty = float(uncertainty)

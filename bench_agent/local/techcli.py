@@ -15,7 +15,7 @@ Exit codes (sysexits.h where one fits, like EX_CONFIG 78 for a bad config):
 
 Wiring (cli.py): ``add_subcommands(subparsers)`` adds the parsers;
 ``dispatch(args, socket_path)`` runs one and returns its exit code, or None when
-the command is not one of these. ``python -m bench_agent.techcli --socket PATH
+the command is not one of these. ``python -m bench_agent.local.techcli --socket PATH
 COMMAND …`` runs them on their own.
 """
 
@@ -35,14 +35,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from bench_agent.control import (
+from bench_agent.checks import is_finite_number
+from bench_agent.errors import UsageError
+from bench_agent.local.control import (
     ControlClient,
     ControlError,
     DaemonNotResponding,
     DaemonNotRunning,
     PermissionDenied,
 )
-from bench_agent.i18n import _, decimal_point, ngettext, translate_marked
+from bench_agent.local.i18n import _, decimal_point, ngettext, translate_marked
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -78,10 +80,6 @@ _EVENT_ENVELOPE: Final = frozenset(
 )
 
 _sleep: Callable[[float], None] = time.sleep  # tests replace it to end --watch
-
-
-class UsageError(ValueError):
-    """A bad command-line value; printed as one line, exit 2."""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -363,7 +361,7 @@ def _as_map(value: Any) -> Mapping[str, Any]:
 
 
 def _number(value: Any, digits: int) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_finite_number(value):
         return "?"
     return f"{value:.{digits}f}".replace(".", decimal_point())
 
@@ -780,7 +778,7 @@ _COMMANDS: Final[Mapping[str, Callable[[argparse.Namespace, ControlClient, TextI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench_agent.techcli [--socket PATH] COMMAND …``; the exit code."""
+    """``python -m bench_agent.local.techcli [--socket PATH] COMMAND …``; the exit code."""
     parser = argparse.ArgumentParser(prog="bench-agent")
     parser.add_argument(
         "--socket",

@@ -18,15 +18,15 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from bench_agent import __version__, payloads
-from bench_agent.commands import SOURCE_TECHNICIAN
+from bench_agent import __version__
+from bench_agent.clock import iso_utc
 from bench_agent.config import load_config
-from bench_agent.control import ControlError, Peer
 from bench_agent.errors import ConfigError
-from bench_agent.hardware.backend import I2C_FAULT
-from bench_agent.hardware.pins import GPIO_FAULT
-from bench_agent.i18n import N_
+from bench_agent.faults import Fault
+from bench_agent.local.control import ControlError, Peer
+from bench_agent.local.i18n import N_
 from bench_agent.preflight import cleartext_password
+from bench_agent.remote.commands import SOURCE_TECHNICIAN
 
 if TYPE_CHECKING:
     from bench_agent.service import Agent
@@ -192,7 +192,7 @@ def build_status(agent: Agent) -> dict[str, Any]:
         "bench": agent.cfg.bench.id,
         "agent_version": __version__,
         "uptime_s": round(max(0.0, now - agent.started_mono), 1),
-        "clock": {"synced": agent.clock.synced(), "wall": payloads.iso_utc(agent.clock.wall())},
+        "clock": {"synced": agent.clock.synced(), "wall": iso_utc(agent.clock.wall())},
         "link": link,
         "outbox": {
             "depth": stats.depth,
@@ -293,6 +293,16 @@ def selftest(agent: Agent) -> list[dict[str, Any]]:
         )
     )
     checks.append(_storage_check(agent))
+    replay_store = agent.faults.get(Fault.REPLAY_STORE)
+    if replay_store is not None:
+        checks.append(
+            _check(
+                "commands",
+                False,
+                replay_store,
+                N_("remote commands are refused until a restart; check [storage] dir"),
+            )
+        )
     return checks
 
 
@@ -315,7 +325,7 @@ def _bus_checks(agent: Agent) -> list[dict[str, Any]]:
     hint = N_("fix what it says; the agent tries again by itself, no restart needed")
     return [
         _check(part, part not in faults, faults.get(part) or N_("available"), hint)
-        for part in (GPIO_FAULT, I2C_FAULT)
+        for part in (Fault.GPIO, Fault.I2C)
     ]
 
 

@@ -46,7 +46,8 @@ from cryptography.hazmat.primitives.serialization import (
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bench_agent.commands import (
+from bench_agent.errors import UsageError
+from bench_agent.remote.commands import (
     ACTIONS,
     BENCH_PATTERN,
     KEY_ID_PATTERN,
@@ -60,10 +61,6 @@ EXIT_ERROR_REPLY = 1
 EXIT_TIMEOUT = 2
 EXIT_NO_CONNECTION = 3
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
-
-
-class UsageError(Exception):
-    """A bad argument or key file: one line on stderr, exit 64."""
 
 
 # ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from bench_agent import payloads
 from bench_agent.errors import StorageError
+from bench_agent.link import payloads
 
 log = logging.getLogger(__name__)
 

@@ -116,10 +116,7 @@ class MqttLink:
         self._generation = 0
         self._connected = False
         self.reconnects = 0  # connections after the first
-        self.connect_failures = 0
         self.last_error: str | None = None
-        self.connected_since_mono: float | None = None
-        self.down_since_mono: float | None = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -244,7 +241,6 @@ class MqttLink:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def _note_failure(self, message: str) -> None:
-        self.connect_failures += 1
         if message != self.last_error:
             log.warning("mqtt: %s", message)
         self.last_error = message
@@ -258,8 +254,6 @@ class MqttLink:
             with contextlib.suppress(OSError, ValueError):
                 client.disconnect()
         if was_connected:
-            self.down_since_mono = time.monotonic()
-            self.connected_since_mono = None
             log.warning("mqtt: disconnected (%s)", reason)
             self._on_event(Disconnected(self._generation, reason))
 
@@ -320,8 +314,6 @@ class MqttLink:
             self.reconnects = self._generation - 1
             self._connected = True
             generation = self._generation
-        self.connected_since_mono = time.monotonic()
-        self.down_since_mono = None
         self.last_error = None
         log.info("mqtt: connected to %s:%d", self._cfg.host, self._cfg.port)
         limit = getattr(properties, "MaximumPacketSize", None)

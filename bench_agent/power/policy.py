@@ -83,6 +83,8 @@ from datetime import datetime, time
 from types import MappingProxyType
 from typing import Any, Final
 
+from bench_agent.checks import require, require_finite
+
 WIFI: Final = "wifi"
 """The name of the Wi-Fi hotspot output; every other output is a USB port."""
 
@@ -112,21 +114,6 @@ EVENT_TEMPERATURE_SHED: Final = "over_temperature"
 EVENT_TEMPERATURE_RESTORED: Final = "temperature_restored"
 
 
-def _check(ok: bool, name: str, problem: str, value: object) -> None:
-    """Raise ValueError("name: problem (got value)"); the config loader prefixes file and key."""
-    if not ok:
-        raise ValueError(f"{name}: {problem} (got {value!r})")
-
-
-def _finite(name: str, value: float) -> None:
-    _check(
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
-        name,
-        "must be a finite number",
-        value,
-    )
-
-
 def _known(value: float | None) -> float | None:
     """A sensor value, or None when it is missing or not a finite number."""
     if value is None or not math.isfinite(value):
@@ -150,9 +137,9 @@ class PortLimits:
 
     def __post_init__(self) -> None:
         for name in ("trip_amps", "hard_trip_amps", "cooldown_s", "trip_forget_s"):
-            _finite(name, getattr(self, name))
-        _check(self.trip_amps > 0, "trip_amps", "must be > 0", self.trip_amps)
-        _check(
+            require_finite(name, getattr(self, name))
+        require(self.trip_amps > 0, "trip_amps", "must be > 0", self.trip_amps)
+        require(
             self.hard_trip_amps > self.trip_amps,
             "hard_trip_amps",
             f"must be above trip_amps ({self.trip_amps})",
@@ -160,14 +147,14 @@ class PortLimits:
         )
         for name in ("trip_samples", "latch_after_trips"):
             value = getattr(self, name)
-            _check(
+            require(
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 name,
                 "must be an integer >= 1",
                 value,
             )
-        _check(self.cooldown_s >= 0, "cooldown_s", "must be >= 0", self.cooldown_s)
-        _check(self.trip_forget_s > 0, "trip_forget_s", "must be > 0", self.trip_forget_s)
+        require(self.cooldown_s >= 0, "cooldown_s", "must be >= 0", self.cooldown_s)
+        require(self.trip_forget_s > 0, "trip_forget_s", "must be > 0", self.trip_forget_s)
 
 
 VOLTS_RANGE: Final = (8.0, 16.0)  # V: what a 12 V battery's levels can sensibly be
@@ -208,21 +195,21 @@ class BatteryThresholds:
             "usb_on_above_pct",
         ):
             value = getattr(self, name)
-            _finite(name, value)
-            _check(0.0 <= value <= 100.0, name, "must be between 0 and 100", value)
-        _check(
+            require_finite(name, value)
+            require(0.0 <= value <= 100.0, name, "must be between 0 and 100", value)
+        require(
             self.wifi_off_below_pct < self.wifi_on_above_pct,
             "wifi_on_above_pct",
             f"must be above wifi_off_below_pct ({self.wifi_off_below_pct})",
             self.wifi_on_above_pct,
         )
-        _check(
+        require(
             self.usb_off_below_pct < self.usb_on_above_pct,
             "usb_on_above_pct",
             f"must be above usb_off_below_pct ({self.usb_off_below_pct})",
             self.usb_on_above_pct,
         )
-        _check(
+        require(
             self.usb_off_below_pct < self.wifi_off_below_pct,
             "usb_off_below_pct",
             f"must be below wifi_off_below_pct ({self.wifi_off_below_pct}): Wi-Fi is shed first",
@@ -230,15 +217,15 @@ class BatteryThresholds:
         )
 
     def _check_volts(self) -> None:
-        _finite("voltage_delay_s", self.voltage_delay_s)
-        _check(
+        require_finite("voltage_delay_s", self.voltage_delay_s)
+        require(
             0.0 <= self.voltage_delay_s <= 3600.0,
             "voltage_delay_s",
             "must be between 0 and 3600",
             self.voltage_delay_s,
         )
-        _finite("internal_resistance_ohm", self.internal_resistance_ohm)
-        _check(
+        require_finite("internal_resistance_ohm", self.internal_resistance_ohm)
+        require(
             0.0 <= self.internal_resistance_ohm <= 1.0,
             "internal_resistance_ohm",
             "must be between 0 and 1",
@@ -250,19 +237,19 @@ class BatteryThresholds:
             return
         lo, hi = VOLTS_RANGE
         for name, level in zip(names, levels, strict=True):
-            _check(level is not None, name, "the voltage levels go together: set all three", level)
+            require(level is not None, name, "the voltage levels go together: set all three", level)
             assert level is not None
-            _finite(name, level)
-            _check(lo <= level <= hi, name, f"must be between {lo:g} and {hi:g} V", level)
+            require_finite(name, level)
+            require(lo <= level <= hi, name, f"must be between {lo:g} and {hi:g} V", level)
         wifi, usb, restore = levels
         assert wifi is not None and usb is not None and restore is not None
-        _check(
+        require(
             usb < wifi,
             "usb_off_below_volts",
             f"must be below wifi_off_below_volts ({wifi:g}): Wi-Fi is shed first",
             usb,
         )
-        _check(
+        require(
             restore >= wifi + MIN_VOLTS_HYSTERESIS,
             "restore_above_volts",
             f"must be at least {MIN_VOLTS_HYSTERESIS:g} V above wifi_off_below_volts ({wifi:g})",
@@ -285,14 +272,14 @@ class TemperatureLimits:
 
     def __post_init__(self) -> None:
         for name in ("shed_above_c", "resume_below_c", "cpu_shed_above_c", "cpu_resume_below_c"):
-            _finite(name, getattr(self, name))
-        _check(
+            require_finite(name, getattr(self, name))
+        require(
             self.resume_below_c < self.shed_above_c,
             "resume_below_c",
             f"must be below shed_above_c ({self.shed_above_c})",
             self.resume_below_c,
         )
-        _check(
+        require(
             self.cpu_resume_below_c < self.cpu_shed_above_c,
             "cpu_resume_below_c",
             f"must be below cpu_shed_above_c ({self.cpu_shed_above_c})",
@@ -315,10 +302,10 @@ class Schedule:
     weekdays: frozenset[int] = frozenset(range(7))
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.windows, tuple), "windows", "must be a tuple", self.windows)
+        require(isinstance(self.windows, tuple), "windows", "must be a tuple", self.windows)
         for i, window in enumerate(self.windows):
             name = f"windows[{i}]"
-            _check(
+            require(
                 isinstance(window, tuple) and len(window) == 2,
                 name,
                 "must be a (start, end) pair",
@@ -326,12 +313,12 @@ class Schedule:
             )
             start, end = window
             for t in (start, end):
-                _check(isinstance(t, time), name, "start and end must be datetime.time", t)
-                _check(t.tzinfo is None, name, "times are local wall-clock, no tzinfo", t)
-            _check(start != end, name, "start equals end: empty or whole day is ambiguous", window)
+                require(isinstance(t, time), name, "start and end must be datetime.time", t)
+                require(t.tzinfo is None, name, "times are local wall-clock, no tzinfo", t)
+            require(start != end, name, "start equals end: empty or whole day is ambiguous", window)
         object.__setattr__(self, "weekdays", frozenset(self.weekdays))
-        _check(bool(self.weekdays), "weekdays", "must not be empty", self.weekdays)
-        _check(
+        require(bool(self.weekdays), "weekdays", "must not be empty", self.weekdays)
+        require(
             all(isinstance(d, int) and 0 <= d <= 6 for d in self.weekdays),
             "weekdays",
             "must be integers 0 (Monday) .. 6 (Sunday)",
@@ -376,21 +363,21 @@ class PolicyConfig:
         for name in ("ports", "schedules", "defaults"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         for port, limits in self.ports.items():
-            _check(
+            require(
                 isinstance(port, str) and _OUTPUT_NAME.fullmatch(port) is not None,
                 "ports",
                 "port names are [a-z0-9][a-z0-9_-]{0,31}",
                 port,
             )
-            _check(port != WIFI, "ports", f"{WIFI!r} is the hotspot, not a USB port", port)
-            _check(isinstance(limits, PortLimits), f"ports.{port}", "must be PortLimits", limits)
-        _check(
+            require(port != WIFI, "ports", f"{WIFI!r} is the hotspot, not a USB port", port)
+            require(isinstance(limits, PortLimits), f"ports.{port}", "must be PortLimits", limits)
+        require(
             isinstance(self.battery, BatteryThresholds),
             "battery",
             "must be BatteryThresholds",
             self.battery,
         )
-        _check(
+        require(
             isinstance(self.temperature, TemperatureLimits),
             "temperature",
             "must be TemperatureLimits",
@@ -398,13 +385,13 @@ class PolicyConfig:
         )
         outputs = set(self.outputs)
         for output, schedule in self.schedules.items():
-            _check(output in outputs, "schedules", "unknown output", output)
-            _check(
+            require(output in outputs, "schedules", "unknown output", output)
+            require(
                 isinstance(schedule, Schedule), f"schedules.{output}", "must be Schedule", schedule
             )
         for output, on in self.defaults.items():
-            _check(output in outputs, "defaults", "unknown output", output)
-            _check(isinstance(on, bool), f"defaults.{output}", "must be true or false", on)
+            require(output in outputs, "defaults", "unknown output", output)
+            require(isinstance(on, bool), f"defaults.{output}", "must be true or false", on)
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -447,13 +434,13 @@ class PolicyInputs:
     overrides: Mapping[str, Override] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(
+        require(
             isinstance(self.now_local, datetime) and self.now_local.utcoffset() is not None,
             "now_local",
             "must be a timezone-aware datetime",
             self.now_local,
         )
-        _finite("mono_s", self.mono_s)
+        require_finite("mono_s", self.mono_s)
 
 
 # --------------------------------------------------------------------------- state
@@ -566,23 +553,25 @@ class PolicyState:
 
         Raises ValueError on data that is not what ``to_dict`` writes.
         """
-        _check(isinstance(data, Mapping) and data.get("v") == 1, "v", "unknown version", data)
+        require(isinstance(data, Mapping) and data.get("v") == 1, "v", "unknown version", data)
         ports: dict[str, PortFault] = {}
         raw_ports = data.get("ports", {})
-        _check(isinstance(raw_ports, Mapping), "ports", "must be an object", raw_ports)
+        require(isinstance(raw_ports, Mapping), "ports", "must be an object", raw_ports)
         for port, raw in raw_ports.items():
             if port not in cfg.ports:
                 continue
-            _check(isinstance(raw, Mapping), f"ports.{port}", "must be an object", raw)
+            require(isinstance(raw, Mapping), f"ports.{port}", "must be an object", raw)
             trips, latched, cooling = raw.get("trips"), raw.get("latched"), raw.get("cooling_down")
-            _check(
+            require(
                 isinstance(trips, int) and not isinstance(trips, bool) and trips >= 0,
                 f"ports.{port}.trips",
                 "must be an integer >= 0",
                 trips,
             )
-            _check(isinstance(latched, bool), f"ports.{port}.latched", "must be bool", latched)
-            _check(isinstance(cooling, bool), f"ports.{port}.cooling_down", "must be bool", cooling)
+            require(isinstance(latched, bool), f"ports.{port}.latched", "must be bool", latched)
+            require(
+                isinstance(cooling, bool), f"ports.{port}.cooling_down", "must be bool", cooling
+            )
             ports[port] = PortFault(
                 trips=trips,
                 latched=latched,
@@ -600,7 +589,7 @@ class PolicyState:
         )
         for name in names:
             value = data.get(name, False)
-            _check(isinstance(value, bool), name, "must be bool", value)
+            require(isinstance(value, bool), name, "must be bool", value)
             flags[name] = value
         return cls(
             ports=ports,
