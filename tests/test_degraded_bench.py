@@ -420,7 +420,7 @@ def test_a_dead_control_socket_thread_is_a_fault_and_is_served_again(
     try:
         recorder.wait_for("status", lambda p: p["online"] is True, 30)
         wait_until(lambda: technician_status() == 0, 30, "the control socket")
-        first = agent.control_server
+        first = agent.control.server
         assert first is not None
         # The server loop fails (its selector is gone) and its thread ends.
         first._selector.close()
@@ -436,7 +436,7 @@ def test_a_dead_control_socket_thread_is_a_fault_and_is_served_again(
             lambda p: p["type"] == "fault_cleared" and p["fault"] == "thread.control_socket",
             30,
         )
-        assert agent.control_server is not first
+        assert agent.control.server is not first
         assert technician_status() == 0
     finally:
         agent.request_stop()

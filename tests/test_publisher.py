@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,58 +17,12 @@ import pytest
 
 from bench_agent.link.outbox import Kind, Outbox, OutboxItem
 from bench_agent.link.publisher import Publisher
+from tests.link_support import RecordingLink
 from tests.outbox_support import validate
 
 BENCH = "bench-test-01"
 BOOT = "boot-test"
 TS = "2026-03-01T10:00:00.000Z"
-
-
-@dataclass(frozen=True)
-class Sent:
-    topic: str
-    payload: bytes
-    mid: int
-
-    @property
-    def leaf(self) -> str:
-        return self.topic.rsplit("/", 1)[-1]
-
-    def records(self) -> list[dict[str, Any]]:
-        """Telemetry records, or the one event, as ops receive them."""
-        message = json.loads(self.payload)
-        return list(message["records"]) if self.leaf == "telemetry" else [message]
-
-    def seqs(self) -> list[int]:
-        return [r["seq"] for r in self.records()]
-
-
-class RecordingLink:
-    """Keeps every publish; offline it refuses, as `MqttLink.publish` returns None."""
-
-    def __init__(self) -> None:
-        self.sent: list[Sent] = []
-        self.online = False
-        self._next_mid = 1
-
-    def connect(self) -> None:
-        self.online = True
-        self._next_mid = 1  # a new paho client numbers its messages from 1 again
-
-    def disconnect(self) -> None:
-        self.online = False
-
-    def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> int | None:
-        assert qos == 1 and not retain
-        if not self.online:
-            return None
-        validate(topic.rsplit("/", 1)[-1], json.loads(payload))
-        mid = self._next_mid
-        self._next_mid += 1
-        self.sent.append(Sent(topic, payload, mid))
-        return mid
 
 
 class Harness:

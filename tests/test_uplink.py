@@ -32,6 +32,7 @@ from bench_agent.power.uplink import (
     UplinkConfig,
     UplinkRecovery,
 )
+from bench_agent.power.uplink_supervisor import UplinkSupervisor
 from tests.support import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
@@ -460,9 +461,10 @@ def test_the_uplink_table(tmp_path: Path, table: str, enabled: bool, output: str
 
 
 class _Bench:
-    """The real controller and policy on gpiozero's MockFactory, wired as the daemon should."""
+    """The real controller and policy on gpiozero's MockFactory, with the agent's own
+    uplink supervisor carrying out the recovery (as `service.Agent` wires it)."""
 
-    def __init__(self, soc_pct: float) -> None:
+    def __init__(self, soc_pct: float, state_dir: Path) -> None:
         cfg = load_config(REPO / "config" / "sim-bench.toml")
         self.factory = MockFactory()
         switches = {
@@ -477,25 +479,20 @@ class _Bench:
             SocEstimator(cfg.battery.capacity_ah, cfg.battery.chemistry, initial_pct=soc_pct),
             emit_event=lambda kind, data: self.events.append((kind, data)),
         )
-        self.recovery = UplinkRecovery(replace(CFG, output="wifi"))
+        self.state_path = state_dir / "uplink-recovery.json"
+        self.supervisor = UplinkSupervisor(
+            replace(CFG, output="wifi"),
+            self.controller,
+            self.state_path,
+            lambda kind, data: self.events.append((kind, data)),
+            0.0,
+        )
         self.tz = ZoneInfo(cfg.bench.timezone)
 
     def sample(self, t: float, connected: bool) -> None:
         """One sample: uplink recovery first, so a hold applies in this same step."""
         now_local = datetime(2026, 11, 27, 10, 0, tzinfo=self.tz) + timedelta(seconds=t)
-        switch = self.controller.outputs["wifi"]
-        action = self.recovery.step(t, now_local.date(), connected, switch.is_on)
-        if action is not None:
-            self.events.append((EVENT_TYPE, action.event()))
-            if action.kind == "power_off":
-                refusal = self.controller.set_override(
-                    "wifi", False, action.hold_off_s, OVERRIDE_SOURCE, t
-                )
-                assert refusal is None  # OFF is never refused
-            elif action.kind == "power_on":
-                override = self.controller.overrides.get("wifi")
-                if override is not None and override.source == OVERRIDE_SOURCE:
-                    self.controller.set_override("wifi", None, None, OVERRIDE_SOURCE, t)
+        self.supervisor.step(t, now_local.date(), connected)
         self.controller.step(now_local, t, {}, cpu_c=45.0)
 
     def run(self, times: Iterable[float], connected: bool = False) -> list[tuple[float, int]]:
@@ -507,8 +504,8 @@ class _Bench:
         return states
 
 
-def test_the_access_point_pin_goes_off_for_the_hold_then_back_on() -> None:
-    bench = _Bench(soc_pct=80)
+def test_the_access_point_pin_goes_off_for_the_hold_then_back_on(tmp_path: Path) -> None:
+    bench = _Bench(soc_pct=80, state_dir=tmp_path)
     states = dict(bench.run(range(0, 700, 10)))
     # Safe state (off) until the first decision at t=0: on since then, so the router
     # has been on for offline_after_s at t=610.
@@ -527,8 +524,8 @@ def test_the_access_point_pin_goes_off_for_the_hold_then_back_on() -> None:
     assert [d["action"] for k, d in bench.events if k == EVENT_TYPE] == ["power_off", "power_on"]
 
 
-def test_during_the_hold_the_state_says_why_the_access_point_is_off() -> None:
-    bench = _Bench(soc_pct=80)
+def test_during_the_hold_the_state_says_why_the_access_point_is_off(tmp_path: Path) -> None:
+    bench = _Bench(soc_pct=80, state_dir=tmp_path)
     bench.run(range(0, 620, 10))
     wifi = bench.controller.state_payload(620)["outputs"]["wifi"]
     assert not wifi["on"] and wifi["reason"] == "override_off"
@@ -536,8 +533,10 @@ def test_during_the_hold_the_state_says_why_the_access_point_is_off() -> None:
     assert 0 < wifi["override"]["expires_in_s"] <= CFG.power_off_s
 
 
-def test_the_end_of_a_hold_never_switches_on_what_battery_protection_keeps_off() -> None:
-    bench = _Bench(soc_pct=80)
+def test_the_end_of_a_hold_never_switches_on_what_battery_protection_keeps_off(
+    tmp_path: Path,
+) -> None:
+    bench = _Bench(soc_pct=80, state_dir=tmp_path)
     bench.run(range(0, 620, 10))
     assert bench.pin.state == 0  # in the off window
     # The battery falls below the Wi-Fi threshold during the window.
@@ -550,8 +549,44 @@ def test_the_end_of_a_hold_never_switches_on_what_battery_protection_keeps_off()
     assert [d["action"] for k, d in bench.events if k == EVENT_TYPE] == ["power_off", "power_on"]
 
 
-def test_a_battery_shed_access_point_is_left_alone() -> None:
-    bench = _Bench(soc_pct=10)
+def test_a_battery_shed_access_point_is_left_alone(tmp_path: Path) -> None:
+    bench = _Bench(soc_pct=10, state_dir=tmp_path)
     states = bench.run(range(0, 20_000, 10))
     assert all(state == 0 for _, state in states)
     assert not [k for k, _ in bench.events if k == EVENT_TYPE]
+
+
+def test_a_technicians_override_comes_back_after_the_cycle(tmp_path: Path) -> None:
+    bench = _Bench(soc_pct=80, state_dir=tmp_path)
+    bench.run(range(0, 100, 10))
+    # A technician forces the access point on for an hour; the broker stays away.
+    assert bench.controller.set_override("wifi", True, 3600, "technician", 100) is None
+    bench.run(range(100, 720, 10))
+    assert [d["action"] for k, d in bench.events if k == EVENT_TYPE] == ["power_off", "power_on"]
+    wifi = bench.controller.state_payload(720)["outputs"]["wifi"]
+    assert wifi["on"] and wifi["override"]["source"] == "technician"
+    # Its end stays where it was: an hour from when it was set, not from the restore.
+    assert 3600 - 720 + 100 - 10 <= wifi["override"]["expires_in_s"] <= 3600 - 720 + 100
+    # The recovery's state was saved after each action, for a restart.
+    saved = json.loads(bench.state_path.read_text())
+    assert saved["attempts_today"] == 1 and saved["holding_off"] is False
+
+
+def test_an_override_chosen_during_the_hold_stands(tmp_path: Path) -> None:
+    bench = _Bench(soc_pct=80, state_dir=tmp_path)
+    bench.run(range(0, 620, 10))  # in the off window now
+    assert bench.controller.set_override("wifi", False, None, "technician", 620) is None
+    bench.run(range(620, 700, 10))
+    wifi = bench.controller.state_payload(700)["outputs"]["wifi"]
+    assert not wifi["on"] and wifi["override"]["source"] == "technician"
+
+
+def test_settings_reloaded_during_a_hold_wait_for_its_end(tmp_path: Path) -> None:
+    bench = _Bench(soc_pct=80, state_dir=tmp_path)
+    bench.run(range(0, 620, 10))
+    assert bench.supervisor.recovery.holding_off
+    bench.supervisor.reconfigure(replace(CFG, output="wifi", power_off_s=5), 620)
+    assert bench.supervisor.recovery.cfg.power_off_s == CFG.power_off_s  # not yet
+    bench.run(range(620, 700, 10))
+    assert [d["action"] for k, d in bench.events if k == EVENT_TYPE] == ["power_off", "power_on"]
+    assert bench.supervisor.recovery.cfg.power_off_s == 5

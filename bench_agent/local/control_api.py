@@ -14,23 +14,26 @@ the same in every language.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from bench_agent import __version__
-from bench_agent.clock import iso_utc
-from bench_agent.config import load_config
+from bench_agent.clock import Clock, iso_utc
+from bench_agent.config import Config, load_config
 from bench_agent.errors import ConfigError
-from bench_agent.faults import Fault
+from bench_agent.eventlog import EventLog
+from bench_agent.faults import Fault, FaultRegistry
+from bench_agent.hardware.bundle import Hardware
+from bench_agent.link.mqtt import MqttLink
+from bench_agent.link.outbox import Outbox
 from bench_agent.local.control import ControlError, Peer
 from bench_agent.local.i18n import N_
+from bench_agent.power.charger_feed import ChargerFeed
+from bench_agent.power.controller import Controller
+from bench_agent.power.sampler import Sampler
 from bench_agent.preflight import cleartext_password
-from bench_agent.remote.commands import SOURCE_TECHNICIAN
-
-if TYPE_CHECKING:
-    from bench_agent.service import Agent
-
+from bench_agent.remote.commands import SOURCE_TECHNICIAN, CommandProcessor
 
 CALL_TIMEOUT_S: Final = 3.0  # the server thread waits this long for the main loop
 SELFTEST_TIMEOUT_S: Final = 10.0
@@ -42,11 +45,41 @@ BUS_VOLTS_MARGIN: Final = 1.05
 AMPS_MARGIN: Final = 1.5
 
 
+class AgentView(Protocol):
+    """What the socket's methods read of the running agent (`service.Agent` is one).
+
+    Named here so that this module does not import the service (the service
+    builds it), and so that everything the technician's view depends on is in
+    one list. Read on the main loop only (`run_on_loop`).
+    """
+
+    cfg: Config
+    clock: Clock
+    link: MqttLink
+    sampler: Sampler
+    outbox: Outbox
+    hardware: Hardware
+    controller: Controller
+    commands: CommandProcessor
+    events: EventLog
+    faults: FaultRegistry
+    charger: ChargerFeed | None
+    tamper_open: bool | None
+    started_mono: float
+    link_changed_mono: float
+
+    def run_on_loop(self, fn: Callable[[], Any], timeout_s: float) -> Any: ...
+
+    def today(self) -> dict[str, Any]: ...
+
+    def health(self, mono_s: float) -> dict[str, Any]: ...
+
+
 class LocalControl:
     """`handle(method, params)` for `ControlServer`: each method runs on the agent's
-    main loop through `Agent.run_on_loop` (ControlError "busy" on timeout)."""
+    main loop through `AgentView.run_on_loop` (ControlError "busy" on timeout)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentView) -> None:
         self._agent = agent
         self._run = agent.run_on_loop
 
@@ -161,7 +194,7 @@ def _events_params(params: Mapping[str, Any]) -> tuple[float | None, int]:
 # -- the status object (schemas/control-status.schema.json) ----------------------
 
 
-def build_status(agent: Agent) -> dict[str, Any]:
+def build_status(agent: AgentView) -> dict[str, Any]:
     now = agent.clock.monotonic()
     health = agent.health(now)
     stats = agent.outbox.stats()
@@ -210,12 +243,12 @@ def build_status(agent: Agent) -> dict[str, Any]:
     }
 
 
-def _charger_status(agent: Agent) -> dict[str, Any] | None:
-    if agent.cfg.charger is None:
+def _charger_status(agent: AgentView) -> dict[str, Any] | None:
+    if agent.charger is None:
         return None
-    summary = agent.charger_summary()
+    summary = agent.charger.summary()
     if summary is None:
-        error = "stale" if agent.charger_stale() else "no_data"
+        error = "stale" if agent.charger.stale() else "no_data"
         return {"state": None, "error": error, "panel_watts": None, "yield_today_kwh": None}
     error = summary["error"]
     return {
@@ -233,15 +266,15 @@ def _check(name: str, ok: bool, detail: str, hint: str = "") -> dict[str, Any]:
     return {"name": name, "ok": ok, "detail": detail, "hint": "" if ok else hint}
 
 
-def selftest(agent: Agent) -> list[dict[str, Any]]:
+def selftest(agent: AgentView) -> list[dict[str, Any]]:
     """One check per part: config, each sensor, charger, broker, clock, storage."""
     checks = [_config_check(agent)]
     checks += _bus_checks(agent)
     checks += _sensor_checks(agent)
-    if agent.cfg.charger is not None:
-        summary = agent.charger_summary()
+    if agent.charger is not None:
+        summary = agent.charger.summary()
         if summary is None:
-            why = agent.charger.open_error if agent.charger is not None else None
+            why = agent.charger.open_error
             checks.append(
                 _check(
                     "charger",
@@ -306,7 +339,7 @@ def selftest(agent: Agent) -> list[dict[str, Any]]:
     return checks
 
 
-def _config_check(agent: Agent) -> dict[str, Any]:
+def _config_check(agent: AgentView) -> dict[str, Any]:
     """The file on disk, read again: an edit since the start shows up here."""
     try:
         load_config(agent.cfg.source)
@@ -317,7 +350,7 @@ def _config_check(agent: Agent) -> dict[str, Any]:
     return _check("config", True, str(agent.cfg.source))
 
 
-def _bus_checks(agent: Agent) -> list[dict[str, Any]]:
+def _bus_checks(agent: AgentView) -> list[dict[str, Any]]:
     """GPIO (outputs, tamper) and the I2C bus (sensors) on a real bench: there or why not."""
     if agent.cfg.hardware.backend != "pi":
         return []
@@ -329,7 +362,7 @@ def _bus_checks(agent: Agent) -> list[dict[str, Any]]:
     ]
 
 
-def _sensor_checks(agent: Agent) -> list[dict[str, Any]]:
+def _sensor_checks(agent: AgentView) -> list[dict[str, Any]]:
     checks = []
     latest = agent.sampler.latest()
     faults = agent.sampler.faults()
@@ -362,7 +395,7 @@ def _sensor_checks(agent: Agent) -> list[dict[str, Any]]:
     return checks
 
 
-def _storage_check(agent: Agent) -> dict[str, Any]:
+def _storage_check(agent: AgentView) -> dict[str, Any]:
     directory = agent.cfg.storage.dir
     fault = agent.outbox.fault
     try:

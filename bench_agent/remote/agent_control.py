@@ -1,0 +1,55 @@
+"""What remote and local commands may do to the agent (`commands.AgentControl`).
+
+Every command, from ops over MQTT or from a technician over the socket, acts
+through these five methods, so both take exactly the same path: the
+controller decides, the retained state tells ops at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bench_agent.faults import overcurrent_fault
+from bench_agent.link.state import StatePublisher
+from bench_agent.power.controller import Controller
+
+
+class AgentCommands:
+    def __init__(
+        self,
+        controller: Controller,
+        state: StatePublisher,
+        outputs: Mapping[str, object],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._controller = controller
+        self._state = state
+        self._outputs = outputs
+        self._monotonic = monotonic
+
+    def state(self) -> dict[str, Any]:
+        return self._state.body()
+
+    def set_override(
+        self, output: str, state: bool | None, duration_s: float | None, source: str
+    ) -> str | None:
+        refusal = self._controller.set_override(
+            output, state, duration_s, source, self._monotonic()
+        )
+        if refusal is None:
+            self._state.publish(force=True)
+        return refusal
+
+    def reset_fault(self, name: str | None) -> list[str]:
+        port = None if name is None else name.removeprefix(overcurrent_fault(""))
+        reset = self._controller.reset_fault(port)
+        self._state.publish(force=True)
+        return [overcurrent_fault(p) for p in reset]
+
+    def rebirth(self) -> None:
+        self._state.publish_online()
+        self._state.publish(force=True)
+
+    def outputs(self) -> list[str]:
+        return list(self._outputs)
