@@ -24,7 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from bench_agent.hardware.vedirect import BlockMerger, VEDirectFramer, VEDirectReader, map_block
+from bench_agent.hardware.vedirect.fields import BlockMerger, map_block
+from bench_agent.hardware.vedirect.framing import VEDirectFramer
+from bench_agent.hardware.vedirect.reader import VEDirectReader
 
 CAPTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "vedirect"
 

@@ -123,7 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         # Here, not at the top: the technician's commands need neither (nor PyNaCl).
         from bench_agent.preflight import deployment_problems  # noqa: PLC0415
-        from bench_agent.remote.commands import load_trusted_keys  # noqa: PLC0415
+        from bench_agent.remote.signing import load_trusted_keys  # noqa: PLC0415
 
         cfg = load_config(args.config)
         problems = deployment_problems(cfg)

@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from bench_agent.errors import ConfigError
 from bench_agent.power.counters import CountersConfig
-from bench_agent.power.policy import (
+from bench_agent.power.policy_config import (
     BatteryThresholds,
     PolicyConfig,
     PortLimits,
@@ -33,12 +33,12 @@ from bench_agent.power.policy import (
 )
 from bench_agent.power.soc import CHEMISTRIES, DEFAULT_REST_CURRENT_C
 from bench_agent.power.uplink import UplinkConfig
+from bench_agent.vocabulary import WIFI, is_output_name
 
 BENCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # 1 MiB, the shipped broker's max_packet_size, less room for the topic and headers.
 MAX_PAYLOAD_BYTES = 1024 * 1024 - 4096
 TOPIC_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
-OUTPUT_NAME_PATTERN = re.compile(r"usb[0-9]{1,2}|wifi")
 CHANNEL_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
@@ -391,7 +391,7 @@ def _parse(top: _Table, base: Path, source: Path) -> Config:
     commands = _parse_commands(top.table("commands") or _Table(top.file, "commands", {}), base)
     policy = _parse_policy(
         top.table("policy") or _Table(top.file, "policy", {}),
-        ports=[o.name for o in outputs if o.name != "wifi"],
+        ports=[o.name for o in outputs if o.name != WIFI],
         outputs=[o.name for o in outputs],
         battery=battery,
         battery_measured=battery.channel in {s.name for s in sensors},
@@ -473,11 +473,11 @@ def _int_choice(t: _Table, name: str, choices: tuple[int, ...], default: int) ->
 
 
 def _parse_output(name: str, t: _Table) -> OutputConfig:
-    if not OUTPUT_NAME_PATTERN.fullmatch(name):
+    if not is_output_name(name):
         raise ConfigError(t.file, t.prefix, 'outputs are named "usb<N>" or "wifi"')
     with _checked(t):
         backend = t.get_choice("backend", ("gpio", "nmcli"), "gpio")
-        if backend == "nmcli" and name != "wifi":
+        if backend == "nmcli" and name != WIFI:
             raise t.error("backend", 'only the "wifi" output can use nmcli')
         pin = t.get_int("pin", _REQUIRED if backend == "gpio" else None, lo=0, hi=53)
         connection = t.get_str("nmcli_connection", _REQUIRED if backend == "nmcli" else None)
@@ -739,7 +739,7 @@ def _parse_counters(
                 CountersConfig,
                 panel_channel=panel,
                 # A port and the access point are measured by the channel of their name.
-                ports=tuple(n for n in output_names if n != "wifi" and n in channels),
+                ports=tuple(n for n in output_names if n != WIFI and n in channels),
                 ap_channel="wifi" if "wifi" in channels else None,
                 hotspot_output="wifi" if "wifi" in output_names else None,
                 session_min_amps=t.get_float("session_min_amps", 0.1, lo=0.001, hi=10),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_agent.config import Config, MqttConfig
-from bench_agent.remote.commands import load_trusted_keys
+from bench_agent.remote.signing import load_trusted_keys
 
 
 @dataclass(frozen=True, slots=True)

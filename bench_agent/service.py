@@ -30,7 +30,7 @@ from bench_agent.eventlog import EventLog
 from bench_agent.faults import Fault, FaultRegistry, sensor_fault, thread_fault
 from bench_agent.hardware.backend import build_hardware
 from bench_agent.hardware.bundle import Hardware
-from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
+from bench_agent.hardware.vedirect.reader import ChargerSample, VEDirectReader
 from bench_agent.link.clock_sync import ClockSyncCorrector
 from bench_agent.link.health import HealthReport
 from bench_agent.link.mqtt import (
@@ -59,8 +59,8 @@ from bench_agent.power.soc import CHEMISTRIES, SocEstimator
 from bench_agent.power.uplink_supervisor import UplinkSupervisor
 from bench_agent.preflight import cleartext_password
 from bench_agent.remote.agent_control import AgentCommands
-from bench_agent.remote.commands import CommandProcessor
 from bench_agent.remote.ops_keys import load_ops_keys
+from bench_agent.remote.processor import CommandProcessor
 from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
 
 log = logging.getLogger(__name__)

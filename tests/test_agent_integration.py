@@ -230,8 +230,8 @@ def test_signed_remote_command_switches_a_port_and_bad_ones_change_nothing(
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from bench_agent.remote.commands import new_command, sign_command
     from bench_agent.remote.opsctl import keygen
+    from bench_agent.remote.signing import new_command, sign_command
 
     private_path, _public = keygen(tmp_path / "keys", "ops-test")
     from cryptography.hazmat.primitives.serialization import load_pem_private_key

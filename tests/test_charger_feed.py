@@ -10,7 +10,7 @@ from typing import Any
 
 from bench_agent.faults import FaultRegistry
 from bench_agent.hardware.sim.vedirect_sim import SimulatedCharger
-from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
+from bench_agent.hardware.vedirect.reader import ChargerSample, VEDirectReader
 from bench_agent.power.charger_feed import TELEMETRY_FIELDS, ChargerFeed
 from tests.support import VEDIRECT_CAPTURES, wait_until
 

@@ -28,17 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench_agent.errors import ConfigError
-from bench_agent.remote.commands import (
-    ERROR_CODES,
-    CommandError,
-    CommandProcessor,
-    ReplayStore,
-    load_trusted_keys,
-    new_command,
-    public_key_text,
-    sign_command,
-    validate_command,
-)
+from bench_agent.remote.commands import ERROR_CODES, CommandError, validate_command
+from bench_agent.remote.processor import CommandProcessor
+from bench_agent.remote.replay_store import ReplayStore
+from bench_agent.remote.signing import load_trusted_keys, new_command, public_key_text, sign_command
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "bench_agent" / "schemas"
 COMMAND_SCHEMA = jsonschema.Draft202012Validator(

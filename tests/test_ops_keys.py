@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench_agent.remote.commands import public_key_text
 from bench_agent.remote.ops_keys import load_ops_keys
+from bench_agent.remote.signing import public_key_text
 
 
 def test_good_keys_load_and_a_bad_file_is_named_not_fatal(

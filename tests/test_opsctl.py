@@ -15,7 +15,6 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench_agent.remote.commands import CommandProcessor, load_trusted_keys
 from bench_agent.remote.opsctl import (
     EXIT_ERROR_REPLY,
     EXIT_NO_CONNECTION,
@@ -26,6 +25,8 @@ from bench_agent.remote.opsctl import (
     main,
     parse_args_pairs,
 )
+from bench_agent.remote.processor import CommandProcessor
+from bench_agent.remote.signing import load_trusted_keys
 from tests.support import Broker, free_port
 
 BENCH = "tgk-alun-01"

@@ -26,7 +26,9 @@ from bench_agent.hardware.sim.physics import (
     BenchParams,
 )
 from bench_agent.power import soc
-from bench_agent.power.policy import PolicyConfig, PolicyInputs, PolicyState, decide
+from bench_agent.power.policy import decide
+from bench_agent.power.policy_config import PolicyConfig
+from bench_agent.power.policy_state import PolicyInputs, PolicyState
 from bench_agent.power.soc import SocEstimator
 from tests.support import dump_toml
 

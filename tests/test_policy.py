@@ -15,23 +15,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_agent.power.policy import (
-    WIFI,
+from bench_agent.power.policy import check_override, decide, reset_fault
+from bench_agent.power.policy_config import (
     BatteryThresholds,
-    Decision,
-    Override,
     PolicyConfig,
-    PolicyInputs,
-    PolicyState,
-    PortFault,
     PortLimits,
     Schedule,
     TemperatureLimits,
-    VoltageWatch,
-    check_override,
-    decide,
-    reset_fault,
 )
+from bench_agent.power.policy_state import (
+    Decision,
+    Override,
+    PolicyInputs,
+    PolicyState,
+    PortFault,
+    VoltageWatch,
+)
+from bench_agent.vocabulary import WIFI
 
 JAKARTA = ZoneInfo("Asia/Jakarta")
 NOON = datetime(2024, 6, 14, 12, 0, tzinfo=JAKARTA)  # a Friday

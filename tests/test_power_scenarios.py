@@ -41,7 +41,7 @@ import jsonschema
 import pytest
 
 from bench_agent.config import load_config
-from bench_agent.power.policy import PolicyState
+from bench_agent.power.policy_state import PolicyState
 from bench_agent.power.soc import SocEstimator
 from bench_agent.service import Agent, Call
 from tests.support import Broker, Recorder, sim_config, wait_until
@@ -504,8 +504,8 @@ def test_a_short_trips_retries_and_latches_usb2_while_usb1_charges_until_reset(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    from bench_agent.remote.commands import new_command, sign_command
     from bench_agent.remote.opsctl import keygen
+    from bench_agent.remote.signing import new_command, sign_command
 
     private_path, _ = keygen(tmp_path / "keys", "ops-test")
     key = load_pem_private_key(private_path.read_bytes(), password=None)

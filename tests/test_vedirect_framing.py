@@ -11,13 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench_agent.hardware.vedirect import (
+from bench_agent.hardware.vedirect.fields import BlockMerger, map_block
+from bench_agent.hardware.vedirect.framing import (
     MAX_BLOCK_FIELDS,
-    BlockMerger,
     VEDirectFramer,
     checksum_byte,
     encode_block,
-    map_block,
 )
 from tests.support import VEDIRECT_CAPTURES
 

@@ -13,11 +13,8 @@ from pathlib import Path
 import pytest
 
 from bench_agent.hardware.sim.vedirect_sim import ChargerSnapshot, SimulatedCharger
-from bench_agent.hardware.vedirect import (
-    ChargerSample,
-    VEDirectFramer,
-    VEDirectReader,
-)
+from bench_agent.hardware.vedirect.framing import VEDirectFramer
+from bench_agent.hardware.vedirect.reader import ChargerSample, VEDirectReader
 from tests.support import VEDIRECT_CAPTURES
 
 CAPTURES = VEDIRECT_CAPTURES

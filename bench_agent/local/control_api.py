@@ -23,7 +23,7 @@ from bench_agent.clock import Clock, iso_utc
 from bench_agent.config import Config, load_config
 from bench_agent.errors import ConfigError
 from bench_agent.eventlog import EventLog
-from bench_agent.faults import Fault, FaultRegistry
+from bench_agent.faults import Fault, FaultRegistry, overcurrent_fault
 from bench_agent.hardware.bundle import Hardware
 from bench_agent.link.mqtt import MqttLink
 from bench_agent.link.outbox import Outbox
@@ -33,7 +33,9 @@ from bench_agent.power.charger_feed import ChargerFeed
 from bench_agent.power.controller import Controller
 from bench_agent.power.sampler import Sampler
 from bench_agent.preflight import cleartext_password
-from bench_agent.remote.commands import SOURCE_TECHNICIAN, CommandProcessor
+from bench_agent.remote.commands import SOURCE_TECHNICIAN
+from bench_agent.remote.processor import CommandProcessor
+from bench_agent.vocabulary import WIFI
 
 CALL_TIMEOUT_S: Final = 3.0  # the server thread waits this long for the main loop
 SELFTEST_TIMEOUT_S: Final = 10.0
@@ -112,7 +114,7 @@ class LocalControl:
         args: dict[str, Any] = {"state": request["state"]}
         if "duration_s" in request:
             args["duration_s"] = request["duration_s"]
-        if output == "wifi":
+        if output == WIFI:
             action = "wifi.set"
         else:
             action, args["port"] = "usb.set", output
@@ -173,7 +175,7 @@ def _fault_name(params: Mapping[str, Any]) -> str | None:
     if not isinstance(name, str):
         raise ControlError("bad_params", "name must be a string, e.g. usb1")
     # The technician names the port; the fault it latched is "overcurrent.<port>".
-    return name if "." in name else f"overcurrent.{name}"
+    return name if "." in name else overcurrent_fault(name)
 
 
 def _events_params(params: Mapping[str, Any]) -> tuple[float | None, int]:

@@ -45,6 +45,7 @@ from bench_agent.local.control import (
     PermissionDenied,
 )
 from bench_agent.local.i18n import _, decimal_point, ngettext, translate_marked
+from bench_agent.vocabulary import WIFI, EventType, Reason, usb_port
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -113,7 +114,7 @@ def parse_port(text: str) -> str:
                 port=text
             )
         )
-    return f"usb{match.group(1)}"
+    return usb_port(int(match.group(1)))
 
 
 def _parse_watch(text: str) -> float:
@@ -484,30 +485,38 @@ def _channel_texts(channels: Mapping[str, Any]) -> list[str | tuple[str, int]]:
 
 def output_label(name: str) -> str:
     """ "USB port 1" for usb1, "Wi-Fi" for wifi, in the current language."""
-    if name == "wifi":
+    if name == WIFI:
         return "Wi-Fi"
     match = _PORT.fullmatch(name)
     return _("USB port {n}").format(n=match.group(1)) if match else name
 
 
-def reason_text(code: str) -> str:
-    """The policy's reason code (stable, English) as words in the current language."""
-    texts = {
-        "overcurrent_trip": _("over-current, switched off"),
-        "overcurrent_latched": _("over-current, latched off"),
-        "cooldown": _("cooling down after over-current"),
-        "over_temperature": _("too hot"),
-        "battery_low": _("battery low"),
-        "battery_voltage_low": _("battery voltage low"),
-        "safe_state": _("safe state"),
-        "override_on": _("switched on by hand"),
-        "override_off": _("switched off by hand"),
-        "schedule_on": _("on schedule"),
-        "schedule_off": _("outside scheduled hours"),
-        "default": _("default"),
-        "unknown_output": _("no such output"),
+def reason_texts() -> dict[Reason, str]:
+    """Words for every reason code, in the current language (a test checks each one)."""
+    return {
+        Reason.OVERCURRENT_TRIP: _("over-current, switched off"),
+        Reason.OVERCURRENT_LATCHED: _("over-current, latched off"),
+        Reason.COOLDOWN: _("cooling down after over-current"),
+        Reason.OVER_TEMPERATURE: _("too hot"),
+        Reason.BATTERY_LOW: _("battery low"),
+        Reason.BATTERY_VOLTAGE_LOW: _("battery voltage low"),
+        Reason.SAFE_STATE: _("safe state"),
+        Reason.OVERRIDE_ON: _("switched on by hand"),
+        Reason.OVERRIDE_OFF: _("switched off by hand"),
+        Reason.SCHEDULE_ON: _("on schedule"),
+        Reason.SCHEDULE_OFF: _("outside scheduled hours"),
+        Reason.DEFAULT: _("default"),
+        Reason.UNKNOWN_OUTPUT: _("no such output"),
     }
-    return texts.get(code, code)
+
+
+def reason_text(code: str) -> str:
+    """The policy's reason code (stable, English) as words in the current language;
+    a code this version does not know (a newer agent's) as it is."""
+    try:
+        return reason_texts()[Reason(code)]
+    except ValueError:
+        return code
 
 
 def _reason_with_detail(text: str) -> str:
@@ -721,29 +730,38 @@ def _cmd_events(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
     return EXIT_OK
 
 
-def event_text(event_type: str) -> str:
-    """An event type (stable, English) as words in the current language."""
-    texts = {
-        "fault_raised": _("fault"),
-        "fault_cleared": _("fault cleared"),
-        "fault_reset": _("fault reset"),
-        "tamper": _("tamper switch"),
-        "output_switched": _("switched"),
-        "overcurrent_trip": _("over-current trip"),
-        "overcurrent_latched": _("over-current, latched off"),
-        "override_set": _("override set"),
-        "override_expired": _("override expired"),
-        "battery_shed": _("load shed, battery low"),
-        "battery_restored": _("battery recovered"),
-        "over_temperature": _("load shed, too hot"),
-        "temperature_restored": _("temperature normal again"),
-        "config_reloaded": _("configuration reloaded"),
-        "command": _("command"),
-        "clock_synced": _("clock synced"),
-        "outbox_dropped": _("outbox full, oldest records dropped"),
-        "uplink_recovery": _("uplink recovery"),
+def event_texts() -> dict[EventType, str]:
+    """Words for every event type, in the current language (a test checks each one)."""
+    return {
+        EventType.FAULT_RAISED: _("fault"),
+        EventType.FAULT_CLEARED: _("fault cleared"),
+        EventType.FAULT_RESET: _("fault reset"),
+        EventType.TAMPER: _("tamper switch"),
+        EventType.OUTPUT_SWITCHED: _("switched"),
+        EventType.OUTPUT_ERROR: _("output cannot be switched"),
+        EventType.OVERCURRENT_TRIP: _("over-current trip"),
+        EventType.OVERCURRENT_LATCHED: _("over-current, latched off"),
+        EventType.OVERRIDE_EXPIRED: _("override expired"),
+        EventType.BATTERY_SHED: _("load shed, battery low"),
+        EventType.BATTERY_RESTORED: _("battery recovered"),
+        EventType.OVER_TEMPERATURE: _("load shed, too hot"),
+        EventType.TEMPERATURE_RESTORED: _("temperature normal again"),
+        EventType.CONFIG_RELOADED: _("configuration reloaded"),
+        EventType.CONFIG_RELOAD_REFUSED: _("configuration not reloaded"),
+        EventType.COMMAND: _("command"),
+        EventType.CLOCK_SYNCED: _("clock synced"),
+        EventType.OUTBOX_DROPPED: _("outbox full, oldest records dropped"),
+        EventType.UPLINK_RECOVERY: _("uplink recovery"),
     }
-    return texts.get(event_type, event_type)
+
+
+def event_text(event_type: str) -> str:
+    """An event type (stable, English) as words in the current language; a type this
+    version does not know (a newer agent's) as it is."""
+    try:
+        return event_texts()[EventType(event_type)]
+    except ValueError:
+        return event_type
 
 
 def format_event(event: Mapping[str, Any]) -> list[str]:

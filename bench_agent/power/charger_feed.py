@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from bench_agent.faults import Fault, FaultRegistry
-from bench_agent.hardware.vedirect import ChargerSample, VEDirectReader
+from bench_agent.hardware.vedirect.reader import ChargerSample, VEDirectReader
 
 log = logging.getLogger(__name__)
 

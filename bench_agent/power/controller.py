@@ -18,21 +18,15 @@ from typing import Any
 from bench_agent import statefile
 from bench_agent.hardware.ports import Switch
 from bench_agent.model import PowerReading
-from bench_agent.power.policy import (
-    Decision,
-    Override,
-    PolicyConfig,
-    PolicyInputs,
-    PolicyState,
-    check_override,
-    decide,
-    reset_fault,
-)
+from bench_agent.power.policy import check_override, decide, reset_fault
+from bench_agent.power.policy_config import PolicyConfig
+from bench_agent.power.policy_state import Decision, Override, PolicyInputs, PolicyState
 from bench_agent.power.soc import SocEstimator
+from bench_agent.vocabulary import Reason
 
 log = logging.getLogger(__name__)
 
-SAFE_STATE = "safe_state"  # reason code: before the first decision, and on stop
+SAFE_STATE = Reason.SAFE_STATE  # before the first decision, and on stop
 
 EmitEvent = Callable[[str, dict[str, Any]], None]
 PERSIST_EVERY_S = 900.0  # agent seconds between saves of SoC and latches (SD-card wear)

@@ -76,42 +76,50 @@ Unknown readings (``None`` or NaN, e.g. a sensor that stopped answering):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime, time
-from types import MappingProxyType
-from typing import Any, Final
+from dataclasses import replace
+from typing import Final
 
-from bench_agent.checks import require, require_finite
+from bench_agent.power.policy_config import (
+    VOLTS_NOISE,
+    BatteryThresholds,
+    PolicyConfig,
+    PortLimits,
+    TemperatureLimits,
+)
+from bench_agent.power.policy_state import (
+    Decision,
+    Override,
+    PolicyEvent,
+    PolicyInputs,
+    PolicyState,
+    PortFault,
+    VoltageWatch,
+)
+from bench_agent.vocabulary import WIFI, EventType, Reason
 
-WIFI: Final = "wifi"
-"""The name of the Wi-Fi hotspot output; every other output is a USB port."""
+# Reason codes and event kinds are published in MQTT `event` / `state` payloads:
+# their one definition, never renamed, is bench_agent/vocabulary.py.
+OVERCURRENT_TRIP: Final = Reason.OVERCURRENT_TRIP
+OVERCURRENT_LATCHED: Final = Reason.OVERCURRENT_LATCHED
+COOLDOWN: Final = Reason.COOLDOWN
+OVER_TEMPERATURE: Final = Reason.OVER_TEMPERATURE
+BATTERY_LOW: Final = Reason.BATTERY_LOW
+BATTERY_VOLTAGE_LOW: Final = Reason.BATTERY_VOLTAGE_LOW
+OVERRIDE_ON: Final = Reason.OVERRIDE_ON
+OVERRIDE_OFF: Final = Reason.OVERRIDE_OFF
+SCHEDULE_ON: Final = Reason.SCHEDULE_ON
+SCHEDULE_OFF: Final = Reason.SCHEDULE_OFF
+DEFAULT: Final = Reason.DEFAULT
 
-_OUTPUT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-
-# Stable reason codes (published in MQTT `event` / `state` payloads: never rename).
-OVERCURRENT_TRIP: Final = "overcurrent_trip"
-OVERCURRENT_LATCHED: Final = "overcurrent_latched"
-COOLDOWN: Final = "cooldown"
-OVER_TEMPERATURE: Final = "over_temperature"
-BATTERY_LOW: Final = "battery_low"
-BATTERY_VOLTAGE_LOW: Final = "battery_voltage_low"
-OVERRIDE_ON: Final = "override_on"
-OVERRIDE_OFF: Final = "override_off"
-SCHEDULE_ON: Final = "schedule_on"
-SCHEDULE_OFF: Final = "schedule_off"
-DEFAULT: Final = "default"
-
-# Stable event kinds.
-EVENT_TRIP: Final = "overcurrent_trip"
-EVENT_LATCH: Final = "overcurrent_latched"
-EVENT_OVERRIDE_EXPIRED: Final = "override_expired"
-EVENT_FAULT_RESET: Final = "fault_reset"
-EVENT_BATTERY_SHED: Final = "battery_shed"
-EVENT_BATTERY_RESTORED: Final = "battery_restored"
-EVENT_TEMPERATURE_SHED: Final = "over_temperature"
-EVENT_TEMPERATURE_RESTORED: Final = "temperature_restored"
+EVENT_TRIP: Final = EventType.OVERCURRENT_TRIP
+EVENT_LATCH: Final = EventType.OVERCURRENT_LATCHED
+EVENT_OVERRIDE_EXPIRED: Final = EventType.OVERRIDE_EXPIRED
+EVENT_FAULT_RESET: Final = EventType.FAULT_RESET
+EVENT_BATTERY_SHED: Final = EventType.BATTERY_SHED
+EVENT_BATTERY_RESTORED: Final = EventType.BATTERY_RESTORED
+EVENT_TEMPERATURE_SHED: Final = EventType.OVER_TEMPERATURE
+EVENT_TEMPERATURE_RESTORED: Final = EventType.TEMPERATURE_RESTORED
 
 
 def _known(value: float | None) -> float | None:
@@ -119,486 +127,6 @@ def _known(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return value
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, slots=True)
-class PortLimits:
-    """Over-current protection of one USB port."""
-
-    trip_amps: float  # A; sustained current above this trips after trip_samples samples
-    hard_trip_amps: float  # A; one sample above this trips at once
-    trip_samples: int  # consecutive samples above trip_amps that trip the port
-    cooldown_s: float  # s the port stays off after a trip before it is retried
-    latch_after_trips: int  # the K-th trip (within trip_forget_s) latches the port off
-    trip_forget_s: float = 3600.0  # s without a trip after which the trip count is cleared
-
-    def __post_init__(self) -> None:
-        for name in ("trip_amps", "hard_trip_amps", "cooldown_s", "trip_forget_s"):
-            require_finite(name, getattr(self, name))
-        require(self.trip_amps > 0, "trip_amps", "must be > 0", self.trip_amps)
-        require(
-            self.hard_trip_amps > self.trip_amps,
-            "hard_trip_amps",
-            f"must be above trip_amps ({self.trip_amps})",
-            self.hard_trip_amps,
-        )
-        for name in ("trip_samples", "latch_after_trips"):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                name,
-                "must be an integer >= 1",
-                value,
-            )
-        require(self.cooldown_s >= 0, "cooldown_s", "must be >= 0", self.cooldown_s)
-        require(self.trip_forget_s > 0, "trip_forget_s", "must be > 0", self.trip_forget_s)
-
-
-VOLTS_RANGE: Final = (8.0, 16.0)  # V: what a 12 V battery's levels can sensibly be
-MIN_VOLTS_HYSTERESIS: Final = 0.1  # V between shedding and restoring: noise, load steps
-VOLTS_NOISE: Final = 0.05  # V above a shed level that does not yet count as recovered
-
-
-@dataclass(frozen=True, slots=True)
-class BatteryThresholds:
-    """Battery-protection levels: state of charge in %, and the voltage safety net in V.
-
-    The voltage levels are for the open-circuit voltage, i.e. the terminal voltage
-    corrected by the current × ``internal_resistance_ohm``; all three None turns the
-    voltage rule off.
-    """
-
-    wifi_off_below_pct: float
-    wifi_on_above_pct: float
-    usb_off_below_pct: float
-    usb_on_above_pct: float
-    wifi_off_below_volts: float | None = None
-    usb_off_below_volts: float | None = None
-    restore_above_volts: float | None = None
-    voltage_delay_s: float = 90.0  # s a voltage must hold before it sheds or restores
-    internal_resistance_ohm: float = 0.0  # battery + cabling, for the I·R correction
-
-    @property
-    def voltage_rule(self) -> bool:
-        """Whether the voltage safety net is on."""
-        return self.wifi_off_below_volts is not None
-
-    def __post_init__(self) -> None:
-        self._check_volts()
-        for name in (
-            "wifi_off_below_pct",
-            "wifi_on_above_pct",
-            "usb_off_below_pct",
-            "usb_on_above_pct",
-        ):
-            value = getattr(self, name)
-            require_finite(name, value)
-            require(0.0 <= value <= 100.0, name, "must be between 0 and 100", value)
-        require(
-            self.wifi_off_below_pct < self.wifi_on_above_pct,
-            "wifi_on_above_pct",
-            f"must be above wifi_off_below_pct ({self.wifi_off_below_pct})",
-            self.wifi_on_above_pct,
-        )
-        require(
-            self.usb_off_below_pct < self.usb_on_above_pct,
-            "usb_on_above_pct",
-            f"must be above usb_off_below_pct ({self.usb_off_below_pct})",
-            self.usb_on_above_pct,
-        )
-        require(
-            self.usb_off_below_pct < self.wifi_off_below_pct,
-            "usb_off_below_pct",
-            f"must be below wifi_off_below_pct ({self.wifi_off_below_pct}): Wi-Fi is shed first",
-            self.usb_off_below_pct,
-        )
-
-    def _check_volts(self) -> None:
-        require_finite("voltage_delay_s", self.voltage_delay_s)
-        require(
-            0.0 <= self.voltage_delay_s <= 3600.0,
-            "voltage_delay_s",
-            "must be between 0 and 3600",
-            self.voltage_delay_s,
-        )
-        require_finite("internal_resistance_ohm", self.internal_resistance_ohm)
-        require(
-            0.0 <= self.internal_resistance_ohm <= 1.0,
-            "internal_resistance_ohm",
-            "must be between 0 and 1",
-            self.internal_resistance_ohm,
-        )
-        names = ("wifi_off_below_volts", "usb_off_below_volts", "restore_above_volts")
-        levels = [getattr(self, name) for name in names]
-        if all(level is None for level in levels):
-            return
-        lo, hi = VOLTS_RANGE
-        for name, level in zip(names, levels, strict=True):
-            require(level is not None, name, "the voltage levels go together: set all three", level)
-            assert level is not None
-            require_finite(name, level)
-            require(lo <= level <= hi, name, f"must be between {lo:g} and {hi:g} V", level)
-        wifi, usb, restore = levels
-        assert wifi is not None and usb is not None and restore is not None
-        require(
-            usb < wifi,
-            "usb_off_below_volts",
-            f"must be below wifi_off_below_volts ({wifi:g}): Wi-Fi is shed first",
-            usb,
-        )
-        require(
-            restore >= wifi + MIN_VOLTS_HYSTERESIS,
-            "restore_above_volts",
-            f"must be at least {MIN_VOLTS_HYSTERESIS:g} V above wifi_off_below_volts ({wifi:g})",
-            restore,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class TemperatureLimits:
-    """Over-temperature load shedding, in °C, with hysteresis.
-
-    The CPU limits default to the Pi's own throttling region (it throttles from
-    80-85 °C); shedding the USB loads lowers the heat dissipated in the box.
-    """
-
-    shed_above_c: float  # enclosure
-    resume_below_c: float  # enclosure
-    cpu_shed_above_c: float = 80.0
-    cpu_resume_below_c: float = 70.0
-
-    def __post_init__(self) -> None:
-        for name in ("shed_above_c", "resume_below_c", "cpu_shed_above_c", "cpu_resume_below_c"):
-            require_finite(name, getattr(self, name))
-        require(
-            self.resume_below_c < self.shed_above_c,
-            "resume_below_c",
-            f"must be below shed_above_c ({self.shed_above_c})",
-            self.resume_below_c,
-        )
-        require(
-            self.cpu_resume_below_c < self.cpu_shed_above_c,
-            "cpu_resume_below_c",
-            f"must be below cpu_shed_above_c ({self.cpu_shed_above_c})",
-            self.cpu_resume_below_c,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """When an output should be on, in the bench's local wall-clock time.
-
-    ``windows`` are ``(start, end)`` pairs, start inclusive, end exclusive. A window
-    whose end is before its start crosses midnight (22:00-02:00 is on from 22:00 to
-    02:00 the next morning). An empty tuple means always on (on the allowed days).
-    ``weekdays`` (0 = Monday ... 6 = Sunday) is the day a window STARTS on: the
-    after-midnight part of a Friday 22:00-02:00 window is on Saturday morning.
-    """
-
-    windows: tuple[tuple[time, time], ...] = ()
-    weekdays: frozenset[int] = frozenset(range(7))
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.windows, tuple), "windows", "must be a tuple", self.windows)
-        for i, window in enumerate(self.windows):
-            name = f"windows[{i}]"
-            require(
-                isinstance(window, tuple) and len(window) == 2,
-                name,
-                "must be a (start, end) pair",
-                window,
-            )
-            start, end = window
-            for t in (start, end):
-                require(isinstance(t, time), name, "start and end must be datetime.time", t)
-                require(t.tzinfo is None, name, "times are local wall-clock, no tzinfo", t)
-            require(start != end, name, "start equals end: empty or whole day is ambiguous", window)
-        object.__setattr__(self, "weekdays", frozenset(self.weekdays))
-        require(bool(self.weekdays), "weekdays", "must not be empty", self.weekdays)
-        require(
-            all(isinstance(d, int) and 0 <= d <= 6 for d in self.weekdays),
-            "weekdays",
-            "must be integers 0 (Monday) .. 6 (Sunday)",
-            sorted(self.weekdays),
-        )
-
-    def is_active(self, now_local: datetime) -> bool:
-        """Whether the output is scheduled on at ``now_local`` (wall clock of its tzinfo)."""
-        t = now_local.time().replace(tzinfo=None)
-        today = now_local.weekday()
-        yesterday = (today - 1) % 7
-        if not self.windows:
-            return today in self.weekdays
-        for start, end in self.windows:
-            if start < end:
-                if start <= t < end and today in self.weekdays:
-                    return True
-            elif (t >= start and today in self.weekdays) or (
-                t < end and yesterday in self.weekdays
-            ):
-                return True
-        return False
-
-    def describe(self) -> str:
-        """The windows as text, e.g. "06:00-09:00, 22:00-02:00"."""
-        if not self.windows:
-            return "always"
-        return ", ".join(f"{s:%H:%M}-{e:%H:%M}" for s, e in self.windows)
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    """Everything the policy needs from the configuration. Mappings are copied read-only."""
-
-    ports: Mapping[str, PortLimits]
-    battery: BatteryThresholds
-    temperature: TemperatureLimits
-    schedules: Mapping[str, Schedule] = field(default_factory=dict)
-    defaults: Mapping[str, bool] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("ports", "schedules", "defaults"):
-            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
-        for port, limits in self.ports.items():
-            require(
-                isinstance(port, str) and _OUTPUT_NAME.fullmatch(port) is not None,
-                "ports",
-                "port names are [a-z0-9][a-z0-9_-]{0,31}",
-                port,
-            )
-            require(port != WIFI, "ports", f"{WIFI!r} is the hotspot, not a USB port", port)
-            require(isinstance(limits, PortLimits), f"ports.{port}", "must be PortLimits", limits)
-        require(
-            isinstance(self.battery, BatteryThresholds),
-            "battery",
-            "must be BatteryThresholds",
-            self.battery,
-        )
-        require(
-            isinstance(self.temperature, TemperatureLimits),
-            "temperature",
-            "must be TemperatureLimits",
-            self.temperature,
-        )
-        outputs = set(self.outputs)
-        for output, schedule in self.schedules.items():
-            require(output in outputs, "schedules", "unknown output", output)
-            require(
-                isinstance(schedule, Schedule), f"schedules.{output}", "must be Schedule", schedule
-            )
-        for output, on in self.defaults.items():
-            require(output in outputs, "defaults", "unknown output", output)
-            require(isinstance(on, bool), f"defaults.{output}", "must be true or false", on)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """Every output the policy decides: the USB ports, then "wifi"."""
-        return (*self.ports, WIFI)
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True, slots=True)
-class Override:
-    """A manual override of one output. ``state`` None means "auto" (no override)."""
-
-    state: bool | None
-    expires_mono_s: float | None  # monotonic s at which it ends; None = until cancelled
-    source: str  # who set it, e.g. "cli", "mqtt:ops-42"
-
-    def expired(self, mono_s: float) -> bool:
-        return self.expires_mono_s is not None and mono_s >= self.expires_mono_s
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyInputs:
-    """One sample's worth of everything the policy looks at.
-
-    Sensor values may be None or NaN (unknown). ``now_local`` must be timezone-aware,
-    in the bench's timezone; ``mono_s`` is a monotonic clock in s (cooldowns and
-    override expiry use it, so a wall-clock jump cannot shorten them).
-    """
-
-    now_local: datetime
-    mono_s: float
-    soc_pct: float | None
-    battery_volts: float | None  # V at the battery's terminals, under whatever load
-    battery_amps: float | None  # A through the battery, + = charging
-    port_amps: Mapping[str, float | None]
-    enclosure_c: float | None
-    cpu_c: float | None
-    overrides: Mapping[str, Override] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        require(
-            isinstance(self.now_local, datetime) and self.now_local.utcoffset() is not None,
-            "now_local",
-            "must be a timezone-aware datetime",
-            self.now_local,
-        )
-        require_finite("mono_s", self.mono_s)
-
-
-# --------------------------------------------------------------------------- state
-
-
-@dataclass(frozen=True, slots=True)
-class PortFault:
-    """Over-current bookkeeping of one port."""
-
-    consecutive_over: int = 0  # samples in a row above trip_amps
-    trips: int = 0  # trips not yet forgotten
-    cooldown_until_mono_s: float | None = None  # off until this monotonic time, then retried
-    last_trip_mono_s: float | None = None
-    latched: bool = False  # off until reset_fault()
-
-
-@dataclass(frozen=True, slots=True)
-class VoltageWatch:
-    """The voltage safety net of one class of load (the Wi-Fi, or the USB ports)."""
-
-    shed: bool = False  # held off by the voltage rule
-    low_since_mono_s: float | None = None  # below the shed level, continuously, since
-    high_since_mono_s: float | None = None  # (while shed) at/above the restore level since
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyEvent:
-    """Something the controller should publish as an MQTT event (kind is a stable code)."""
-
-    kind: str
-    output: str | None  # None for events about the whole bench
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What one output should be, a stable reason code, and a human detail."""
-
-    on: bool
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyState:
-    """What the policy remembers between samples. ``PolicyState()`` is the start state.
-
-    ``events`` are those raised by the call that produced this state (the next call
-    replaces them): the controller publishes them right after ``decide``.
-    """
-
-    ports: Mapping[str, PortFault] = field(default_factory=dict)
-    wifi_battery_shed: bool = False  # by the state-of-charge rule
-    usb_battery_shed: bool = False
-    over_temperature: bool = False
-    wifi_voltage: VoltageWatch = field(default_factory=VoltageWatch)
-    usb_voltage: VoltageWatch = field(default_factory=VoltageWatch)
-    outputs: Mapping[str, bool] = field(default_factory=dict)
-    events: tuple[PolicyEvent, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ports", MappingProxyType(dict(self.ports)))
-        object.__setattr__(self, "outputs", MappingProxyType(dict(self.outputs)))
-
-    def port(self, name: str) -> PortFault:
-        return self.ports.get(name, PortFault())
-
-    @property
-    def latched_ports(self) -> tuple[str, ...]:
-        return tuple(sorted(p for p, f in self.ports.items() if f.latched))
-
-    @property
-    def wifi_shed(self) -> bool:
-        """Wi-Fi is held off for the battery, by either rule."""
-        return self.wifi_battery_shed or self.wifi_voltage.shed
-
-    @property
-    def usb_shed(self) -> bool:
-        """The USB ports are held off for the battery, by either rule."""
-        return self.usb_battery_shed or self.usb_voltage.shed
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form for persistence across restarts (latched faults survive a reboot).
-
-        Monotonic times mean nothing after a reboot, so a pending cooldown is stored as
-        a flag and restarted in full by :meth:`from_dict`.
-        """
-        return {
-            "v": 1,
-            "ports": {
-                p: {
-                    "trips": f.trips,
-                    "latched": f.latched,
-                    "cooling_down": f.cooldown_until_mono_s is not None,
-                }
-                for p, f in self.ports.items()
-            },
-            "wifi_battery_shed": self.wifi_battery_shed,
-            "usb_battery_shed": self.usb_battery_shed,
-            "over_temperature": self.over_temperature,
-            # A voltage shed survives a restart (restoring needs the voltage again, for
-            # the whole delay); the delays themselves start over.
-            "wifi_voltage_shed": self.wifi_voltage.shed,
-            "usb_voltage_shed": self.usb_voltage.shed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], cfg: PolicyConfig, mono_s: float) -> PolicyState:
-        """Restore :meth:`to_dict`'s output; ports no longer configured are dropped.
-
-        Raises ValueError on data that is not what ``to_dict`` writes.
-        """
-        require(isinstance(data, Mapping) and data.get("v") == 1, "v", "unknown version", data)
-        ports: dict[str, PortFault] = {}
-        raw_ports = data.get("ports", {})
-        require(isinstance(raw_ports, Mapping), "ports", "must be an object", raw_ports)
-        for port, raw in raw_ports.items():
-            if port not in cfg.ports:
-                continue
-            require(isinstance(raw, Mapping), f"ports.{port}", "must be an object", raw)
-            trips, latched, cooling = raw.get("trips"), raw.get("latched"), raw.get("cooling_down")
-            require(
-                isinstance(trips, int) and not isinstance(trips, bool) and trips >= 0,
-                f"ports.{port}.trips",
-                "must be an integer >= 0",
-                trips,
-            )
-            require(isinstance(latched, bool), f"ports.{port}.latched", "must be bool", latched)
-            require(
-                isinstance(cooling, bool), f"ports.{port}.cooling_down", "must be bool", cooling
-            )
-            ports[port] = PortFault(
-                trips=trips,
-                latched=latched,
-                # Keep counting towards the latch: the restart does not prove the fault gone.
-                last_trip_mono_s=mono_s if trips else None,
-                cooldown_until_mono_s=mono_s + cfg.ports[port].cooldown_s if cooling else None,
-            )
-        flags = {}
-        names = (
-            "wifi_battery_shed",
-            "usb_battery_shed",
-            "over_temperature",
-            "wifi_voltage_shed",  # absent in files written before the voltage rule
-            "usb_voltage_shed",
-        )
-        for name in names:
-            value = data.get(name, False)
-            require(isinstance(value, bool), name, "must be bool", value)
-            flags[name] = value
-        return cls(
-            ports=ports,
-            wifi_battery_shed=flags["wifi_battery_shed"],
-            usb_battery_shed=flags["usb_battery_shed"],
-            over_temperature=flags["over_temperature"],
-            wifi_voltage=VoltageWatch(shed=flags["wifi_voltage_shed"]),
-            usb_voltage=VoltageWatch(shed=flags["usb_voltage_shed"]),
-        )
 
 
 # --------------------------------------------------------------------------- policy
@@ -971,23 +499,3 @@ def reset_fault(state: PolicyState, port: str | None) -> PolicyState:
         was = "latched" if fault.latched else f"{fault.trips} trip(s)"
         events.append(PolicyEvent(EVENT_FAULT_RESET, name, f"{name} fault reset (was {was})"))
     return replace(state, ports=ports, events=tuple(events))
-
-
-__all__ = [
-    "WIFI",
-    "BatteryThresholds",
-    "Decision",
-    "Override",
-    "PolicyConfig",
-    "PolicyEvent",
-    "PolicyInputs",
-    "PolicyState",
-    "PortFault",
-    "PortLimits",
-    "Schedule",
-    "TemperatureLimits",
-    "VoltageWatch",
-    "check_override",
-    "decide",
-    "reset_fault",
-]

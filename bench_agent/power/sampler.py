@@ -16,15 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench_agent.errors import SensorAbsent, SensorError
+from bench_agent.hardware.ports import PowerSensor, SensorOpener
 from bench_agent.model import PowerReading
 
 log = logging.getLogger(__name__)
 
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 60.0
-
-
-Opener = Callable[[], Any]  # builds the channel's sensor; raises SensorAbsent/SensorError
 
 
 @dataclass(slots=True)
@@ -55,8 +53,8 @@ class _Aggregate:
 @dataclass(slots=True)
 class _Channel:
     name: str
-    opener: Opener
-    sensor: Any = None
+    opener: SensorOpener  # raises SensorAbsent/SensorError
+    sensor: PowerSensor | None = None
     fault: str | None = None
     retry_at_s: float = 0.0
     backoff_s: float = RETRY_MIN_S
@@ -83,7 +81,7 @@ class Sampler:
 
     def __init__(
         self,
-        channels: Mapping[str, Opener],
+        channels: Mapping[str, SensorOpener],
         sample_interval_s: float,
         on_fault: FaultCallback | None = None,
     ) -> None:

@@ -32,11 +32,12 @@ from datetime import date
 from typing import Any, Final, Literal
 
 from bench_agent.checks import is_finite_number, require
+from bench_agent.vocabulary import EventType
 
 OVERRIDE_SOURCE: Final = "uplink_recovery"
 """The override source the integrator uses to hold the output off during a cycle."""
 
-EVENT_TYPE: Final = "uplink_recovery"
+EVENT_TYPE: Final = EventType.UPLINK_RECOVERY
 """The MQTT event type of every action (``action`` says which)."""
 
 # Stable reason codes (published in MQTT events: never rename).

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench_agent import statefile
 from bench_agent.power.controller import Controller
-from bench_agent.power.policy import Override
+from bench_agent.power.policy_state import Override
 from bench_agent.power.uplink import EVENT_TYPE, OVERRIDE_SOURCE, UplinkConfig, UplinkRecovery
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bench_agent.remote.commands import load_trusted_keys
+from bench_agent.remote.signing import load_trusted_keys
 
 log = logging.getLogger(__name__)
 

@@ -47,14 +47,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bench_agent.errors import UsageError
-from bench_agent.remote.commands import (
-    ACTIONS,
-    BENCH_PATTERN,
-    KEY_ID_PATTERN,
-    new_command,
-    public_key_text,
-    sign_command,
-)
+from bench_agent.remote.commands import ACTIONS, BENCH_PATTERN, KEY_ID_PATTERN
+from bench_agent.remote.signing import new_command, public_key_text, sign_command
 
 EXIT_OK = 0
 EXIT_ERROR_REPLY = 1

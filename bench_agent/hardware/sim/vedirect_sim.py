@@ -23,7 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from bench_agent.hardware.vedirect import CHARGE_STATES, ERRORS, MPPT_MODES, encode_block
+from bench_agent.hardware.vedirect.fields import CHARGE_STATES, ERRORS, MPPT_MODES
+from bench_agent.hardware.vedirect.framing import encode_block
 
 log = logging.getLogger(__name__)
 
