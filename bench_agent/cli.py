@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from bench_agent import __version__
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
 from bench_agent.local import techcli
 from bench_agent.logsetup import register_secret, setup_logging

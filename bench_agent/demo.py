@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench_agent.errors import BenchAgentError
 from bench_agent.local.control import ControlClient
-from bench_agent.local.techcli import format_status
+from bench_agent.local.render import format_status
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_CONFIG = REPO / "config" / "sim-bench.toml"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,4 +128,35 @@ def deployment_problems(cfg: Config) -> list[Problem]:
                     error=False,
                 )
             )
+    problems += unused_settings(cfg.source)
     return sorted(problems, key=lambda p: not p.error)
+
+
+# Accepted (a config that sets them still loads: a bench must never stop over a key
+# with no effect) but read by nothing: no bench has an enclosure temperature sensor.
+UNUSED_KEYS = (
+    ("policy", "temperature", "enclosure_shed_above_c"),
+    ("policy", "temperature", "enclosure_resume_below_c"),
+)
+
+
+def unused_settings(source: Path) -> list[Problem]:
+    """Warnings for keys the file sets that have no effect on this agent."""
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        return []  # the loader already said what is wrong with the file
+    problems = []
+    for path in UNUSED_KEYS:
+        table: object = raw
+        for part in path[:-1]:
+            table = table.get(part, {}) if isinstance(table, dict) else {}
+        if isinstance(table, dict) and path[-1] in table:
+            problems.append(
+                Problem(
+                    ".".join(path),
+                    "has no effect: no enclosure temperature sensor is read (the CPU's is)",
+                    error=False,
+                )
+            )
+    return problems

@@ -19,18 +19,19 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field, fields
 from types import FrameType
 from typing import Any
 
 from bench_agent.clock import TimeFloor, read_boot_id
-from bench_agent.config import Config, load_config
+from bench_agent.config import Config
+from bench_agent.config_loader import load_config
 from bench_agent.errors import ConfigError, StorageError
 from bench_agent.eventlog import EventLog
 from bench_agent.faults import Fault, FaultRegistry, sensor_fault, thread_fault
 from bench_agent.hardware.backend import build_hardware
 from bench_agent.hardware.bundle import Hardware
 from bench_agent.hardware.vedirect.reader import ChargerSample, VEDirectReader
+from bench_agent.inbox import Call, InboxItem, ReloadRequested, StopRequested, TamperChanged
 from bench_agent.link.clock_sync import ClockSyncCorrector
 from bench_agent.link.health import HealthReport
 from bench_agent.link.mqtt import (
@@ -58,6 +59,7 @@ from bench_agent.power.sampler import Sampler
 from bench_agent.power.soc import CHEMISTRIES, SocEstimator
 from bench_agent.power.uplink_supervisor import UplinkSupervisor
 from bench_agent.preflight import cleartext_password
+from bench_agent.reload import reload_plan
 from bench_agent.remote.agent_control import AgentCommands
 from bench_agent.remote.ops_keys import load_ops_keys
 from bench_agent.remote.processor import CommandProcessor
@@ -65,9 +67,6 @@ from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
 
 log = logging.getLogger(__name__)
 
-# What SIGHUP applies live. The rest (hardware, outputs, MQTT, storage, ...) is
-# built once at start: a change there is refused and needs a restart.
-LIVE_RELOADABLE = frozenset({"policy", "commands", "uplink"})
 # Small state files in [storage] dir, next to the outbox.
 COUNTERS_FILE = "daily-counters.json"
 UPLINK_FILE = "uplink-recovery.json"
@@ -75,34 +74,6 @@ TIME_FLOOR_FILE = "time-floor.json"
 # Faults that Hardware.faults() owns: raised while present there, cleared when gone.
 HARDWARE_FAULTS = frozenset({Fault.GPIO, Fault.I2C})
 STOP_GRACE_S = 2.0  # how long shutdown waits for the broker to acknowledge "offline"
-
-
-@dataclass(frozen=True, slots=True)
-class StopRequested:
-    signal_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadRequested:
-    """SIGHUP: read the configuration file again."""
-
-
-@dataclass(frozen=True, slots=True)
-class TamperChanged:
-    is_open: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """Run `fn` on the main loop (for the control socket) and hand back its result
-    or the exception it raised, in `outcome` as ("ok", value) or ("error", exc)."""
-
-    fn: Callable[[], Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    outcome: list[tuple[str, Any]] = field(default_factory=list)
-
-
-InboxItem = LinkEvent | StopRequested | ReloadRequested | TamperChanged | Call | ChargerSample
 
 
 class Agent:
@@ -435,7 +406,7 @@ class Agent:
                 if self.charger is not None:
                     self.charger.take(item)
             case Call():
-                _run_call(item)
+                item.run()
 
     def _handle_link(self, item: LinkEvent) -> None:
         """What the MQTT session reports: acks and refusals, the connection, set-up."""
@@ -487,20 +458,16 @@ class Agent:
             log.error("configuration not reloaded: %s", exc)
             self.emit_event("config_reload_refused", {"reason": "invalid", "detail": str(exc)})
             return
-        changed = sorted(
-            f.name
-            for f in fields(Config)
-            if f.name != "source" and getattr(new, f.name) != getattr(self.cfg, f.name)
-        )
-        needs_restart = [name for name in changed if name not in LIVE_RELOADABLE]
-        if needs_restart:
+        plan = reload_plan(self.cfg, new)
+        if not plan.live:
             log.error(
                 "configuration not reloaded: [%s] changed, which needs a restart "
                 "(systemctl restart bench-agent)",
-                "], [".join(needs_restart),
+                "], [".join(plan.needs_restart),
             )
             self.emit_event(
-                "config_reload_refused", {"reason": "needs_restart", "tables": needs_restart}
+                "config_reload_refused",
+                {"reason": "needs_restart", "tables": list(plan.needs_restart)},
             )
             return
         try:
@@ -519,8 +486,8 @@ class Agent:
         if new.uplink != self.cfg.uplink:
             self.uplink.reconfigure(new.uplink, self.clock.monotonic())
         self.cfg = new
-        log.info("configuration reloaded: %s", ", ".join(changed) or "ops keys only")
-        self.emit_event("config_reloaded", {"tables": changed})
+        log.info("configuration reloaded: %s", ", ".join(plan.changed) or "ops keys only")
+        self.emit_event("config_reloaded", {"tables": list(plan.changed)})
         self.state.publish(force=True)
 
     # -- a sample, a telemetry record -----------------------------------------
@@ -554,13 +521,13 @@ class Agent:
             "cpu_temp_c": self.hardware.cpu_temperature(),
             "charger": None if self.charger is None else self.charger.for_telemetry(),
             "faults": sorted(self.faults),
-            "health": health,
+            "health": health.payload(),
             **self.counters.for_telemetry(),
         }
         self.recorder.record("telemetry", body, mono_s)
         link = "up" if self.link.connected else "down"
         self.notifier.status(
-            f"broker {link}; outbox {health['outbox_depth']}; faults {len(self.faults)}"
+            f"broker {link}; outbox {health.outbox_depth}; faults {len(self.faults)}"
         )
 
     def today(self) -> dict[str, Any]:
@@ -599,12 +566,3 @@ class Agent:
                 return
             if isinstance(item, Acked) and item.mid == mid:
                 return
-
-
-def _run_call(call: Call) -> None:
-    try:
-        call.outcome.append(("ok", call.fn()))
-    except Exception as exc:  # handed to the caller's thread, never kills the loop
-        call.outcome.append(("error", exc))
-    finally:
-        call.done.set()

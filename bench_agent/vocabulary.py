@@ -2,11 +2,11 @@
 and the names of the bench's outputs.
 
 Every member is a `str` (StrEnum), so payloads carry it as is and the contract
-does not change. The technician's CLI has words for every `Reason` in English
+does not change. The technician's CLI has words for every `Reason` and `EventType` in English
 and Indonesian (a test checks each member), and the event schema and the
 README name every `EventType` (a test checks that too).
 
-A new reason or event: add the member here, its words in `local/techcli.py`
+A new reason or event: add the member here, its words in `local/render.py`
 and `locale/`, and its fields in `schemas/event.schema.json` and the README.
 """
 

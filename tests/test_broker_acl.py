@@ -432,7 +432,7 @@ def test_a_revoked_certificate_cannot_connect(tmp_path: Path) -> None:
 
 
 def test_the_agent_refuses_an_ops_identity_as_its_bench_id(tmp_path: Path) -> None:
-    from bench_agent.config import load_config
+    from bench_agent.config_loader import load_config
     from bench_agent.errors import ConfigError
     from tests.support import MINIMAL_CONFIG
 

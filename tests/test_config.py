@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench_agent.cli import main
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
 from tests.support import MINIMAL_CONFIG, dump_toml
 
@@ -320,15 +320,42 @@ def test_every_number_is_finite(tmp_path: Path, path: Path, key: str, bad: float
     assert raised.value.key == key, str(raised.value)
 
 
-def test_nan_stops_config_check_with_exit_78(tmp_path: Path) -> None:
-    path = tmp_path / "nan.toml"
-    path.write_text(MINIMAL_CONFIG.replace("[sampling]", "[sampling]\nsample_interval_s = nan"))
-    result = subprocess.run(
+def config_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """`bench-agent config check -c PATH`, as a technician runs it."""
+    return subprocess.run(
         [sys.executable, "-m", "bench_agent", "config", "check", "-c", str(path)],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_nan_stops_config_check_with_exit_78(tmp_path: Path) -> None:
+    path = tmp_path / "nan.toml"
+    path.write_text(MINIMAL_CONFIG.replace("[sampling]", "[sampling]\nsample_interval_s = nan"))
+    result = config_check(path)
     assert result.returncode == 78
     assert "sampling.sample_interval_s: must be a finite number, got nan" in result.stderr
+
+
+def test_enclosure_limits_still_load_and_config_check_says_they_have_no_effect(
+    tmp_path: Path,
+) -> None:
+    """No bench reads an enclosure temperature: the keys are kept (a config that sets
+    them must still start the agent) and `config check` warns they do nothing."""
+    path = tmp_path / "enclosure.toml"
+    path.write_text(
+        MINIMAL_CONFIG + "\n[policy.temperature]\nenclosure_shed_above_c = 60.0\n"
+        if "[policy" not in MINIMAL_CONFIG
+        else MINIMAL_CONFIG.replace(
+            "[policy.temperature]", "[policy.temperature]\nenclosure_shed_above_c = 60.0"
+        )
+    )
+    load_config(path)  # still loads
+    result = config_check(path)
+    assert result.returncode == 0, result.stderr
+    assert "policy.temperature.enclosure_shed_above_c: has no effect" in result.stderr
+    quiet = tmp_path / "quiet.toml"
+    quiet.write_text(MINIMAL_CONFIG)
+    assert "has no effect" not in config_check(quiet).stderr

@@ -27,13 +27,13 @@ from bench_agent.local.control import (
     MAX_LINE_BYTES,
     ControlClient,
     ControlError,
-    ControlServer,
     ControlSocketError,
     DaemonNotResponding,
     DaemonNotRunning,
     Peer,
     PermissionDenied,
 )
+from bench_agent.local.control_server import ControlServer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.local.control import ControlError, Peer
 from bench_agent.local.control_api import LocalControl, build_status
 from bench_agent.service import Agent

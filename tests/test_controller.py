@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from gpiozero.pins.mock import MockFactory
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.hardware.gpio import GpioSwitch
 from bench_agent.power.controller import Controller
 from bench_agent.power.soc import SocEstimator

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.model import PowerReading
 from bench_agent.power.counters import CountersConfig, DailyCounters
 

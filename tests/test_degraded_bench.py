@@ -32,7 +32,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.hardware.pins import GpioUnavailable, PinSupply, open_lgpio_factory
 from bench_agent.service import Agent
 from tests.support import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.hardware.backend import build_hardware
 from bench_agent.hardware.gpio import GpioSwitch, TamperSwitch
 from bench_agent.hardware.pi import build_pi_hardware

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from bench_agent.local import i18n
-from bench_agent.local.control import ControlServer
+from bench_agent.local.control_server import ControlServer
 
-PACKAGE = Path(i18n.__file__).parent
+PACKAGE = Path(i18n.__file__).parents[1]  # bench_agent/: every module's texts
 REPO = PACKAGE.parent
 
 
@@ -66,7 +66,7 @@ def catalogue() -> dict[str, i18n.PoEntry]:
 @pytest.fixture(scope="module")
 def literals() -> list[Literal]:
     # _() takes literals only (texts marked N_() elsewhere go through translate_marked).
-    found = extract(sorted(PACKAGE.glob("*.py")))
+    found = extract(sorted(PACKAGE.rglob("*.py")))
     assert len(found) > 50  # the extraction itself works
     return found
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench_agent.config import MqttConfig, load_config
+from bench_agent.config import MqttConfig
+from bench_agent.config_loader import load_config
 from bench_agent.link.mqtt import (
     Acked,
     Connected,
@@ -113,7 +114,7 @@ def test_the_will_is_published_when_the_bench_vanishes(tmp_path: Path, broker: B
     script = f"""
 import time
 from dataclasses import replace
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.link.mqtt import MqttLink, Will
 cfg = load_config({str(sim_config(tmp_path, broker.port))!r}).mqtt
 cfg = replace(cfg, keepalive_s=5)

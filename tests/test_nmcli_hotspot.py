@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from bench_agent.config import Config, load_config
+from bench_agent.config import Config
+from bench_agent.config_loader import load_config
 from bench_agent.hardware.hotspot import NmcliError, NmcliHotspot
 from bench_agent.hardware.parts import build_outputs
 from bench_agent.power.controller import Controller

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.hardware.sim.physics import (
     CHEMISTRIES,
     OUTPUTS,

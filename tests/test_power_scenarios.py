@@ -40,10 +40,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
+from bench_agent.inbox import Call
 from bench_agent.power.policy_state import PolicyState
 from bench_agent.power.soc import SocEstimator
-from bench_agent.service import Agent, Call
+from bench_agent.service import Agent
 from tests.support import Broker, Recorder, sim_config, wait_until
 
 pytestmark = pytest.mark.integration

@@ -175,11 +175,21 @@ def test_the_health_block_reads_the_outbox_the_link_and_the_sensors(rig: Rig) ->
         clock=rig.clock,
     )
     empty = health(rig.clock.mono)
-    assert empty["outbox_depth"] == 0 and empty["outbox_oldest_age_s"] is None
+    assert empty.outbox_depth == 0 and empty.outbox_oldest_age_s is None
     rig.recorder.record("telemetry", telemetry(), rig.clock.mono)
     rig.clock.advance(90)
     report = health(rig.clock.mono)
-    assert report["reconnects"] == 2 and report["sensor_errors"] == 0
-    assert report["outbox_depth"] == 1
-    assert report["outbox_oldest_age_s"] == 90.0  # this boot's record: by its uptime
-    assert report["last_publish_age_s"] is None  # nothing acknowledged yet
+    assert report.reconnects == 2 and report.sensor_errors == 0
+    assert report.outbox_depth == 1
+    assert report.outbox_oldest_age_s == 90.0  # this boot's record: by its uptime
+    assert report.last_publish_age_s is None  # nothing acknowledged yet
+    # The payload is the telemetry schema's `health` object, field for field.
+    assert set(report.payload()) == {
+        "reconnects",
+        "sensor_errors",
+        "storage_errors",
+        "outbox_depth",
+        "outbox_drops",
+        "outbox_oldest_age_s",
+        "last_publish_age_s",
+    }

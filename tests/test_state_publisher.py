@@ -11,7 +11,7 @@ from typing import Any
 
 from gpiozero.pins.mock import MockFactory
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.faults import FaultRegistry, overcurrent_fault
 from bench_agent.hardware.gpio import GpioSwitch
 from bench_agent.link.state import StatePublisher

@@ -14,8 +14,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bench_agent.local import i18n, techcli
-from bench_agent.local.control import ControlClient, ControlError, ControlServer
+from bench_agent.local import i18n, render, techcli
+from bench_agent.local.control import ControlClient, ControlError
+from bench_agent.local.control_server import ControlServer
 from tests.test_control import as_nobody, world_readable_tempdir
 
 SCHEMA_PATH = Path(techcli.__file__).parents[1] / "schemas" / "control-status.schema.json"
@@ -307,7 +308,7 @@ def test_status_fits_80_columns(daemon: tuple[FakeDaemon, Path], language: str) 
     assert code == 0
     lines = out.splitlines()
     assert len(lines) > 20
-    too_long = [line for line in lines if len(line) > techcli.WIDTH]
+    too_long = [line for line in lines if len(line) > render.WIDTH]
     assert too_long == []
     assert ("BOX OPEN" if language == "en" else "TERBUKA") in out
 
@@ -629,7 +630,7 @@ def test_events(daemon: tuple[FakeDaemon, Path], english: None) -> None:
     assert code == 0
     assert fake.calls == [("events", {"since_s": 7200, "limit": techcli.DEFAULT_EVENTS_LIMIT})]
     lines = out.splitlines()
-    assert all(len(line) <= techcli.WIDTH for line in lines)
+    assert all(len(line) <= render.WIDTH for line in lines)
     starts = [i for i, line in enumerate(lines) if not line.startswith(" ")]
     assert len(starts) == 2  # one event each; a long one continues indented
     first = " ".join(line.strip() for line in lines[: starts[1]])

@@ -21,7 +21,7 @@ from gpiozero.pins.mock import MockFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_agent.config import load_config
+from bench_agent.config_loader import load_config
 from bench_agent.hardware.gpio import GpioSwitch
 from bench_agent.power.controller import Controller
 from bench_agent.power.soc import SocEstimator

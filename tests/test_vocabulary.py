@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench_agent.local import i18n
-from bench_agent.local.techcli import reason_text, reason_texts
+from bench_agent.local.render import reason_text, reason_texts
 from bench_agent.vocabulary import (
     WIFI,
     EventType,
@@ -61,7 +61,7 @@ def test_output_names() -> None:
 
 
 def test_every_event_type_has_words_in_english_and_indonesian(language: None) -> None:
-    from bench_agent.local.techcli import event_text, event_texts
+    from bench_agent.local.render import event_text, event_texts
 
     i18n.set_language("en")
     english = event_texts()

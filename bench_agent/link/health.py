@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,22 @@ from bench_agent.link.outbox import Outbox, OutboxStats
 from bench_agent.link.publisher import Publisher
 from bench_agent.link.recorder import Recorder
 from bench_agent.power.sampler import Sampler
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A snapshot of the bench's own machinery; `payload()` is telemetry's `health`."""
+
+    reconnects: int
+    sensor_errors: int
+    storage_errors: int
+    outbox_depth: int
+    outbox_drops: int
+    outbox_oldest_age_s: float | None  # None: empty, or the age cannot be trusted
+    last_publish_age_s: float | None  # None: nothing acknowledged yet this run
+
+    def payload(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class HealthReport:
@@ -32,18 +49,18 @@ class HealthReport:
         self._recorder = recorder
         self._clock = clock
 
-    def __call__(self, mono_s: float) -> dict[str, Any]:
+    def __call__(self, mono_s: float) -> Health:
         stats = self._outbox.stats()
         last_ack = self._publisher.last_ack_mono
-        return {
-            "reconnects": self._link.reconnects,
-            "sensor_errors": self._sampler.errors_total(),
-            "storage_errors": self._recorder.storage_errors,
-            "outbox_depth": stats.depth,
-            "outbox_drops": stats.drops_total,
-            "outbox_oldest_age_s": self._oldest_age_s(stats, mono_s),
-            "last_publish_age_s": None if last_ack is None else round(mono_s - last_ack, 1),
-        }
+        return Health(
+            reconnects=self._link.reconnects,
+            sensor_errors=self._sampler.errors_total(),
+            storage_errors=self._recorder.storage_errors,
+            outbox_depth=stats.depth,
+            outbox_drops=stats.drops_total,
+            outbox_oldest_age_s=self._oldest_age_s(stats, mono_s),
+            last_publish_age_s=None if last_ack is None else round(mono_s - last_ack, 1),
+        )
 
     def _oldest_age_s(self, stats: OutboxStats, mono_s: float) -> float | None:
         """Age of the oldest waiting record: boot-relative when it is of this boot,

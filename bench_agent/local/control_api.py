@@ -20,11 +20,13 @@ from typing import Any, Final, Protocol
 
 from bench_agent import __version__
 from bench_agent.clock import Clock, iso_utc
-from bench_agent.config import Config, load_config
+from bench_agent.config import Config
+from bench_agent.config_loader import load_config
 from bench_agent.errors import ConfigError
 from bench_agent.eventlog import EventLog
 from bench_agent.faults import Fault, FaultRegistry, overcurrent_fault
 from bench_agent.hardware.bundle import Hardware
+from bench_agent.link.health import Health
 from bench_agent.link.mqtt import MqttLink
 from bench_agent.link.outbox import Outbox
 from bench_agent.local.control import ControlError, Peer
@@ -74,7 +76,7 @@ class AgentView(Protocol):
 
     def today(self) -> dict[str, Any]: ...
 
-    def health(self, mono_s: float) -> dict[str, Any]: ...
+    def health(self, mono_s: float) -> Health: ...
 
 
 class LocalControl:
@@ -203,7 +205,7 @@ def build_status(agent: AgentView) -> dict[str, Any]:
     state = agent.controller.state_payload(now)
     link: dict[str, Any] = {
         "connected": agent.link.connected,
-        "last_publish_age_s": health["last_publish_age_s"],
+        "last_publish_age_s": health.last_publish_age_s,
         "reconnects": agent.link.reconnects,
         "last_error": agent.link.last_error,
     }
@@ -231,7 +233,7 @@ def build_status(agent: AgentView) -> dict[str, Any]:
         "link": link,
         "outbox": {
             "depth": stats.depth,
-            "oldest_age_s": health["outbox_oldest_age_s"],
+            "oldest_age_s": health.outbox_oldest_age_s,
             "drops": stats.drops_total,
             "fault": stats.fault,
         },

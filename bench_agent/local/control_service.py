@@ -15,7 +15,8 @@ from typing import Any, Final
 
 from bench_agent.config import ControlConfig
 from bench_agent.faults import Fault, FaultRegistry, thread_fault
-from bench_agent.local.control import ControlServer, ControlSocketError, Peer
+from bench_agent.local.control import ControlSocketError, Peer
+from bench_agent.local.control_server import ControlServer
 
 log = logging.getLogger(__name__)
 
