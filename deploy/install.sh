@@ -121,8 +121,15 @@ if ((make_venv)); then
         # Not editable: the service must not depend on the checkout staying put.
         "$root$opt/venv/bin/python" -m pip install -q --disable-pip-version-check \
             --use-pep517 --require-hashes -r "$source_dir/deploy/requirements.lock"
+        # Built from a clean copy of the package's own files: setuptools builds in
+        # the source tree's build/, and a build/lib left by an earlier release
+        # would carry modules that no longer exist into the venv.
+        package_copy=$(mktemp -d)
+        cp -a "$source_dir/pyproject.toml" "$source_dir/README.md" "$source_dir/bench_agent" "$package_copy/"
+        find "$package_copy" -name __pycache__ -prune -exec rm -rf {} +
         "$root$opt/venv/bin/python" -m pip install -q --disable-pip-version-check \
-            --no-deps --no-build-isolation "$source_dir"
+            --no-deps --no-build-isolation "$package_copy"
+        rm -rf "$package_copy"
         echo "$stamp" >"$stamp_file"
         changed=1
     fi

@@ -81,9 +81,25 @@ def test_install_on_a_fresh_machine_then_again_then_uninstall(fresh: InstalledBe
     # 1. A fresh install, exactly as the README says. The reference config names
     #    a broker, TLS files and Pi hardware this machine does not have: the
     #    agent starts anyway and says what is missing (see test_degraded_bench).
+    # A build/ left in the checkout by an earlier release's build (written in the
+    # sandbox's overlay, never on the host): its modules must not reach the venv.
+    stale = box.path(str(REPO / "build" / "lib" / "bench_agent" / "policy_of_an_old_release.py"))
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("raise ImportError('a module of an old build')\n")
     first = run_installer(box)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "wrote /etc/bench-agent/bench-agent.toml" in first.stdout
+    listing = (
+        "import bench_agent, pathlib; p = pathlib.Path(bench_agent.__file__).parent;"
+        " print(*sorted(str(x.relative_to(p)) for x in p.rglob('*.py')), sep='\\n')"
+    )
+    installed = box.run(["/opt/bench-agent/venv/bin/python", "-c", listing]).stdout.split()
+    checkout = sorted(
+        str(x.relative_to(REPO / "bench_agent"))
+        for x in (REPO / "bench_agent").rglob("*.py")
+        if "__pycache__" not in x.parts
+    )
+    assert installed == checkout  # exactly the package's modules, nothing stale
     groups = box.run(["id", "-nG", "bench-agent"]).stdout.split()
     assert {"bench-agent", "gpio", "i2c", "dialout"} <= set(groups)
     shell = box.run(["getent", "passwd", "bench-agent"]).stdout.strip().split(":")[-1]

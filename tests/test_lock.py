@@ -50,7 +50,9 @@ def test_the_lock_pins_every_dependency_of_the_package_and_its_pi_extra() -> Non
 def test_the_installer_installs_from_the_lock_with_hashes() -> None:
     installer = (REPO / "deploy" / "install.sh").read_text()
     assert '--require-hashes -r "$source_dir/deploy/requirements.lock"' in installer
-    assert '--no-deps --no-build-isolation "$source_dir"' in installer
+    # The package itself with no dependency of its own: only the lock's reach the venv
+    # (from a clean copy of the checkout's package: test_deploy_install.py).
+    assert '--no-deps --no-build-isolation "$package_copy"' in installer
 
 
 @pytest.mark.skipif(not SYSTEM_PIP.exists(), reason="scripts/setup.sh makes .cache/system-venv")
