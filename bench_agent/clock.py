@@ -30,6 +30,8 @@ _TIME_ERROR = 5  # adjtimex(2) return value: "clock not synchronized"
 
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+# Where the kernel has no boot id (not Linux): no two runs can be told to be the same boot.
+UNKNOWN_BOOT_ID = "unknown"
 
 
 def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
@@ -40,7 +42,7 @@ def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
     try:
         return path.read_text().strip()
     except OSError:
-        return "unknown"
+        return UNKNOWN_BOOT_ID
 
 
 def iso_utc(when: datetime | float) -> str:

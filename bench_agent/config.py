@@ -1,11 +1,12 @@
-"""Configuration: one TOML file, parsed once at start into frozen typed objects.
+"""Configuration: the frozen typed objects one TOML file is parsed into, once at start.
 
-Nothing past this module sees a raw dict. Every problem (unknown key, wrong
-type, out-of-range value) becomes a `ConfigError` whose text is ONE line naming
-the file, the dotted key and the problem; the CLI exits 78 on it.
+`config_loader.load_config` reads the file (through `toml_table.TomlTable`);
+nothing past it sees a raw dict. Every problem (unknown key, wrong type,
+out-of-range value) becomes a `ConfigError` whose text is ONE line naming the
+file, the dotted key and the problem; the CLI exits 78 on it.
 
-Secrets are never values in this file: `password_file` names a file that is read
-here, and the secret is kept in a field that is excluded from `repr`.
+Secrets are never values in the file: `password_file` names a file the loader
+reads, and the secret is kept in a field that is excluded from `repr`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
 from typing import Any
 
+from bench_agent.vocabulary import EventType
+
 
 class Fault(StrEnum):
     STORAGE = "storage"  # the outbox cannot be written (disk full, read-only, corrupt)
@@ -71,14 +73,14 @@ class FaultRegistry(Mapping[str, str]):
         if self._present.get(name) == detail:
             return False
         self._present[name] = detail
-        self._on_change("fault_raised", {"fault": name, "detail": detail})
+        self._on_change(EventType.FAULT_RAISED, {"fault": name, "detail": detail})
         return True
 
     def clear(self, name: str) -> bool:
         """Gone; True when it was present."""
         if self._present.pop(name, None) is None:
             return False
-        self._on_change("fault_cleared", {"fault": name})
+        self._on_change(EventType.FAULT_CLEARED, {"fault": name})
         return True
 
     def set(self, name: str, detail: str | None) -> bool:

@@ -64,6 +64,7 @@ from bench_agent.remote.agent_control import AgentCommands
 from bench_agent.remote.ops_keys import load_ops_keys
 from bench_agent.remote.processor import CommandProcessor
 from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
+from bench_agent.vocabulary import EventType
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +395,7 @@ class Agent:
             case TamperChanged(is_open):
                 if is_open != self.tamper_open:
                     self.tamper_open = is_open
-                    self.emit_event("tamper", {"open": is_open})
+                    self.emit_event(EventType.TAMPER, {"open": is_open})
                     self.state.publish(force=True)
             case ReloadRequested():
                 self._reload_config()
@@ -456,7 +457,9 @@ class Agent:
             new = load_config(self.cfg.source)
         except ConfigError as exc:
             log.error("configuration not reloaded: %s", exc)
-            self.emit_event("config_reload_refused", {"reason": "invalid", "detail": str(exc)})
+            self.emit_event(
+                EventType.CONFIG_RELOAD_REFUSED, {"reason": "invalid", "detail": str(exc)}
+            )
             return
         plan = reload_plan(self.cfg, new)
         if not plan.live:
@@ -466,7 +469,7 @@ class Agent:
                 "], [".join(plan.needs_restart),
             )
             self.emit_event(
-                "config_reload_refused",
+                EventType.CONFIG_RELOAD_REFUSED,
                 {"reason": "needs_restart", "tables": list(plan.needs_restart)},
             )
             return
@@ -474,7 +477,9 @@ class Agent:
             trusted_keys, key_problems = load_ops_keys(new.commands.trusted_keys)
         except OSError as exc:  # the directory itself cannot be read
             log.error("configuration not reloaded: %s", exc)
-            self.emit_event("config_reload_refused", {"reason": "invalid", "detail": str(exc)})
+            self.emit_event(
+                EventType.CONFIG_RELOAD_REFUSED, {"reason": "invalid", "detail": str(exc)}
+            )
             return
         self.faults.set(Fault.OPS_KEYS, key_problems)
         self.controller.policy = new.policy
@@ -487,7 +492,7 @@ class Agent:
             self.uplink.reconfigure(new.uplink, self.clock.monotonic())
         self.cfg = new
         log.info("configuration reloaded: %s", ", ".join(plan.changed) or "ops keys only")
-        self.emit_event("config_reloaded", {"tables": list(plan.changed)})
+        self.emit_event(EventType.CONFIG_RELOADED, {"tables": list(plan.changed)})
         self.state.publish(force=True)
 
     # -- a sample, a telemetry record -----------------------------------------
@@ -511,15 +516,19 @@ class Agent:
 
     def _record_telemetry(self, mono_s: float, interval_s: float) -> None:
         self.recorder.purge_expired(mono_s)
+        channels = self.sampler.close_interval()
+        # Before the health snapshot: a charger fault raised or cleared here is an
+        # event in the outbox, and health counts it.
+        charger = None if self.charger is None else self.charger.for_telemetry()
         health = self.health(mono_s)
         body: dict[str, Any] = {
             "interval_s": interval_s,
-            "channels": self.sampler.close_interval(),
+            "channels": channels,
             "outputs": {name: sw.is_on for name, sw in self.hardware.outputs.items()},
             "battery": self.controller.state_payload(mono_s)["battery"],
             "tamper_open": self.tamper_open,
             "cpu_temp_c": self.hardware.cpu_temperature(),
-            "charger": None if self.charger is None else self.charger.for_telemetry(),
+            "charger": charger,
             "faults": sorted(self.faults),
             "health": health.payload(),
             **self.counters.for_telemetry(),
@@ -538,8 +547,14 @@ class Agent:
         self.recorder.emit_event(event_type, data)
 
     def _fault_changed(self, kind: str, data: dict[str, Any]) -> None:
+        if not hasattr(self, "state"):
+            # While run() builds the parts there is nothing to record with yet: the
+            # fault is kept and goes out in the first state (start faults are raised
+            # once the parts exist, see run()).
+            log.warning("fault %s before the agent could record it", data.get("fault"))
+            return
         self.emit_event(kind, data)
-        if kind == "fault_raised":
+        if kind == EventType.FAULT_RAISED:
             self.state.publish(force=True)
 
     # -- the stop ---------------------------------------------------------------

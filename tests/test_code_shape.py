@@ -27,8 +27,9 @@ def test_the_cycle_finder_finds_one() -> None:
     assert cycles == [["a", "b", "c"]]
 
 
-def test_the_bench_never_imports_the_simulator_or_the_ops_tool() -> None:
-    """What a bench runs (the service and its parts) does not load sim/ or bench-ops."""
+def test_the_service_never_imports_the_ops_tool_or_the_demo() -> None:
+    """What a bench runs (the service and its parts) does not load bench-ops or the demo
+    (the simulator is imported by the backend only when a config asks for it)."""
     shape = code_shape()
     modules = {
         name: path
@@ -42,7 +43,5 @@ def test_the_bench_never_imports_the_simulator_or_the_ops_tool() -> None:
         if name not in reached:
             reached.add(name)
             todo.extend(graph[name])
-    # backend imports the simulator lazily, only for backend = "sim"; that import is
-    # in a function, which the graph counts: the check is on what else reaches it.
     assert "bench_agent.remote.opsctl" not in reached
     assert "bench_agent.demo" not in reached

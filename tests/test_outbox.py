@@ -115,6 +115,27 @@ def test_power_cut_while_running_resumes_seq_past_the_floor(db: Path) -> None:
     assert seq == 4 + SEQ_FLOOR_EVERY
 
 
+def test_without_a_boot_id_an_unclean_close_counts_as_a_power_cut(db: Path) -> None:
+    """Not Linux (no /proc boot id): two runs look like the same boot, so a vanished
+    process must be taken for a power cut, or a published seq could be issued again."""
+    script = textwrap.dedent(
+        f"""
+        import os
+        from pathlib import Path
+        from bench_agent.link.outbox import Outbox
+        box = Outbox(Path({str(db)!r}), max_bytes=10_000, boot_id="unknown").open()
+        for _ in range(3):
+            box.put("telemetry", {{}}, boot_id="unknown", mono_s=1.0, ts="t",
+                    time_quality="synced")
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=30)
+    with Outbox(db, max_bytes=10_000, boot_id="unknown") as box:
+        # Past every seq the floor allowed (written at the first open, 0), not 4.
+        assert put(box) == SEQ_FLOOR_EVERY
+
+
 # -- ack, exclude, reads -----------------------------------------------------------
 
 

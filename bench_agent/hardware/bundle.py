@@ -10,7 +10,8 @@ from typing import Protocol
 
 from bench_agent.clock import Clock
 from bench_agent.faults import Fault
-from bench_agent.hardware.ports import SensorOpener, Switch, TamperInput
+from bench_agent.hardware.ports import Hotspot, SensorOpener, Switch, TamperInput
+from bench_agent.vocabulary import WIFI
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,10 @@ class Hardware(AbstractContextManager["Hardware"]):
         return self.read_cpu_temperature()
 
     def wifi_clients(self) -> int | None:
-        """Wi-Fi clients associated now, where the hotspot backend can tell; else None."""
-        hotspot = self.outputs.get("wifi")
-        count = getattr(hotspot, "client_count", None)
-        return count() if callable(count) else None
+        """Wi-Fi clients associated now, where the hotspot backend can tell; else None
+        (a gpio-powered access point cannot tell)."""
+        hotspot = self.outputs.get(WIFI)
+        return hotspot.client_count() if isinstance(hotspot, Hotspot) else None
 
     def close(self) -> None:
         """Every part closed, in reverse order of building. Idempotent."""

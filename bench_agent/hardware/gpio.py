@@ -1,9 +1,10 @@
-"""Load switches (USB ports, a gpio-powered access point) and the tamper input, on GPIO.
+"""Load switches (the USB ports; an access point powered through a GPIO load switch)
+and the tamper input, on GPIO.
 
-The pin factory is chosen in ONE place (`hardware.backend`) and injected here:
-the default factory on a Pi (lgpio on Bookworm), gpiozero's `MockFactory` in
-simulation and tests. Outputs are wired active-high with a hardware pull-down,
-so a pin the agent no longer drives means OFF.
+The pin factory is injected: lgpio on a Pi (`pi.py`, through a `PinSupply`),
+gpiozero's `MockFactory` in simulation (`sim/bench.py`) and tests. Outputs are
+wired active-high with a hardware pull-down, so a pin the agent no longer drives
+means OFF.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any
 from bench_agent.clock import Clock, TimeFloor
 from bench_agent.errors import StorageError
 from bench_agent.link.outbox import Outbox
+from bench_agent.vocabulary import EventType
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class ClockSyncCorrector:
             self.synced = True
             if corrected or self._seen_unsynced:
                 log.info("clock synced: %d stored records got corrected timestamps", corrected)
-                self._emit("clock_synced", {"corrected_records": corrected})
+                self._emit(EventType.CLOCK_SYNCED, {"corrected_records": corrected})
         elif not synced:
             if self.synced:
                 log.warning("clock no longer synced: records are flagged unsynced")

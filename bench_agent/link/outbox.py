@@ -106,7 +106,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
 
-from bench_agent.clock import iso_utc, read_boot_id
+from bench_agent.clock import UNKNOWN_BOOT_ID, iso_utc, read_boot_id
 from bench_agent.errors import StorageError
 from bench_agent.statefile import replace_atomically
 
@@ -818,8 +818,9 @@ class Outbox:
         conn.execute("COMMIT")  # writes only for a new file (schema, epoch)
         db_last = max(_stored_int(meta.get("last_seq", 0), "last_seq"), _stored_int(max_seq, "seq"))
         floor = self._read_floor()
+        # Without a boot id an unclean close may have been a power cut: assume it was.
         power_lost = meta.get("clean", 1) == 0 and (
-            not self._boot_id or meta.get("boot_id") != self._boot_id
+            self._boot_id in ("", UNKNOWN_BOOT_ID) or meta.get("boot_id") != self._boot_id
         )
         # A file that never ran (deleted and made anew) cannot know the seqs issued.
         # Otherwise, on the same boot the file holds every commit (a process crash

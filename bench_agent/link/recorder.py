@@ -25,6 +25,7 @@ from bench_agent.faults import Fault, FaultRegistry
 from bench_agent.link import payloads
 from bench_agent.link.outbox import Kind, Outbox, OutboxItem
 from bench_agent.link.publisher import Publisher
+from bench_agent.vocabulary import EventType
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ class Recorder:
     def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
         """Record an event (committed at once), publish it ahead of any backlog, and
         keep it in the bench's own history for `bench-agent events`."""
-        item, stored = self.record("event", {"type": event_type, **data}, self._clock.monotonic())
+        item, stored = self.record(
+            "event", {"type": str(event_type), **data}, self._clock.monotonic()
+        )
         self._events.append(payloads.record(item, historical=False, stored=stored))
 
     def report_drops(self) -> None:
@@ -100,7 +103,7 @@ class Recorder:
             # The drops are already counted (health.outbox_drops); this says when,
             # and `total` makes the latest event authoritative on its own.
             total = self.outbox.stats().drops_total
-            self.emit_event("outbox_dropped", {"records": dropped, "total": total})
+            self.emit_event(EventType.OUTBOX_DROPPED, {"records": dropped, "total": total})
 
     def purge_expired(self, mono_s: float) -> None:
         """Records past the outbox's age limit go (never one in flight)."""

@@ -1,6 +1,6 @@
 """The charge controller (or battery monitor) as the rest of the agent sees it.
 
-The VE.Direct reader thread (`hardware/vedirect.py`) only enqueues samples;
+The VE.Direct reader thread (`hardware/vedirect/reader.py`) only enqueues samples;
 the main loop hands each one to `take`. This part keeps the latest, says when
 it is stale (no valid block for `stale_after_s`: the `charger` fault, with
 why the port does not open when that is the reason), gives the summary that

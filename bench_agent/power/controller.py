@@ -22,7 +22,7 @@ from bench_agent.power.policy import check_override, decide, reset_fault
 from bench_agent.power.policy_config import PolicyConfig
 from bench_agent.power.policy_state import Decision, Override, PolicyInputs, PolicyState
 from bench_agent.power.soc import SocEstimator
-from bench_agent.vocabulary import Reason
+from bench_agent.vocabulary import EventType, Reason
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,12 @@ class Controller:
                     kind = str(getattr(exc, "fault", None) or exc)
                     if self._output_errors.get(name) != kind:
                         log.error("output %s: could not switch: %s", name, exc)
-                        self._emit("output_error", {"output": name, "detail": str(exc)})
+                        self._emit(EventType.OUTPUT_ERROR, {"output": name, "detail": str(exc)})
                     self._output_errors[name] = kind
                     continue
                 self._output_errors.pop(name, None)
                 self._emit(
-                    "output_switched",
+                    EventType.OUTPUT_SWITCHED,
                     {
                         "output": name,
                         "from": "unknown" if was_on is None else ("on" if was_on else "off"),

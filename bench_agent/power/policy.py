@@ -78,7 +78,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Final
 
 from bench_agent.power.policy_config import (
     VOLTS_NOISE,
@@ -100,26 +99,6 @@ from bench_agent.vocabulary import WIFI, EventType, Reason
 
 # Reason codes and event kinds are published in MQTT `event` / `state` payloads:
 # their one definition, never renamed, is bench_agent/vocabulary.py.
-OVERCURRENT_TRIP: Final = Reason.OVERCURRENT_TRIP
-OVERCURRENT_LATCHED: Final = Reason.OVERCURRENT_LATCHED
-COOLDOWN: Final = Reason.COOLDOWN
-OVER_TEMPERATURE: Final = Reason.OVER_TEMPERATURE
-BATTERY_LOW: Final = Reason.BATTERY_LOW
-BATTERY_VOLTAGE_LOW: Final = Reason.BATTERY_VOLTAGE_LOW
-OVERRIDE_ON: Final = Reason.OVERRIDE_ON
-OVERRIDE_OFF: Final = Reason.OVERRIDE_OFF
-SCHEDULE_ON: Final = Reason.SCHEDULE_ON
-SCHEDULE_OFF: Final = Reason.SCHEDULE_OFF
-DEFAULT: Final = Reason.DEFAULT
-
-EVENT_TRIP: Final = EventType.OVERCURRENT_TRIP
-EVENT_LATCH: Final = EventType.OVERCURRENT_LATCHED
-EVENT_OVERRIDE_EXPIRED: Final = EventType.OVERRIDE_EXPIRED
-EVENT_FAULT_RESET: Final = EventType.FAULT_RESET
-EVENT_BATTERY_SHED: Final = EventType.BATTERY_SHED
-EVENT_BATTERY_RESTORED: Final = EventType.BATTERY_RESTORED
-EVENT_TEMPERATURE_SHED: Final = EventType.OVER_TEMPERATURE
-EVENT_TEMPERATURE_RESTORED: Final = EventType.TEMPERATURE_RESTORED
 
 
 def _known(value: float | None) -> float | None:
@@ -264,15 +243,15 @@ def _protect_load(
     both = "; ".join(d for d in (soc_detail, volt_detail) if d)
     off = None
     if soc_shed:
-        off = Decision(False, BATTERY_LOW, both)
+        off = Decision(False, Reason.BATTERY_LOW, both)
     elif voltage.shed:
-        off = Decision(False, BATTERY_VOLTAGE_LOW, volt_detail)
+        off = Decision(False, Reason.BATTERY_VOLTAGE_LOW, volt_detail)
     detail = off.detail if off else both
     events = _transition_events(
         was_shed,
         off is not None,
-        shed=EVENT_BATTERY_SHED,
-        restored=EVENT_BATTERY_RESTORED,
+        shed=EventType.BATTERY_SHED,
+        restored=EventType.BATTERY_RESTORED,
         outputs=[WIFI] if wifi else cfg.ports,
         detail=detail,
     )
@@ -285,7 +264,9 @@ def _held_off(
     """A latched or cooling-down port stays off; otherwise the fault with stale parts aged out."""
     if fault.latched:
         detail = f"{name} latched off after {fault.trips} over-current trips; reset the fault"
-        return replace(fault, consecutive_over=0), Decision(False, OVERCURRENT_LATCHED, detail)
+        return replace(fault, consecutive_over=0), Decision(
+            False, Reason.OVERCURRENT_LATCHED, detail
+        )
     if fault.cooldown_until_mono_s is not None:
         if mono_s < fault.cooldown_until_mono_s:
             left = math.ceil(fault.cooldown_until_mono_s - mono_s)
@@ -293,7 +274,7 @@ def _held_off(
                 f"{name} over-current trip {fault.trips} of {limits.latch_after_trips}; "
                 f"retry in {left} s"
             )
-            return replace(fault, consecutive_over=0), Decision(False, COOLDOWN, detail)
+            return replace(fault, consecutive_over=0), Decision(False, Reason.COOLDOWN, detail)
         fault = replace(fault, cooldown_until_mono_s=None)
     if (
         fault.trips
@@ -321,17 +302,21 @@ def _update_port(
         return replace(fault, consecutive_over=over), None, []
 
     trips = fault.trips + 1
-    events = [PolicyEvent(EVENT_TRIP, name, f"{why}; trip {trips} of {limits.latch_after_trips}")]
+    events = [
+        PolicyEvent(
+            EventType.OVERCURRENT_TRIP, name, f"{why}; trip {trips} of {limits.latch_after_trips}"
+        )
+    ]
     if trips >= limits.latch_after_trips:
         detail = f"{why}; latched off after {trips} trips, reset the fault"
-        events.append(PolicyEvent(EVENT_LATCH, name, detail))
+        events.append(PolicyEvent(EventType.OVERCURRENT_LATCHED, name, detail))
         new = PortFault(trips=trips, last_trip_mono_s=mono_s, latched=True)
-        return new, Decision(False, OVERCURRENT_LATCHED, detail), events
+        return new, Decision(False, Reason.OVERCURRENT_LATCHED, detail), events
     new = PortFault(
         trips=trips, last_trip_mono_s=mono_s, cooldown_until_mono_s=mono_s + limits.cooldown_s
     )
     detail = f"{why}; off for {limits.cooldown_s:g} s"
-    return new, Decision(False, OVERCURRENT_TRIP, detail), events
+    return new, Decision(False, Reason.OVERCURRENT_TRIP, detail), events
 
 
 def _transition_events(
@@ -355,7 +340,7 @@ def _live_overrides(
         if override.expired(mono_s):
             state = "on" if override.state else "off"
             detail = f"override {state} by {override.source} expired"
-            events.append(PolicyEvent(EVENT_OVERRIDE_EXPIRED, output, detail))
+            events.append(PolicyEvent(EventType.OVERRIDE_EXPIRED, output, detail))
             continue
         live[output] = override
     return live, events
@@ -378,8 +363,8 @@ def decide(
     events += _transition_events(
         state.over_temperature,
         hot,
-        shed=EVENT_TEMPERATURE_SHED,
-        restored=EVENT_TEMPERATURE_RESTORED,
+        shed=EventType.OVER_TEMPERATURE,
+        restored=EventType.TEMPERATURE_RESTORED,
         outputs=[None],
         detail=temp_detail,
     )
@@ -409,7 +394,7 @@ def decide(
         if output in forced:
             continue
         if hot:
-            forced[output] = Decision(False, OVER_TEMPERATURE, temp_detail)
+            forced[output] = Decision(False, Reason.OVER_TEMPERATURE, temp_detail)
         elif (off := wifi_off if output == WIFI else usb_off) is not None:
             forced[output] = off
 
@@ -443,10 +428,10 @@ def _wanted(
     schedule = cfg.schedules.get(output)
     if schedule is not None:
         if schedule.is_active(inputs.now_local):
-            return Decision(True, SCHEDULE_ON, f"inside schedule {schedule.describe()}")
-        return Decision(False, SCHEDULE_OFF, f"outside schedule {schedule.describe()}")
+            return Decision(True, Reason.SCHEDULE_ON, f"inside schedule {schedule.describe()}")
+        return Decision(False, Reason.SCHEDULE_OFF, f"outside schedule {schedule.describe()}")
     on = cfg.defaults.get(output, True)
-    return Decision(on, DEFAULT, f"default {'on' if on else 'off'}")
+    return Decision(on, Reason.DEFAULT, f"default {'on' if on else 'off'}")
 
 
 def _override_decision(override: Override, mono_s: float) -> Decision:
@@ -454,7 +439,9 @@ def _override_decision(override: Override, mono_s: float) -> Decision:
     detail = f"set by {override.source}"
     if override.expires_mono_s is not None:
         detail += f", {math.ceil(override.expires_mono_s - mono_s)} s left"
-    return Decision(override.state, OVERRIDE_ON if override.state else OVERRIDE_OFF, detail)
+    return Decision(
+        override.state, Reason.OVERRIDE_ON if override.state else Reason.OVERRIDE_OFF, detail
+    )
 
 
 def check_override(
@@ -497,5 +484,5 @@ def reset_fault(state: PolicyState, port: str | None) -> PolicyState:
         if fault is None or fault == PortFault():
             continue
         was = "latched" if fault.latched else f"{fault.trips} trip(s)"
-        events.append(PolicyEvent(EVENT_FAULT_RESET, name, f"{name} fault reset (was {was})"))
+        events.append(PolicyEvent(EventType.FAULT_RESET, name, f"{name} fault reset (was {was})"))
     return replace(state, ports=ports, events=tuple(events))

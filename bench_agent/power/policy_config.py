@@ -3,7 +3,6 @@ schedules (validated on construction; the config loader prefixes file and key)."
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
@@ -11,10 +10,7 @@ from types import MappingProxyType
 from typing import Final
 
 from bench_agent.checks import require, require_finite
-from bench_agent.vocabulary import WIFI
-
-_OUTPUT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-
+from bench_agent.vocabulary import WIFI, usb_port_number
 
 # --------------------------------------------------------------------------- config
 
@@ -258,13 +254,13 @@ class PolicyConfig:
         for name in ("ports", "schedules", "defaults"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         for port, limits in self.ports.items():
+            require(port != WIFI, "ports", f"{WIFI!r} is the hotspot, not a USB port", port)
             require(
-                isinstance(port, str) and _OUTPUT_NAME.fullmatch(port) is not None,
+                isinstance(port, str) and usb_port_number(port) is not None,
                 "ports",
-                "port names are [a-z0-9][a-z0-9_-]{0,31}",
+                "a USB port is named usb<N>",
                 port,
             )
-            require(port != WIFI, "ports", f"{WIFI!r} is the hotspot, not a USB port", port)
             require(isinstance(limits, PortLimits), f"ports.{port}", "must be PortLimits", limits)
         require(
             isinstance(self.battery, BatteryThresholds),

@@ -105,13 +105,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from bench_agent.errors import BenchAgentError
 from bench_agent.vocabulary import USB_PORT, WIFI
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,6 @@ from nacl.signing import VerifyKey
 from bench_agent.checks import json_nesting_exceeds
 from bench_agent.clock import TimeFloor, iso_utc
 from bench_agent.errors import StorageError
-from bench_agent.vocabulary import WIFI
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PublicKey,
-    )
-
 from bench_agent.remote.commands import (
     DEFAULT_REPLAY_CAPACITY,
     DEFAULT_REPLY_CACHE,
@@ -49,11 +42,14 @@ from bench_agent.remote.commands import (
 )
 from bench_agent.remote.replay_store import ReplayStore
 from bench_agent.remote.signing import canonical_bytes, verify_key
+from bench_agent.vocabulary import WIFI
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PublicKey,
+    )
 
 log = logging.getLogger(__name__)
-# ---------------------------------------------------------------------------
-# The processor
-# ---------------------------------------------------------------------------
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -8,15 +8,10 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bench_agent.errors import StorageError
-from bench_agent.statefile import replace_atomically
-
-if TYPE_CHECKING:
-    pass
-
 from bench_agent.remote.commands import DEFAULT_REPLAY_CAPACITY
+from bench_agent.statefile import replace_atomically
 
 log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------
