@@ -11,13 +11,14 @@ free in the sandbox's own network namespace; what it delivers is read by a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import subprocess
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,23 @@ class InstalledBench:
     def close(self) -> None:
         if self._recorder is not None:
             self._recorder.close()
+
+
+@contextlib.contextmanager
+def installed_not_started(workdir: Path) -> Iterator[InstalledBench]:
+    """A sandbox with a broker and the product installed by `install.sh --no-start`
+    (this machine has no GPIO for the reference config's real backend), the MQTT
+    password in place; the caller writes the config it needs and starts the unit."""
+    missing = wheelhouse_missing()
+    if missing:
+        pytest.fail(missing)
+    with SystemdSandbox(workdir) as box:
+        installed = InstalledBench(box, workdir)
+        try:
+            installed.start_broker()
+            first = run_installer(box, "--no-start")
+            assert first.returncode == 0, first.stdout + first.stderr
+            installed.write_password()
+            yield installed
+        finally:
+            installed.close()

@@ -27,8 +27,7 @@ from tests.deploy_support import (
     NEEDS_SANDBOX,
     UNIT,
     InstalledBench,
-    run_installer,
-    wheelhouse_missing,
+    installed_not_started,
 )
 from tests.systemd_sandbox import SystemdSandbox
 
@@ -56,35 +55,24 @@ esac
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledBench]:
-    missing = wheelhouse_missing()
-    if missing:
-        pytest.fail(missing)
-    workdir = tmp_path_factory.mktemp("hotspot-unit")
-    with SystemdSandbox(workdir) as box:
-        installed = InstalledBench(box, workdir)
-        try:
-            installed.start_broker()
-            first = run_installer(box, "--no-start")
-            assert first.returncode == 0, first.stdout + first.stderr
-            installed.write_password()
-            # The real backend (no GPIO or I2C here: those are faults) with the
-            # hotspot on NetworkManager, as a bench with the Pi's own radio has it.
-            installed.write_config(
-                {
-                    "hardware": {"backend": "pi"},
-                    "outputs": {"wifi": {"backend": "nmcli", "nmcli_connection": PROFILE}},
-                }
-            )
-            nmcli = box.path("/usr/local/bin/nmcli")
-            nmcli.parent.mkdir(parents=True, exist_ok=True)
-            nmcli.write_text(STANDIN_NMCLI)
-            nmcli.chmod(0o755)
-            set_nm_state(box, "deactivated")
-            # The system bus, as on every bench; polkitd is activated through it.
-            box.systemctl("start", "dbus.socket", "dbus.service")
-            yield installed
-        finally:
-            installed.close()
+    with installed_not_started(tmp_path_factory.mktemp("hotspot-unit")) as installed:
+        box = installed.box
+        # The real backend (no GPIO or I2C here: those are faults) with the
+        # hotspot on NetworkManager, as a bench with the Pi's own radio has it.
+        installed.write_config(
+            {
+                "hardware": {"backend": "pi"},
+                "outputs": {"wifi": {"backend": "nmcli", "nmcli_connection": PROFILE}},
+            }
+        )
+        nmcli = box.path("/usr/local/bin/nmcli")
+        nmcli.parent.mkdir(parents=True, exist_ok=True)
+        nmcli.write_text(STANDIN_NMCLI)
+        nmcli.chmod(0o755)
+        set_nm_state(box, "deactivated")
+        # The system bus, as on every bench; polkitd is activated through it.
+        box.systemctl("start", "dbus.socket", "dbus.service")
+        yield installed
 
 
 def set_nm_state(box: SystemdSandbox, state: str) -> None:

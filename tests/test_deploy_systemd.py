@@ -22,11 +22,10 @@ from tests.deploy_support import (
     SECRET_PASSWORD,
     UNIT,
     InstalledBench,
+    installed_not_started,
     run_installer,
-    wheelhouse_missing,
 )
 from tests.support import REPO
-from tests.systemd_sandbox import SystemdSandbox
 
 pytestmark = NEEDS_SANDBOX
 
@@ -37,26 +36,13 @@ TIMEOUT_STOP_SEC = 20  # the unit's TimeoutStopSec=
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledBench]:
-    missing = wheelhouse_missing()
-    if missing:
-        pytest.fail(missing)
-    workdir = tmp_path_factory.mktemp("systemd-unit")
-    with SystemdSandbox(workdir) as box:
-        installed = InstalledBench(box, workdir)
-        try:
-            installed.start_broker()
-            # This machine has no GPIO for the reference config's real backend:
-            # install without starting, switch the installed config to the
-            # simulated bench, then the installer's own `enable --now`.
-            first = run_installer(box, "--no-start")
-            assert first.returncode == 0, first.stdout + first.stderr
-            installed.write_password()
-            installed.write_config()
-            second = run_installer(box)
-            assert second.returncode == 0, second.stdout + second.stderr
-            yield installed
-        finally:
-            installed.close()
+    with installed_not_started(tmp_path_factory.mktemp("systemd-unit")) as installed:
+        # Switch the installed config to the simulated bench, then the installer's
+        # own `enable --now`.
+        installed.write_config()
+        second = run_installer(installed.box)
+        assert second.returncode == 0, second.stdout + second.stderr
+        yield installed
 
 
 @pytest.fixture
