@@ -525,7 +525,7 @@ class Agent:
             "interval_s": interval_s,
             "channels": channels,
             "outputs": {name: sw.is_on for name, sw in self.hardware.outputs.items()},
-            "battery": self.controller.state_payload(mono_s)["battery"],
+            "battery": self.controller.snapshot(mono_s).battery.payload(),
             "tamper_open": self.tamper_open,
             "cpu_temp_c": self.hardware.cpu_temperature(),
             "charger": charger,

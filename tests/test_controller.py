@@ -6,11 +6,13 @@ load switches); a switch that cannot be driven is a gpiozero pin that raises.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from bench_agent.config_loader import load_config
@@ -111,3 +113,43 @@ def test_a_garbled_state_file_is_ignored_not_fatal(tmp_path: Path) -> None:
     rig.controller.load(0.0)  # logged; starts from a clean state
     rig.controller.step(NOON, 0.0, {}, cpu_c=45.0)
     assert len(rig.switched()) == 3
+
+
+def test_the_state_is_a_frozen_snapshot_and_its_payload_is_the_contracts(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    rig.controller.step(NOON, 0.0, {}, cpu_c=45.0)
+    assert rig.controller.set_override("usb2", False, 600, "ops", 0.0) is None
+    snapshot = rig.controller.snapshot(100.0)
+    usb2 = snapshot.outputs["usb2"]
+    assert usb2.override is not None and usb2.override.expires_in_s == 500.0
+    assert snapshot.battery.soc_pct == 80.0 and snapshot.latched_faults == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snapshot.battery = snapshot.battery  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        snapshot.outputs["usb3"] = usb2  # type: ignore[index]
+    payload = rig.controller.state_payload(100.0)
+    assert payload == snapshot.payload()
+    assert payload["outputs"]["usb2"]["override"] == {
+        "state": "off",
+        "expires_in_s": 500.0,
+        "source": "ops",
+    }
+    assert set(payload) == {"outputs", "latched_faults", "battery", "battery_protection"}
+    validate_state_body(payload)
+
+
+def validate_state_body(body: dict[str, Any]) -> None:
+    """The body inside the retained `state` message, checked against its schema."""
+    from tests.outbox_support import validate
+
+    message = {
+        "v": 1,
+        "bench": "bench-test-01",
+        "ts": "2026-12-04T05:00:00.000Z",
+        "tamper_open": False,
+        "faults": [],
+        **body,
+    }
+    validate("state", message)

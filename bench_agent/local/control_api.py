@@ -202,7 +202,7 @@ def build_status(agent: AgentView) -> dict[str, Any]:
     now = agent.clock.monotonic()
     health = agent.health(now)
     stats = agent.outbox.stats()
-    state = agent.controller.state_payload(now)
+    state = agent.controller.snapshot(now)
     link: dict[str, Any] = {
         "connected": agent.link.connected,
         "last_publish_age_s": health.last_publish_age_s,
@@ -223,7 +223,7 @@ def build_status(agent: AgentView) -> dict[str, Any]:
         for name, reading in latest.items()
     }
     faults = dict(agent.faults)
-    for name in state["latched_faults"]:
+    for name in state.latched_faults:
         faults.setdefault(name, "latched off until reset")
     return {
         "bench": agent.cfg.bench.id,
@@ -238,9 +238,9 @@ def build_status(agent: AgentView) -> dict[str, Any]:
             "fault": stats.fault,
         },
         "channels": channels,
-        "battery": state["battery"],
+        "battery": state.battery.payload(),
         "charger": _charger_status(agent),
-        "outputs": state["outputs"],
+        "outputs": {name: out.payload() for name, out in state.outputs.items()},
         "faults": [{"name": k, "detail": v} for k, v in sorted(faults.items())],
         "tamper_open": agent.tamper_open,
         "today": agent.today(),

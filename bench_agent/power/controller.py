@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from bench_agent import statefile
+from bench_agent.faults import overcurrent_fault
 from bench_agent.hardware.ports import Switch
 from bench_agent.model import PowerReading
 from bench_agent.power.policy import check_override, decide, reset_fault
 from bench_agent.power.policy_config import PolicyConfig
 from bench_agent.power.policy_state import Decision, Override, PolicyInputs, PolicyState
+from bench_agent.power.snapshot import (
+    BatteryState,
+    OutputState,
+    OverrideView,
+    PowerState,
+    Protections,
+)
 from bench_agent.power.soc import SocEstimator
 from bench_agent.vocabulary import EventType, Reason
 
@@ -194,41 +202,46 @@ class Controller:
 
     # -- what ops and the technician see -------------------------------------
 
-    def state_payload(self, mono_s: float) -> dict[str, Any]:
-        outputs: dict[str, Any] = {}
+    def snapshot(self, mono_s: float) -> PowerState:
+        """Every output and why, the battery, the protections: a frozen value."""
+        outputs = {}
         for name, switch in self.outputs.items():
             decision = self.decisions.get(name)
             override = self.overrides.get(name)
-            outputs[name] = {
-                "on": switch.is_on,
-                "reason": decision.reason if decision else SAFE_STATE,
-                "detail": decision.detail if decision else "before the first decision",
-                "override": None
-                if override is None
-                else {
-                    "state": "on" if override.state else "off",
-                    "expires_in_s": None
-                    if override.expires_mono_s is None
-                    else round(max(override.expires_mono_s - mono_s, 0.0), 1),
-                    "source": override.source,
-                },
-            }
+            view = None
+            if override is not None:
+                expires = override.expires_mono_s
+                view = OverrideView(
+                    on=bool(override.state),
+                    expires_in_s=None if expires is None else round(max(expires - mono_s, 0.0), 1),
+                    source=override.source,
+                )
+            outputs[name] = OutputState(
+                on=switch.is_on,
+                reason=decision.reason if decision else SAFE_STATE,
+                detail=decision.detail if decision else "before the first decision",
+                override=view,
+            )
         latched = sorted(name for name, fault in self.state.ports.items() if fault.latched)
-        return {
-            "outputs": outputs,
-            "latched_faults": [f"overcurrent.{name}" for name in latched],
-            "battery": {
-                "soc_pct": None if self.soc.soc_pct is None else round(self.soc.soc_pct, 1),
-                "source": self.soc.source,
-                "confidence": round(self.soc.confidence, 2),
-            },
-            "battery_protection": {
-                # Either rule: the state-of-charge thresholds or the voltage safety net.
-                "wifi_shed": self.state.wifi_shed,
-                "usb_shed": self.state.usb_shed,
-                "over_temperature": self.state.over_temperature,
-            },
-        }
+        soc = self.soc.soc_pct
+        return PowerState(
+            outputs=outputs,
+            latched_faults=tuple(overcurrent_fault(name) for name in latched),
+            battery=BatteryState(
+                soc_pct=None if soc is None else round(soc, 1),
+                source=self.soc.source,
+                confidence=round(self.soc.confidence, 2),
+            ),
+            protections=Protections(
+                wifi_shed=self.state.wifi_shed,
+                usb_shed=self.state.usb_shed,
+                over_temperature=self.state.over_temperature,
+            ),
+        )
+
+    def state_payload(self, mono_s: float) -> dict[str, Any]:
+        """`snapshot` as the retained state's JSON."""
+        return self.snapshot(mono_s).payload()
 
     def enter_safe_state(self, detail: str) -> None:
         """Every output to its configured safe state, as decisions: each switch is an
