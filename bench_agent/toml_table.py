@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from bench_agent.errors import ConfigError
 
@@ -15,8 +15,6 @@ from bench_agent.errors import ConfigError
 # A strict reader over one TOML table
 # ---------------------------------------------------------------------------
 
-
-_T = TypeVar("_T")
 
 REQUIRED: Any = object()  # sentinel: the key has no default
 

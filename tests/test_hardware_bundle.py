@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from bench_agent.clock import SystemClock
 from bench_agent.config_loader import load_config
 from bench_agent.hardware.backend import build_hardware
+from bench_agent.hardware.bundle import Hardware
 from bench_agent.hardware.gpio import GpioSwitch, TamperSwitch
 from bench_agent.hardware.pi import build_pi_hardware
 from tests.support import REPO
@@ -55,3 +57,43 @@ def test_the_simulated_bench_is_chosen_by_the_config_alone(tmp_path: Path) -> No
         assert hardware.simulation is not None
         assert hardware.boot_id is not None and hardware.boot_id.startswith("sim-")
         assert set(hardware.outputs) == {o.name for o in cfg.outputs}
+
+
+class CountingHotspot:
+    """Counts its clients; reading whether it is on would be a NetworkManager call."""
+
+    name = "wifi"
+    safe_state_on = False
+    fault = None
+
+    def set(self, on: bool) -> None:
+        raise AssertionError("not switched here")
+
+    @property
+    def is_on(self) -> bool:
+        raise AssertionError("wifi_clients must not ask NetworkManager whether it is on")
+
+    def close(self) -> None:
+        pass
+
+    def client_count(self) -> int | None:
+        return 3
+
+
+def test_wifi_clients_come_from_the_hotspot_port_and_a_gpio_access_point_has_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counting = CountingHotspot()
+    bundle = Hardware(
+        clock=SystemClock(),
+        channels={},
+        outputs={"wifi": counting},
+        tamper=None,
+        read_cpu_temperature=lambda: None,
+        hotspot=counting,
+    )
+    assert bundle.wifi_clients() == 3
+    monkeypatch.setattr("bench_agent.hardware.pi.open_lgpio_factory", MockFactory)
+    cfg = load_config(REPO / "config" / "bench-agent.toml")  # wifi on a GPIO load switch
+    with build_pi_hardware(cfg, on_tamper=lambda _open: None) as hardware:
+        assert hardware.hotspot is None and hardware.wifi_clients() is None

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from bench_agent.config import Config
 from bench_agent.config_loader import load_config
 from bench_agent.hardware.hotspot import NmcliError, NmcliHotspot
 from bench_agent.hardware.parts import build_outputs
+from bench_agent.hardware.pi import build_pi_hardware
 from bench_agent.power.controller import Controller
 from bench_agent.power.soc import SocEstimator
 
@@ -508,6 +510,21 @@ def test_the_switch_runs_nmcli_only_for_the_configured_hotspot(
     assert nm.records() == []
 
 
+def test_a_bench_without_networkmanager_is_the_nmcli_missing_fault_through_the_unit(
+    nm: FakeNetworkManager, clock: FakeClock, hotspots: list[NmcliHotspot]
+) -> None:
+    nm.set(state="activated")
+    hotspot = make(hotspots, clock, safe_state_on=True)  # read while nmcli was there
+    (nm.bin_dir / "nmcli").unlink()  # NetworkManager removed (nmcli is not on PATH)
+    r = run_switch("up", str(nm.bin_dir / "bench-agent.toml"))
+    assert r.returncode == 127 and "nmcli cannot run" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    with pytest.raises(NmcliError) as raised:
+        hotspot.set(False)
+    assert raised.value.fault == "nmcli_missing"
+    assert "exit status 127" in str(raised.value)
+
+
 def test_the_switch_passes_nmcli_status_through_and_a_down_of_an_inactive_profile_is_done(
     nm: FakeNetworkManager,
 ) -> None:
@@ -852,3 +869,18 @@ def test_the_controller_sees_a_failing_hotspot_and_retries_it_on_the_backoff(
     assert ("output_switched", "on") in [(kind, data.get("to")) for kind, data in events]
     assert is_on(hotspot) is True
     assert fault_of(hotspot) is None
+
+
+def test_the_pi_bench_counts_wifi_clients_through_its_nmcli_hotspot(
+    nm: FakeNetworkManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bench_agent.hardware.pi.open_lgpio_factory", MockFactory)
+    nm.set(state="activated", stations=MACS[:2])
+    cfg = nmcli_reference_config(tmp_path)
+    cfg = replace(
+        cfg, outputs=tuple(replace(o, safe_state_on=o.name == "wifi") for o in cfg.outputs)
+    )
+    with build_pi_hardware(cfg, on_tamper=lambda _open: None) as hardware:
+        assert hardware.hotspot is hardware.outputs["wifi"]
+        assert hardware.wifi_clients() == 2
+    assert nm.calls("iw") == [["dev", "wlan0", "station", "dump"]]

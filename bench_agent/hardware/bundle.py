@@ -11,7 +11,6 @@ from typing import Protocol
 from bench_agent.clock import Clock
 from bench_agent.faults import Fault
 from bench_agent.hardware.ports import Hotspot, SensorOpener, Switch, TamperInput
-from bench_agent.vocabulary import WIFI
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,8 @@ class Hardware(AbstractContextManager["Hardware"]):
     tamper: TamperInput | None
     read_cpu_temperature: Callable[[], float | None]
     tick: Callable[[], None] = lambda: None
+    # The wifi output when it can count its clients (the nmcli hotspot), else None.
+    hotspot: Hotspot | None = None
     # The SimulatedBench on the "sim" backend (tests and demo); None on a Pi.
     simulation: object | None = None
     # The boot `clock.monotonic()` counts from, stamped on every record with its
@@ -63,8 +64,7 @@ class Hardware(AbstractContextManager["Hardware"]):
     def wifi_clients(self) -> int | None:
         """Wi-Fi clients associated now, where the hotspot backend can tell; else None
         (a gpio-powered access point cannot tell)."""
-        hotspot = self.outputs.get(WIFI)
-        return hotspot.client_count() if isinstance(hotspot, Hotspot) else None
+        return None if self.hotspot is None else self.hotspot.client_count()
 
     def close(self) -> None:
         """Every part closed, in reverse order of building. Idempotent."""

@@ -47,7 +47,8 @@ _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")  # IFNAMSIZ is 16, with
 # start these two instances (polkit). See bench_agent/hardware/hotspot_switch.py for why.
 HOTSPOT_SWITCH_UNIT = "bench-hotspot@{verb}.service"
 _SYSTEMCTL_UNIT_NOT_FOUND = 5  # systemctl(1) "EXIT STATUS": no such unit
-_SWITCH_EXIT_FAULTS = {64: "switch_refused", 78: "switch_config"}  # hotspot_switch's own
+# hotspot_switch's own exit statuses, besides nmcli's.
+_SWITCH_EXIT_FAULTS = {64: "switch_refused", 78: "switch_config", 127: "nmcli_missing"}
 
 
 def _run_bounded(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:

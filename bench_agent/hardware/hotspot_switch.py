@@ -14,7 +14,7 @@ Runs `nmcli --wait 8 connection up|down id <profile>` (no shell; C locale;
 stdin /dev/null) and exits with nmcli's status, which the agent reads back as
 the unit's ExecMainStatus; a `down` of a profile that is not active exits 0
 (off is what was asked for). 64: not up/down; 78: the config names no nmcli
-hotspot. Standard library only, so it starts fast and imports nothing of the
+hotspot; 127: nmcli cannot run. Standard library only, so it starts fast and imports nothing of the
 agent that root need not run.
 """
 
@@ -27,6 +27,7 @@ import tomllib
 
 EX_USAGE = 64
 EX_CONFIG = 78
+EX_NO_NMCLI = 127  # as a shell says "command not found"
 NMCLI_WAIT_S = 8  # nmcli's own bound; the unit's TimeoutStartSec= bounds the rest
 NMCLI_NOT_ACTIVE = 10  # nmcli(1): also what `down` of an inactive profile exits
 VERBS = ("up", "down")
@@ -62,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     argv_nmcli = ["nmcli", "--wait", str(NMCLI_WAIT_S), "connection", verb, "id", profile]
     print(f"hotspot {verb}: nmcli connection {verb} id {profile!r}", flush=True)
-    status = subprocess.call(
-        argv_nmcli, stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"}
-    )
+    try:
+        status = subprocess.call(
+            argv_nmcli, stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"}
+        )
+    except OSError as exc:  # NetworkManager not installed, or nmcli not runnable
+        print(f"hotspot {verb}: nmcli cannot run: {exc}")
+        return EX_NO_NMCLI
     if verb == "down" and status == NMCLI_NOT_ACTIVE:
         print(f"hotspot down: {profile!r} was not active")
         return 0

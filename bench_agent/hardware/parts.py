@@ -6,14 +6,15 @@ which differ only in where the bus and the pins come from.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench_agent.config import Config, Ina219Config
 from bench_agent.hardware.gpio import GpioSwitch
 from bench_agent.hardware.hotspot import NmcliHotspot
 from bench_agent.hardware.ina219 import I2CBus, INA219Channel
-from bench_agent.hardware.ports import SensorOpener, Switch
+from bench_agent.hardware.ports import Hotspot, SensorOpener, Switch
+from bench_agent.vocabulary import WIFI
 
 
 def ina219_opener(bus: Callable[[], I2CBus], sensor: Ina219Config) -> SensorOpener:
@@ -43,3 +44,10 @@ def build_outputs(cfg: Config, pin_factory: Any) -> dict[str, Switch]:
             assert out.pin is not None
             outputs[out.name] = GpioSwitch(out.name, out.pin, out.safe_state_on, pin_factory)
     return outputs
+
+
+def hotspot_of(outputs: Mapping[str, Switch]) -> Hotspot | None:
+    """The wifi output when it is a hotspot that can count its clients; else None
+    (a gpio-powered access point cannot tell)."""
+    wifi = outputs.get(WIFI)
+    return wifi if isinstance(wifi, NmcliHotspot) else None

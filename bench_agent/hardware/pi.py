@@ -16,7 +16,7 @@ from bench_agent.config import Config
 from bench_agent.hardware.bundle import Hardware, closing
 from bench_agent.hardware.gpio import TamperSwitch
 from bench_agent.hardware.i2c import I2CBusSupply
-from bench_agent.hardware.parts import build_outputs, ina219_opener
+from bench_agent.hardware.parts import build_outputs, hotspot_of, ina219_opener
 from bench_agent.hardware.pins import PinSupply, open_lgpio_factory
 
 
@@ -51,6 +51,7 @@ def build_pi_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardwar
             clock=SystemClock(),
             channels={s.name: ina219_opener(bus.get, s) for s in cfg.sensors},
             outputs=outputs,
+            hotspot=hotspot_of(outputs),
             tamper=tamper,
             read_cpu_temperature=lambda: read_sysfs_temperature(cfg.sampling.cpu_temperature_path),
             tick=tamper.poll if tamper is not None else lambda: None,  # GPIO may come later

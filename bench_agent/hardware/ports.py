@@ -8,7 +8,7 @@ which. A new kind of device starts here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from bench_agent.model import PowerReading
 
@@ -45,7 +45,6 @@ class Switch(Protocol):
         """Return to the safe state and release the pin. Idempotent."""
 
 
-@runtime_checkable  # `Hardware.wifi_clients` asks whether the wifi output is one
 class Hotspot(Switch, Protocol):
     """A switch that is a Wi-Fi access point and can tell how many phones use it."""
 
