@@ -54,6 +54,12 @@ def iso_utc(when: datetime | float) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def next_due(due: float, now: float, every: float) -> float:
+    """The next time a periodic job is due after running at `now` (it was due at
+    `due`): ticks missed in a stall are skipped, not run in a burst to catch up."""
+    return due + every * max(1, int((now - due) // every) + 1)
+
+
 class Clock(Protocol):
     def monotonic(self) -> float:
         """Agent seconds since an arbitrary point in this boot; never jumps."""

@@ -13,11 +13,14 @@ command).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
 from typing import Any
 
 from bench_agent.vocabulary import EventType
+
+log = logging.getLogger(__name__)
 
 
 class Fault(StrEnum):
@@ -100,3 +103,28 @@ class FaultRegistry(Mapping[str, str]):
     def as_list(self) -> list[dict[str, str]]:
         """The payload form, sorted by name: [{"name": …, "detail": …}]."""
         return [{"name": name, "detail": self._present[name]} for name in sorted(self._present)]
+
+
+class ThreadWatch:
+    """The agent's threads that ended although nobody stopped them, each a fault.
+
+    Nothing is restarted here: the fault reaches ops, and the main loop withholds
+    systemd's watchdog pings, so systemd restarts the whole agent (WatchdogSec),
+    which brings every part back in a known state. (The control socket restarts
+    its own thread; it is watched all the same.)
+    """
+
+    def __init__(self, faults: FaultRegistry) -> None:
+        self._faults = faults
+        self._alive: dict[str, Callable[[], bool]] = {}
+
+    def watch(self, name: str, alive: Callable[[], bool]) -> None:
+        self._alive[name] = alive
+
+    def dead(self) -> list[str]:
+        dead = [name for name, alive in self._alive.items() if not alive()]
+        for name in dead:
+            if thread_fault(name) not in self._faults:
+                log.error("thread %s ended unexpectedly: watchdog pings withheld", name)
+            self._faults.raise_(thread_fault(name), "ended unexpectedly; the agent will restart")
+        return dead

@@ -3,15 +3,19 @@
 `RecordingLink` stands in for `MqttLink`: it hands out message ids like a paho
 client (a new connection is a new client, so ids start again at 1), keeps
 every publish, and checks every payload against the contract's JSON Schemas.
+`LoopbackLink` is one the whole agent can be built with: it reports the
+connection and the acknowledgements as events, as the real link does.
 The real link with a real broker is in the integration tests.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench_agent.link.mqtt import Acked, Connected, Disconnected, MessageIn
 from tests.outbox_support import validate
 
 
@@ -68,3 +72,66 @@ class RecordingLink:
         self._next_mid += 1
         self.sent.append(Sent(topic, payload, mid))
         return mid
+
+
+class LoopbackLink(RecordingLink):
+    """An in-memory broker session for the whole agent (`Agent(link_factory=...)`).
+
+    Built like `MqttLink` and tells the agent what a broker would: `Connected` on
+    start, an `Acked` for every publish, `Disconnected` when the test takes the
+    link down, `Connected` with a new generation when it brings it back.
+    """
+
+    def __init__(
+        self,
+        cfg: object,
+        *,
+        will: Any,
+        subscriptions: Sequence[str],
+        on_event: Callable[[Any], None],
+    ) -> None:
+        super().__init__(allow_retain=True)
+        self.will = will
+        self.subscriptions = tuple(subscriptions)
+        self._on_event = on_event
+        self.generation = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.thread_alive = True
+        self.closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self.online
+
+    def start(self) -> None:
+        self.up()
+
+    def up(self) -> None:
+        self.reconnects += self.generation > 0
+        self.generation += 1
+        self.connect()
+        self._on_event(Connected(self.generation, None))
+
+    def down(self) -> None:
+        self.disconnect()
+        self._on_event(Disconnected(self.generation, "test took the link down"))
+
+    def close(self, timeout_s: float = 3.0) -> None:
+        self.closed = True
+        self.disconnect()
+
+    def alive(self) -> bool:
+        return self.thread_alive
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> int | None:
+        mid = super().publish(topic, payload, qos=qos, retain=retain)
+        if mid is not None:
+            self._on_event(Acked(self.generation, mid))
+        return mid
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        """A message from ops, as paho's thread would hand it over."""
+        self._on_event(MessageIn(topic, payload, False))

@@ -7,6 +7,7 @@ from typing import Any
 from bench_agent.faults import (
     Fault,
     FaultRegistry,
+    ThreadWatch,
     overcurrent_fault,
     sensor_fault,
     thread_fault,
@@ -63,3 +64,17 @@ def test_payload_form_is_sorted_and_family_names_are_built_in_one_place() -> Non
     ]
     assert overcurrent_fault("usb2") == "overcurrent.usb2"
     assert Fault.REPLAY_STORE == "replay_store"  # a str: the payloads carry it as is
+
+
+def test_a_thread_that_ended_is_a_fault_raised_once() -> None:
+    faults, events = registry()
+    watch = ThreadWatch(faults)
+    alive = {"mqtt": True, "charger": True}
+    watch.watch("mqtt", lambda: alive["mqtt"])
+    watch.watch("charger", lambda: alive["charger"])
+    assert watch.dead() == []
+    alive["charger"] = False
+    assert watch.dead() == ["charger"]
+    assert watch.dead() == ["charger"]  # still dead: still withholding, no second event
+    assert dict(faults) == {thread_fault("charger"): "ended unexpectedly; the agent will restart"}
+    assert [kind for kind, _ in events] == ["fault_raised"]

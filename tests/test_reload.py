@@ -1,14 +1,16 @@
-"""What a SIGHUP may change live, decided apart from applying it (service.py applies it;
-test_agent_integration.py sends a real SIGHUP)."""
+"""What a SIGHUP may change live, and the reload that reads the file again
+(test_agent_turns.py reloads a whole agent; test_agent_integration.py sends a real SIGHUP)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench_agent.config_loader import load_config
 from bench_agent.inbox import Call
-from bench_agent.reload import LIVE_RELOADABLE, reload_plan
+from bench_agent.reload import LIVE_RELOADABLE, reload_config, reload_plan
 from tests.support import sim_config
 
 
@@ -42,3 +44,40 @@ def test_a_call_hands_back_its_result_or_its_exception_and_never_raises() -> Non
     assert failed.done.is_set()
     kind, exc = failed.outcome[0]
     assert kind == "error" and isinstance(exc, ValueError)
+
+
+def reload_rig(tmp_path: Path) -> tuple[Path, list[tuple[str, dict[str, object]]], list[object]]:
+    path = sim_config(tmp_path, 1883, {"commands": {"trusted_keys": str(tmp_path / "keys")}})
+    return path, [], []
+
+
+def test_reload_applies_a_live_change_and_says_which_tables(tmp_path: Path) -> None:
+    path, events, applied = reload_rig(tmp_path)
+    running = load_config(path)
+    path.write_text(path.read_text() + "\n[policy.battery]\nusb_off_below_pct = 12\n")
+    new = reload_config(
+        running, lambda cfg, keys, problems: applied.append((cfg, keys, problems)), record(events)
+    )
+    assert new.policy.battery.usb_off_below_pct == 12 and new is not running
+    assert applied == [(new, {}, None)]
+    assert events == [("config_reloaded", {"tables": ["policy"]})]
+
+
+def test_a_broken_file_or_a_restart_only_change_changes_nothing(tmp_path: Path) -> None:
+    path, events, applied = reload_rig(tmp_path)
+    running = load_config(path)
+    text = path.read_text()
+    path.write_text(text + "\n[policy.battery\n")
+    assert reload_config(running, lambda *a: applied.append(a), record(events)) is running
+    path.write_text(text.replace("port = 1883", "port = 8883"))
+    assert reload_config(running, lambda *a: applied.append(a), record(events)) is running
+    assert applied == []
+    assert [(kind, data["reason"]) for kind, data in events] == [
+        ("config_reload_refused", "invalid"),
+        ("config_reload_refused", "needs_restart"),
+    ]
+    assert events[1][1]["tables"] == ["mqtt"]
+
+
+def record(events: list[tuple[str, dict[str, object]]]) -> Callable[[str, dict[str, Any]], None]:
+    return lambda kind, data: events.append((kind, data))

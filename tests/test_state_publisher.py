@@ -104,3 +104,15 @@ def test_fault_reset_names_what_it_reset_and_rebirth_resends_status_and_state() 
     status = json.loads(rig.link.retained[f"smartbench/{BENCH}/status"])
     assert status["online"] is True and status["boot_id"] == "boot-test"
     assert rig.commands.outputs() == ["usb1", "usb2", "wifi"]
+
+
+def test_saying_offline_is_retained_and_waits_for_its_ack_only_when_sent() -> None:
+    rig = Rig()
+    waited: list[int] = []
+    rig.state.say_offline(waited.append)
+    offline = json.loads(rig.link.retained[f"smartbench/{BENCH}/status"])
+    assert offline["online"] is False and offline["reason"] == "shutdown"
+    assert waited == [rig.link.sent[-1].mid]
+    rig.link.disconnect()
+    rig.state.say_offline(waited.append)  # nothing sent: nothing to wait for
+    assert len(waited) == 1

@@ -11,10 +11,17 @@ loads it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from bench_agent.config import Config
 from bench_agent.hardware.bundle import Hardware
 from bench_agent.hardware.pi import build_pi_hardware
+
+
+class HardwareFactory(Protocol):
+    """How the agent gets its hardware (`build_hardware` is one)."""
+
+    def __call__(self, cfg: Config, on_tamper: Callable[[bool], None]) -> Hardware: ...
 
 
 def build_hardware(cfg: Config, on_tamper: Callable[[bool], None]) -> Hardware:

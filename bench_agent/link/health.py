@@ -8,7 +8,7 @@ from typing import Any
 
 from bench_agent.clock import Clock
 from bench_agent.errors import StorageError
-from bench_agent.link.mqtt import MqttLink
+from bench_agent.link.mqtt import Link
 from bench_agent.link.outbox import Outbox, OutboxStats
 from bench_agent.link.publisher import Publisher
 from bench_agent.link.recorder import Recorder
@@ -37,7 +37,7 @@ class HealthReport:
         *,
         outbox: Outbox,
         publisher: Publisher,
-        link: MqttLink,
+        link: Link,
         sampler: Sampler,
         recorder: Recorder,
         clock: Clock,

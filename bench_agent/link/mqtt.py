@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -89,6 +89,40 @@ LinkEvent = Connected | Disconnected | Acked | Refused | MessageIn | SetupFailed
 class Will:
     topic: str
     payload: bytes
+
+
+class Link(Protocol):
+    """What the agent's parts use of the MQTT session: `MqttLink` on a bench, an
+    in-memory link in the unit tests of the whole agent (tests/link_support.py)."""
+
+    reconnects: int
+    last_error: str | None
+
+    @property
+    def connected(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def close(self, timeout_s: float = 3.0) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> int | None: ...
+
+
+class LinkFactory(Protocol):
+    """How the agent makes its link (`MqttLink` is one): events go to `on_event`."""
+
+    def __call__(
+        self,
+        cfg: MqttConfig,
+        *,
+        will: Will,
+        subscriptions: Sequence[str],
+        on_event: Callable[[LinkEvent], None],
+    ) -> Link: ...
 
 
 class MqttLink:

@@ -15,7 +15,7 @@ from bench_agent import __version__
 from bench_agent.clock import Clock, iso_utc
 from bench_agent.faults import FaultRegistry
 from bench_agent.link import payloads
-from bench_agent.link.mqtt import MqttLink
+from bench_agent.link.mqtt import Link
 from bench_agent.power.controller import Controller
 
 
@@ -25,7 +25,7 @@ class StatePublisher:
         *,
         bench_id: str,
         topic: Callable[[str], str],
-        link: MqttLink,
+        link: Link,
         controller: Controller,
         faults: FaultRegistry,
         clock: Clock,
@@ -69,6 +69,14 @@ class StatePublisher:
 
     def publish_online(self) -> None:
         self._link.publish(self._topic("status"), self.status(online=True), retain=True)
+
+    def say_offline(self, wait_for_ack: Callable[[int], object]) -> None:
+        """Clean shutdown: the retained status "offline"; `wait_for_ack(mid)` waits
+        (bounded) for the broker's acknowledgement when the link is up."""
+        offline = self.status(online=False, reason="shutdown")
+        mid = self._link.publish(self._topic("status"), offline, retain=True)
+        if mid is not None:
+            wait_for_ack(mid)
 
 
 def status_message(

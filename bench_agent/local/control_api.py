@@ -27,12 +27,13 @@ from bench_agent.eventlog import EventLog
 from bench_agent.faults import Fault, FaultRegistry, overcurrent_fault
 from bench_agent.hardware.bundle import Hardware
 from bench_agent.link.health import Health
-from bench_agent.link.mqtt import MqttLink
+from bench_agent.link.mqtt import Link
 from bench_agent.link.outbox import Outbox
 from bench_agent.local.control import ControlError, Peer
 from bench_agent.local.i18n import N_
 from bench_agent.power.charger_feed import ChargerFeed
 from bench_agent.power.controller import Controller
+from bench_agent.power.counter_keeper import CounterKeeper
 from bench_agent.power.sampler import Sampler
 from bench_agent.preflight import cleartext_password
 from bench_agent.remote.commands import SOURCE_TECHNICIAN
@@ -59,7 +60,7 @@ class AgentView(Protocol):
 
     cfg: Config
     clock: Clock
-    link: MqttLink
+    link: Link
     sampler: Sampler
     outbox: Outbox
     hardware: Hardware
@@ -68,13 +69,12 @@ class AgentView(Protocol):
     events: EventLog
     faults: FaultRegistry
     charger: ChargerFeed | None
+    counters: CounterKeeper
     tamper_open: bool | None
     started_mono: float
     link_changed_mono: float
 
     def run_on_loop(self, fn: Callable[[], Any], timeout_s: float) -> Any: ...
-
-    def today(self) -> dict[str, Any]: ...
 
     def health(self, mono_s: float) -> Health: ...
 
@@ -243,7 +243,7 @@ def build_status(agent: AgentView) -> dict[str, Any]:
         "outputs": {name: out.payload() for name, out in state.outputs.items()},
         "faults": [{"name": k, "detail": v} for k, v in sorted(faults.items())],
         "tamper_open": agent.tamper_open,
-        "today": agent.today(),
+        "today": agent.counters.today(),
     }
 
 

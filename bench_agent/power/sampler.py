@@ -73,7 +73,7 @@ class _Channel:
         self.watt_hours = 0.0
 
 
-FaultCallback = Callable[[str, str | None], None]  # (channel, fault code or None when cleared)
+FaultCallback = Callable[[str, str | None], object]  # (channel, fault code or None when cleared)
 
 
 class Sampler:

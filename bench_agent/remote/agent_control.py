@@ -1,4 +1,5 @@
-"""What remote and local commands may do to the agent (`commands.AgentControl`).
+"""What remote and local commands may do to the agent (`commands.AgentControl`),
+and the command processor built on it.
 
 Every command, from ops over MQTT or from a technician over the socket, acts
 through these five methods, so both take exactly the same path: the
@@ -10,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bench_agent.clock import Clock, TimeFloor
+from bench_agent.config import Config
 from bench_agent.faults import overcurrent_fault
 from bench_agent.link.state import StatePublisher
-from bench_agent.power.controller import Controller
+from bench_agent.power.controller import Controller, EmitEvent
+from bench_agent.remote.ops_keys import load_ops_keys
+from bench_agent.remote.processor import CommandProcessor
 
 
 class AgentCommands:
@@ -53,3 +58,29 @@ class AgentCommands:
 
     def outputs(self) -> list[str]:
         return list(self._outputs)
+
+
+def build_command_processor(
+    cfg: Config,
+    commands: AgentCommands,
+    *,
+    clock: Clock,
+    time_floor: TimeFloor,
+    emit_event: EmitEvent,
+) -> tuple[CommandProcessor, str | None]:
+    """The processor with ops' keys loaded; and the key files that could not be
+    used (the `ops_keys` fault's detail), or None."""
+    trusted_keys, key_problems = load_ops_keys(cfg.commands.trusted_keys)
+    processor = CommandProcessor(
+        commands,
+        bench_id=cfg.bench.id,
+        trusted_keys=trusted_keys,
+        allow_unsigned=cfg.commands.allow_unsigned,
+        replay_store_path=cfg.storage.dir / "commands-seen.jsonl",
+        clock_synced=clock.synced,
+        wall_now=clock.wall,
+        on_event=lambda event: emit_event(event.pop("type"), event),
+        max_age_s=cfg.commands.max_age_s,
+        time_floor=time_floor,
+    )
+    return processor, key_problems
