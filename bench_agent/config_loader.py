@@ -35,6 +35,7 @@ from bench_agent.errors import ConfigError
 from bench_agent.power.counters import CountersConfig
 from bench_agent.power.policy_config import (
     BatteryThresholds,
+    LoadClass,
     PolicyConfig,
     PortLimits,
     Schedule,
@@ -470,7 +471,7 @@ def _parse_window(t: TomlTable, key: str, text: Any) -> tuple[time, time]:
 
 
 def _parse_policy_battery(
-    t: TomlTable, battery: BatteryConfig, battery_measured: bool
+    t: TomlTable, ports: list[str], battery: BatteryConfig, battery_measured: bool
 ) -> BatteryThresholds:
     wifi_v, usb_v, restore_v = _VOLTAGE_NET[battery.chemistry]
     with checked(t):
@@ -490,13 +491,12 @@ def _parse_policy_battery(
     # waiting for one would hold every shed load off forever.
     wifi_volts, usb_volts, restore_volts = volts if battery_measured else (None, None, None)
     try:
+        # The load classes, in shed order, each with the keys named after it.
         return BatteryThresholds(
-            wifi_off_below_pct=pct[0],
-            wifi_on_above_pct=pct[1],
-            usb_off_below_pct=pct[2],
-            usb_on_above_pct=pct[3],
-            wifi_off_below_volts=wifi_volts,
-            usb_off_below_volts=usb_volts,
+            loads=(
+                LoadClass(WIFI, (WIFI,), pct[0], pct[1], wifi_volts, label="Wi-Fi"),
+                LoadClass("usb", tuple(ports), pct[2], pct[3], usb_volts, label="USB"),
+            ),
             restore_above_volts=restore_volts,
             voltage_delay_s=delay,
             internal_resistance_ohm=battery.resistance_ohm,
@@ -516,7 +516,7 @@ def _parse_policy(
 ) -> PolicyConfig:
     with checked(t):
         battery_t = t.table("battery") or TomlTable(t.file, t.key("battery"), {})
-        thresholds = _parse_policy_battery(battery_t, battery, battery_measured)
+        thresholds = _parse_policy_battery(battery_t, ports, battery, battery_measured)
         temp_t = t.table("temperature") or TomlTable(t.file, t.key("temperature"), {})
         with checked(temp_t):
             temperature = (

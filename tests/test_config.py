@@ -254,7 +254,7 @@ def test_the_voltage_safety_net_defaults_per_chemistry(
     path.write_text(_merge_tables(MINIMAL_CONFIG, change) if change else MINIMAL_CONFIG)
     cfg = load_config(path)
     b = cfg.policy.battery
-    assert (b.wifi_off_below_volts, b.usb_off_below_volts, b.restore_above_volts) == volts
+    assert (*(load.off_below_volts for load in b.loads), b.restore_above_volts) == volts
     assert b.voltage_rule is (volts[0] is not None)
     assert b.internal_resistance_ohm == pytest.approx(resistance_ohm)
     assert cfg.battery.resistance_ohm == pytest.approx(resistance_ohm)

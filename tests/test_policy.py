@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from bench_agent.power.policy import check_override, decide, reset_fault
 from bench_agent.power.policy_config import (
     BatteryThresholds,
+    LoadClass,
     PolicyConfig,
     PortLimits,
     Schedule,
@@ -46,17 +48,40 @@ LIMITS = PortLimits(
 )
 # The voltage safety net on, with the shipped LiFePO4 levels, as every configured bench has it.
 WIFI_OFF_V, USB_OFF_V, RESTORE_V, DELAY_S, R_OHM = 12.4, 12.2, 13.0, 90.0, 0.02
-BATTERY = BatteryThresholds(
-    wifi_off_below_pct=30.0,
-    wifi_on_above_pct=40.0,
-    usb_off_below_pct=15.0,
-    usb_on_above_pct=25.0,
-    wifi_off_below_volts=WIFI_OFF_V,
-    usb_off_below_volts=USB_OFF_V,
-    restore_above_volts=RESTORE_V,
-    voltage_delay_s=DELAY_S,
-    internal_resistance_ohm=R_OHM,
-)
+LEVELS: dict[str, Any] = {
+    "wifi_off_below_pct": 30.0,
+    "wifi_on_above_pct": 40.0,
+    "usb_off_below_pct": 15.0,
+    "usb_on_above_pct": 25.0,
+    "wifi_off_below_volts": WIFI_OFF_V,
+    "usb_off_below_volts": USB_OFF_V,
+    "restore_above_volts": RESTORE_V,
+    "voltage_delay_s": DELAY_S,
+    "internal_resistance_ohm": R_OHM,
+}
+
+
+def battery(ports: Sequence[str] = ("usb1", "usb2"), **change: Any) -> BatteryThresholds:
+    """The two load classes the config loader builds from the file's keys (`LEVELS`,
+    `change`d): the hotspot, then the USB `ports`, in shed order."""
+    k = {**LEVELS, **change}
+    loads = tuple(
+        LoadClass(
+            name,
+            covers,
+            k[f"{name}_off_below_pct"],
+            k[f"{name}_on_above_pct"],
+            k[f"{name}_off_below_volts"],
+            label=label,
+        )
+        for name, covers, label in ((WIFI, (WIFI,), "Wi-Fi"), ("usb", tuple(ports), "USB"))
+    )
+    return BatteryThresholds(
+        loads, k["restore_above_volts"], k["voltage_delay_s"], k["internal_resistance_ohm"]
+    )
+
+
+BATTERY = battery()
 TEMPERATURE = TemperatureLimits(
     shed_above_c=60.0, resume_below_c=50.0, cpu_shed_above_c=80.0, cpu_resume_below_c=70.0
 )
@@ -136,14 +161,14 @@ def amps_run(usb1_amps: Sequence[float | None], start: float = 0.0) -> list[Poli
         (lambda: replace(LIMITS, latch_after_trips=0), "latch_after_trips"),
         (lambda: replace(LIMITS, cooldown_s=-1.0), "cooldown_s"),
         (lambda: replace(LIMITS, trip_forget_s=math.inf), "trip_forget_s"),
-        (lambda: replace(BATTERY, wifi_on_above_pct=30.0), "wifi_on_above_pct"),
-        (lambda: replace(BATTERY, usb_on_above_pct=10.0), "usb_on_above_pct"),
+        (lambda: battery(wifi_on_above_pct=30.0), "wifi_on_above_pct"),
+        (lambda: battery(usb_on_above_pct=10.0), "usb_on_above_pct"),
         (
-            lambda: replace(BATTERY, usb_off_below_pct=30.0, usb_on_above_pct=35.0),
+            lambda: battery(usb_off_below_pct=30.0, usb_on_above_pct=35.0),
             "usb_off_below_pct",
         ),
-        (lambda: replace(BATTERY, wifi_on_above_pct=101.0), "wifi_on_above_pct"),
-        (lambda: replace(BATTERY, usb_off_below_pct=-1.0), "usb_off_below_pct"),
+        (lambda: battery(wifi_on_above_pct=101.0), "wifi_on_above_pct"),
+        (lambda: battery(usb_off_below_pct=-1.0), "usb_off_below_pct"),
         (lambda: replace(TEMPERATURE, resume_below_c=60.0), "resume_below_c"),
         (lambda: replace(TEMPERATURE, cpu_resume_below_c=85.0), "cpu_resume_below_c"),
         (lambda: Schedule(windows=((time(8), time(8)),)), "windows[0]"),
@@ -165,7 +190,7 @@ def test_bad_config_is_refused_naming_the_field(build: Any, field: str) -> None:
 
 def test_config_mappings_are_copied_read_only() -> None:
     ports = {"usb1": LIMITS}
-    cfg = PolicyConfig(ports, BATTERY, TEMPERATURE)
+    cfg = PolicyConfig(ports, battery(["usb1"]), TEMPERATURE)
     ports["usb2"] = LIMITS  # the caller's dict changing later must not change the config
     assert cfg.outputs == ("usb1", WIFI)
     with pytest.raises(TypeError):
@@ -362,7 +387,7 @@ def test_a_voltage_shed_comes_back_only_on_voltage_and_state_of_charge(
         for output in ALL_OUTPUTS:
             if not decisions[output].on:
                 assert decisions[output].reason == "battery_voltage_low", case
-        assert state.wifi_shed is not decisions[WIFI].on
+        assert state.shed(WIFI) is not decisions[WIFI].on
 
 
 @pytest.mark.parametrize(
@@ -420,8 +445,8 @@ def test_a_load_shed_by_one_rule_is_not_shed_again_by_the_other() -> None:
 
 
 def test_voltage_rule_off_without_levels() -> None:
-    soc_only = replace(
-        BATTERY, wifi_off_below_volts=None, usb_off_below_volts=None, restore_above_volts=None
+    soc_only = battery(
+        ["usb1"], wifi_off_below_volts=None, usb_off_below_volts=None, restore_above_volts=None
     )
     cfg = PolicyConfig({"usb1": LIMITS}, soc_only, TEMPERATURE)
     assert not soc_only.voltage_rule and BATTERY.voltage_rule
@@ -440,16 +465,16 @@ def test_a_state_of_charge_shed_comes_back_without_a_voltage_reading() -> None:
 
 def test_voltage_shed_survives_a_restart_and_needs_the_full_delay_again() -> None:
     shed = volts_run([LOW] * 4)[-1][0]
-    data = shed.to_dict()
+    data = shed.to_dict(CFG)
     assert data["wifi_voltage_shed"] is data["usb_voltage_shed"] is True
     restored = PolicyState.from_dict(data, CFG, mono_s=0.0)
-    assert restored.wifi_shed and restored.usb_shed
-    assert not restored.wifi_battery_shed  # the estimate never shed anything
+    assert restored.shed(WIFI) and restored.shed("usb")
+    assert not restored.battery_shed[WIFI]  # the estimate never shed anything
     results = volts_run([(13.1, 0.0)] * 4, state=restored)
     assert onoff(results, WIFI) == [0, 0, 0, 1]
     # a file from before the voltage rule: nothing shed by voltage
     del data["wifi_voltage_shed"], data["usb_voltage_shed"]
-    assert not PolicyState.from_dict(data, CFG, mono_s=0.0).wifi_shed
+    assert not PolicyState.from_dict(data, CFG, mono_s=0.0).shed(WIFI)
 
 
 @pytest.mark.parametrize(
@@ -473,7 +498,7 @@ def test_bad_voltage_levels_are_refused_naming_the_field(
     change: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(ValueError, match="^" + re.escape(field) + ": "):
-        replace(BATTERY, **change)
+        battery(**change)
 
 
 @settings(max_examples=200, deadline=None)
@@ -510,16 +535,107 @@ def test_voltage_invariants_hold_for_any_sequence(
         elif corrected is not None and corrected > WIFI_OFF_V + 0.05:
             known_low_since = None
         # only a known voltage at the restore level brings back a voltage shed
-        if before.wifi_voltage.shed and decisions[WIFI].on:
+        if before.watch(WIFI).shed and decisions[WIFI].on:
             assert corrected is not None and corrected >= RESTORE_V
-            assert soc is not None and soc > BATTERY.wifi_on_above_pct
+            assert soc is not None and soc > LEVELS["wifi_on_above_pct"]
         # an unknown voltage never sheds by voltage
         if corrected is None:
-            assert state.wifi_voltage.shed is before.wifi_voltage.shed
+            assert state.watch(WIFI).shed is before.watch(WIFI).shed
         for output, decision in decisions.items():
             if decision.reason == "battery_voltage_low":
                 assert not decision.on
             assert state.outputs[output] is decision.on
+
+
+# --------------------------------------------------------------------------- load classes
+
+
+# A display on usb2, shed after the hotspot and before the phone chargers on usb1.
+DISPLAY = LoadClass(
+    "display", ("usb2",), off_below_pct=20.0, on_above_pct=30.0, off_below_volts=12.3
+)
+
+
+def three_classes() -> PolicyConfig:
+    hotspot, usb = battery(["usb1"]).loads
+    return replace(CFG, battery=replace(BATTERY, loads=(hotspot, DISPLAY, usb)))
+
+
+def test_a_third_load_class_is_shed_at_its_own_state_of_charge() -> None:
+    """Load classes are data: a class the policy has never heard of is shed and
+    restored at its own levels, with its own events, by the same code."""
+    cfg = three_classes()
+    socs = [50.0, 25.0, 18.0, 10.0, 28.0, 31.0, 45.0]
+    results = run(cfg, [make_inputs(i, soc=s) for i, s in enumerate(socs)])
+    assert onoff(results, WIFI) == [1, 0, 0, 0, 0, 0, 1]
+    assert onoff(results, "usb2") == [1, 1, 0, 0, 0, 1, 1]  # off below 20 %, on above 30 %
+    assert onoff(results, "usb1") == [1, 1, 1, 0, 1, 1, 1]
+    assert results[2][1]["usb2"].reason == "battery_low"
+    assert results[2][1]["usb2"].detail.startswith("battery 18.0% < 20.0%")
+    assert [(e.kind, e.output) for e in results[2][0].events] == [("battery_shed", "usb2")]
+    assert [(e.kind, e.output) for e in results[5][0].events] == [("battery_restored", "usb2")]
+    state = results[2][0]
+    assert state.battery_shed == {WIFI: True, "display": True, "usb": False}
+    # saved and restored under its own keys, next to the others
+    data = state.to_dict(cfg)
+    assert data["display_battery_shed"] is True and data["display_voltage_shed"] is False
+    assert PolicyState.from_dict(data, cfg, mono_s=0.0).shed("display")
+
+
+def test_a_third_load_class_is_shed_at_its_own_voltage() -> None:
+    cfg = three_classes()
+    results = run(cfg, [make_inputs(i * 30.0, volts=12.25) for i in range(5)])
+    assert onoff(results, WIFI) == onoff(results, "usb2") == [1, 1, 1, 0, 0]
+    assert onoff(results, "usb1") == [1] * 5  # 12.25 V is above the USB ports' 12.2 V
+    assert results[3][1]["usb2"].reason == "battery_voltage_low"
+    assert results[3][1]["usb2"].detail.endswith("< 12.30 V for 90 s")
+
+
+@pytest.mark.parametrize(
+    ("loads", "message"),
+    [
+        # each class shed at a higher level than the next, in % and in V
+        (
+            lambda w, u: (w, replace(DISPLAY, off_below_pct=35.0, on_above_pct=45.0), u),
+            "display_off_below_pct: must be below wifi_off_below_pct (30.0): Wi-Fi is shed first",
+        ),
+        (
+            lambda w, u: (w, u, replace(DISPLAY, off_below_volts=12.1)),
+            "display_off_below_pct: must be below usb_off_below_pct (15.0): USB is shed first",
+        ),
+        (
+            lambda w, u: (w, replace(DISPLAY, off_below_volts=12.1), u),
+            "usb_off_below_volts: must be below display_off_below_volts (12.1): display is",
+        ),
+        (
+            lambda w, u: (w, replace(DISPLAY, off_below_volts=None), u),
+            "display_off_below_volts: the voltage levels go together: set all four",
+        ),
+        (lambda w, u: (w, u, replace(DISPLAY, name="usb")), "loads: two load classes"),
+        (lambda w, u: (), "loads: must be a non-empty tuple"),
+    ],
+)
+def test_load_classes_are_refused_naming_the_key(loads: Any, message: str) -> None:
+    hotspot, usb = battery(["usb1"]).loads
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        replace(BATTERY, loads=loads(hotspot, usb))
+
+
+@pytest.mark.parametrize(
+    ("display_covers", "usb_covers", "problem"),
+    [
+        ((), ("usb1",), "battery: outputs in no load class (got ['usb2'])"),  # never shed
+        (("usb2",), ("usb1", "usb2"), "battery: load class 'usb': already in 'display'"),
+        ((), ("usb1", "usb2", "usb9"), "battery: load class 'usb': unknown output (got 'usb9')"),
+    ],
+)
+def test_every_output_is_in_exactly_one_load_class(
+    display_covers: tuple[str, ...], usb_covers: tuple[str, ...], problem: str
+) -> None:
+    hotspot, usb = BATTERY.loads
+    loads = (hotspot, replace(DISPLAY, outputs=display_covers), replace(usb, outputs=usb_covers))
+    with pytest.raises(ValueError, match="^" + re.escape(problem)):
+        replace(CFG, battery=replace(BATTERY, loads=loads))
 
 
 # --------------------------------------------------------------------------- schedules
@@ -633,11 +749,11 @@ def _latched(port: str) -> PolicyState:
 def _volts_low(**fields: Any) -> PolicyState:
     """Both loads' voltages known low for longer than the delay, nothing shed yet."""
     low = VoltageWatch(low_since_mono_s=-DELAY_S)
-    return PolicyState(wifi_voltage=low, usb_voltage=low, **fields)
+    return PolicyState(voltage={WIFI: low, "usb": low}, **fields)
 
 
 def _voltage_shed() -> PolicyState:
-    return PolicyState(wifi_voltage=VoltageWatch(shed=True), usb_voltage=VoltageWatch(shed=True))
+    return PolicyState(voltage={WIFI: VoltageWatch(shed=True), "usb": VoltageWatch(shed=True)})
 
 
 def _cooling(port: str) -> PolicyState:
@@ -881,15 +997,30 @@ def test_state_round_trips_latches_and_restarts_cooldown() -> None:
             "usb2": PortFault(trips=1, cooldown_until_mono_s=90.0, last_trip_mono_s=60.0),
             "gone": PortFault(trips=1),
         },
-        usb_battery_shed=True,
+        battery_shed={"usb": True},
     )
-    restored = PolicyState.from_dict(state.to_dict(), CFG, mono_s=3.0)
+    restored = PolicyState.from_dict(state.to_dict(CFG), CFG, mono_s=3.0)
     assert restored.latched_ports == ("usb1",)
     assert restored.port("usb2").cooldown_until_mono_s == 33.0  # a full cooldown from boot
     assert restored.port("usb2").trips == 1
     assert "gone" not in restored.ports
-    assert restored.usb_battery_shed
-    assert not restored.wifi_battery_shed
+    assert restored.battery_shed["usb"]
+    assert not restored.battery_shed[WIFI]
+
+
+def test_the_saved_state_has_the_keys_of_the_agents_before_load_classes() -> None:
+    """An older agent reads this one's file, and this one an older agent's."""
+    state = PolicyState(battery_shed={"usb": True}, voltage={WIFI: VoltageWatch(shed=True)})
+    assert json.dumps(state.to_dict(CFG), separators=(",", ":")) == (
+        '{"v":1,"ports":{},"wifi_battery_shed":false,"usb_battery_shed":true,'
+        '"over_temperature":false,"wifi_voltage_shed":true,"usb_voltage_shed":false}'
+    )
+    older = {"v": 1, "ports": {}, "wifi_battery_shed": True, "usb_battery_shed": False}
+    older |= {"over_temperature": False, "wifi_voltage_shed": False, "usb_voltage_shed": True}
+    restored = PolicyState.from_dict(older, CFG, mono_s=0.0)
+    assert restored.battery_shed == {WIFI: True, "usb": False}
+    assert not restored.watch(WIFI).shed and restored.watch("usb").shed
+    assert restored.to_dict(CFG) == older
 
 
 @pytest.mark.parametrize(

@@ -140,12 +140,14 @@ def agent_on_a_thread(config: Path) -> Iterator[Run]:
             raise AssertionError("the agent did not stop within 20 s of a stop request")
 
 
-def persist_state_of_charge(workdir: Path, capacity_ah: float, soc_pct: float) -> None:
+def persist_state_of_charge(
+    workdir: Path, config: Path, capacity_ah: float, soc_pct: float
+) -> None:
     """What the agent saves across restarts (controller-state.json), with `soc_pct`."""
     state_dir = workdir / "state"
     state_dir.mkdir(exist_ok=True)
     saved = {
-        "policy": PolicyState().to_dict(),
+        "policy": PolicyState().to_dict(load_config(config).policy),
         "soc": SocEstimator(capacity_ah, "lifepo4", soc_pct).to_dict(),
     }
     (state_dir / "controller-state.json").write_text(json.dumps(saved))
@@ -168,7 +170,6 @@ def bench_config(
     `battery_ah` whose true charge and the agent's persisted estimate are both `soc_pct`."""
     scenario_path = workdir / "scenario.toml"
     scenario_path.write_text(scenario)
-    persist_state_of_charge(workdir, battery_ah, soc_pct)
     settings: dict[str, Any] = {
         "sim": {
             "speed": speed,
@@ -198,7 +199,9 @@ def bench_config(
             },
         },
     }
-    return sim_config(workdir, broker_port, merged(settings, changes or {}))
+    config = sim_config(workdir, broker_port, merged(settings, changes or {}))
+    persist_state_of_charge(workdir, config, battery_ah, soc_pct)
+    return config
 
 
 def merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

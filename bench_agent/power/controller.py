@@ -85,7 +85,7 @@ class Controller:
         if self._state_file is None:
             return
         statefile.write_json(
-            self._state_file, {"policy": self.state.to_dict(), "soc": self.soc.to_dict()}
+            self._state_file, {"policy": self.state.to_dict(self.policy), "soc": self.soc.to_dict()}
         )
 
     # -- the decision, once per sample -------------------------------------
@@ -233,8 +233,7 @@ class Controller:
                 confidence=round(self.soc.confidence, 2),
             ),
             protections=Protections(
-                wifi_shed=self.state.wifi_shed,
-                usb_shed=self.state.usb_shed,
+                shed={load.name: self.state.shed(load.name) for load in self.policy.battery.loads},
                 over_temperature=self.state.over_temperature,
             ),
         )

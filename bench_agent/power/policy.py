@@ -6,7 +6,10 @@ all arguments, and the new state and one :class:`Decision` per output come back.
 The controller owns the GPIO outputs, calls ``decide`` once per sample and acts.
 
 Outputs are named: every key of ``PolicyConfig.ports`` is a USB port ("usb1",
-"usb2", ...) and ``"wifi"`` is the hotspot.
+"usb2", ...) and ``"wifi"`` is the hotspot. For the battery, every output belongs to
+one load class (``LoadClass`` in ``PolicyConfig.battery.loads``: a name, the outputs
+it covers, its levels); the policy knows no class by name. The agent's config makes
+two, in shed order: "wifi" (the hotspot) and "usb" (every USB port).
 
 Priority, highest first; the first layer that has an opinion decides:
 
@@ -23,10 +26,12 @@ Priority, highest first; the first layer that has an opinion decides:
      ``shed_above_c`` or the CPU above ``cpu_shed_above_c``, and resumes only when
      every known temperature is below its resume level (hysteresis). Reason
      ``over_temperature``.
-2. **Battery protection** with hysteresis (only ever switches OFF), two rules:
-   - State of charge: Wi-Fi goes off when the state of charge falls below
-     ``wifi_off_below_pct`` and comes back only above ``wifi_on_above_pct``; the USB
-     ports likewise with the ``usb_*`` levels. Wi-Fi is shed first
+2. **Battery protection** with hysteresis (only ever switches OFF), per load class
+   (all of a class's outputs together), two rules:
+   - State of charge: a class goes off when the state of charge falls below its
+     ``off_below_pct`` and comes back only above its ``on_above_pct`` (in the config
+     file ``wifi_off_below_pct``, ``usb_on_above_pct``, ...). The classes are shed in
+     their order, each at a higher level than the next: Wi-Fi first
      (``usb_off_below_pct < wifi_off_below_pct``) because phone charging is the
      service people rely on in an emergency. Reason ``battery_low``.
    - Voltage, the safety net under the estimate: the state of charge is an estimate
@@ -34,20 +39,22 @@ Priority, highest first; the first layer that has an opinion decides:
      like the low-voltage disconnect of every solar charge controller, the battery's
      own voltage sheds loads whatever the estimate says. The voltage is corrected for
      the load (V − I·R, ``internal_resistance_ohm``: a phone plugged in must not read
-     as an empty battery). Below ``wifi_off_below_volts`` for ``voltage_delay_s`` Wi-Fi
-     goes off, below the lower ``usb_off_below_volts`` the USB ports too (the delay, as
-     in a BatteryProtect, lets a passing sag go by; only a voltage back more than 50 mV
-     above the level restarts it, so sensor noise cannot postpone a shed). A load shed
-     by voltage comes back only when the voltage has stayed at or above
-     ``restore_above_volts`` for ``voltage_delay_s`` AND the state of charge is above
-     that load's ``*_on_above_pct`` (a voltage shed is evidence the charge is low; the
-     sun lifts the voltage long before it has put the charge back). Reason
+     as an empty battery). Below a class's ``off_below_volts`` for ``voltage_delay_s``
+     the class goes off: Wi-Fi below ``wifi_off_below_volts``, the USB ports below the
+     lower ``usb_off_below_volts`` (the delay, as in a BatteryProtect, lets a passing
+     sag go by; only a voltage back more than 50 mV above the level restarts it, so
+     sensor noise cannot postpone a shed). A class shed by voltage comes back only
+     when the voltage has stayed at or above ``restore_above_volts`` (one level for
+     all) for ``voltage_delay_s`` AND the state of charge is above that class's
+     ``on_above_pct`` (a voltage shed is evidence the charge is low; the sun lifts
+     the voltage long before it has put the charge back). Reason
      ``battery_voltage_low`` when the state of charge did not shed the load itself:
      that reason tells ops the estimate is wrong; when both hold the reason stays
-     ``battery_low`` and the detail gives both. All ``*_volts`` None: the rule is off
-     (no battery channel).
-   Either rule shedding or restoring a load is a ``battery_shed`` /
-   ``battery_restored`` event; a load already shed by one rule is not shed again.
+     ``battery_low`` and the detail gives both. All voltage levels None: the rule is
+     off (no battery channel).
+   Either rule shedding or restoring a class is a ``battery_shed`` /
+   ``battery_restored`` event per output it covers; a class already shed by one
+   rule is not shed again.
 3. **Manual overrides** (on or off, optionally expiring, from the CLI or city ops).
    They never beat layers 1-2. An expired override is ignored and reported once as
    an ``override_expired`` event; the controller, which owns the override store,
@@ -82,6 +89,7 @@ from dataclasses import replace
 from bench_agent.power.policy_config import (
     VOLTS_NOISE,
     BatteryThresholds,
+    LoadClass,
     PolicyConfig,
     PortLimits,
     TemperatureLimits,
@@ -95,7 +103,7 @@ from bench_agent.power.policy_state import (
     PortFault,
     VoltageWatch,
 )
-from bench_agent.vocabulary import WIFI, EventType, Reason
+from bench_agent.vocabulary import EventType, Reason
 
 # Reason codes and event kinds are published in MQTT `event` / `state` payloads:
 # their one definition, never renamed, is bench_agent/vocabulary.py.
@@ -204,39 +212,30 @@ def _update_voltage(
 
 
 def _protect_load(
-    cfg: PolicyConfig,
+    b: BatteryThresholds,
     state: PolicyState,
+    load: LoadClass,
     *,
-    wifi: bool,
     soc: float | None,
     reading: tuple[float, str] | None,
     mono_s: float,
 ) -> tuple[bool, VoltageWatch, Decision | None, list[PolicyEvent]]:
-    """Battery protection of the Wi-Fi (``wifi``) or of the USB ports.
+    """Battery protection of one load class.
 
     Returns the state-of-charge flag, the voltage watch, the decision while the load
     is held off for the battery (None: not held), and the shed/restored events.
     """
-    b = cfg.battery
-    if wifi:
-        off_pct, on_pct, off_volts = (
-            b.wifi_off_below_pct,
-            b.wifi_on_above_pct,
-            b.wifi_off_below_volts,
-        )
-        soc_was, watch, was_shed = state.wifi_battery_shed, state.wifi_voltage, state.wifi_shed
-    else:
-        off_pct, on_pct, off_volts = b.usb_off_below_pct, b.usb_on_above_pct, b.usb_off_below_volts
-        soc_was, watch, was_shed = state.usb_battery_shed, state.usb_voltage, state.usb_shed
-    soc_shed, soc_detail = _update_battery(soc, off_pct, on_pct, soc_was)
+    soc_shed, soc_detail = _update_battery(
+        soc, load.off_below_pct, load.on_above_pct, state.battery_shed.get(load.name, False)
+    )
     voltage, volt_detail = _update_voltage(
         b,
-        off_below=off_volts,
+        off_below=load.off_below_volts,
         reading=reading,
-        soc_allows=soc is not None and soc > on_pct,
-        on_above_pct=on_pct,
+        soc_allows=soc is not None and soc > load.on_above_pct,
+        on_above_pct=load.on_above_pct,
         mono_s=mono_s,
-        watch=watch,
+        watch=state.watch(load.name),
     )
     # battery_voltage_low only where the estimate did not see it coming: that reason
     # then tells ops the state of charge is wrong (an ageing battery, a drifted count).
@@ -248,11 +247,11 @@ def _protect_load(
         off = Decision(False, Reason.BATTERY_VOLTAGE_LOW, volt_detail)
     detail = off.detail if off else both
     events = _transition_events(
-        was_shed,
+        state.shed(load.name),
         off is not None,
         shed=EventType.BATTERY_SHED,
         restored=EventType.BATTERY_RESTORED,
-        outputs=[WIFI] if wifi else cfg.ports,
+        outputs=load.outputs,
         detail=detail,
     )
     return soc_shed, voltage, off, events
@@ -371,13 +370,17 @@ def decide(
 
     soc = _known(inputs.soc_pct)
     reading = _open_circuit_volts(cfg.battery, inputs)
-    wifi_soc_shed, wifi_voltage, wifi_off, wifi_events = _protect_load(
-        cfg, state, wifi=True, soc=soc, reading=reading, mono_s=inputs.mono_s
-    )
-    usb_soc_shed, usb_voltage, usb_off, usb_events = _protect_load(
-        cfg, state, wifi=False, soc=soc, reading=reading, mono_s=inputs.mono_s
-    )
-    events += wifi_events + usb_events
+    battery_shed: dict[str, bool] = {}
+    voltage: dict[str, VoltageWatch] = {}
+    battery_off: dict[str, Decision] = {}  # output -> held off for the battery
+    for load in cfg.battery.loads:  # in shed order: the events come in that order
+        soc_shed, watch, off, load_events = _protect_load(
+            cfg.battery, state, load, soc=soc, reading=reading, mono_s=inputs.mono_s
+        )
+        battery_shed[load.name], voltage[load.name] = soc_shed, watch
+        if off is not None:
+            battery_off.update(dict.fromkeys(load.outputs, off))
+        events += load_events
 
     # Layer 1 decisions, per output; layer 2 only switches off, so store it the same way.
     forced: dict[str, Decision] = {}
@@ -395,7 +398,7 @@ def decide(
             continue
         if hot:
             forced[output] = Decision(False, Reason.OVER_TEMPERATURE, temp_detail)
-        elif (off := wifi_off if output == WIFI else usb_off) is not None:
+        elif (off := battery_off.get(output)) is not None:
             forced[output] = off
 
     overrides, expired = _live_overrides(inputs.overrides, cfg.outputs, inputs.mono_s)
@@ -407,11 +410,9 @@ def decide(
     }
     new_state = PolicyState(
         ports=faults,
-        wifi_battery_shed=wifi_soc_shed,
-        usb_battery_shed=usb_soc_shed,
+        battery_shed=battery_shed,
         over_temperature=hot,
-        wifi_voltage=wifi_voltage,
-        usb_voltage=usb_voltage,
+        voltage=voltage,
         outputs={o: d.on for o, d in decisions.items()},
         events=tuple(events),
     )

@@ -1,8 +1,11 @@
-"""The policy's configuration: port limits, battery thresholds, temperature limits,
-schedules (validated on construction; the config loader prefixes file and key)."""
+"""The policy's configuration: port limits, battery thresholds per load class,
+temperature limits, schedules (validated on construction; the config loader prefixes
+file and key)."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
@@ -51,23 +54,81 @@ class PortLimits:
 VOLTS_RANGE: Final = (8.0, 16.0)  # V: what a 12 V battery's levels can sensibly be
 MIN_VOLTS_HYSTERESIS: Final = 0.1  # V between shedding and restoring: noise, load steps
 VOLTS_NOISE: Final = 0.05  # V above a shed level that does not yet count as recovered
+_LOAD_NAME = re.compile(r"[a-z][a-z0-9]*")
+_COUNTS = ("none", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadClass:
+    """One class of load the battery protection sheds as a whole, e.g. the hotspot.
+
+    ``name`` is the stem of its keys, in the config file, the error messages, the saved
+    state and the retained state (``<name>_off_below_pct``, ``<name>_battery_shed``,
+    ``<name>_shed``); ``label`` names it in words. ``outputs`` are the outputs it covers.
+    Off below ``off_below_pct`` % state of charge, on again only above ``on_above_pct``;
+    ``off_below_volts`` is its level in the voltage safety net (None: the net is off).
+    """
+
+    name: str
+    outputs: tuple[str, ...]
+    off_below_pct: float
+    on_above_pct: float
+    off_below_volts: float | None = None
+    label: str = ""  # e.g. "Wi-Fi"; empty: the name
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    def key(self, level: str) -> str:
+        """The key of one of its levels: "off_below_pct" -> "wifi_off_below_pct"."""
+        return f"{self.name}_{level}"
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.name, str) and _LOAD_NAME.fullmatch(self.name) is not None,
+            "name",
+            "a load class is named by lower-case letters and digits",
+            self.name,
+        )
+        require(
+            isinstance(self.outputs, tuple) and all(isinstance(o, str) for o in self.outputs),
+            "outputs",
+            f"of load class {self.name!r}: must be a tuple of output names",
+            self.outputs,
+        )
+        for level in ("off_below_pct", "on_above_pct"):
+            value = getattr(self, level)
+            require_finite(self.key(level), value)
+            require(0.0 <= value <= 100.0, self.key(level), "must be between 0 and 100", value)
+        require(
+            self.off_below_pct < self.on_above_pct,
+            self.key("on_above_pct"),
+            f"must be above {self.key('off_below_pct')} ({self.off_below_pct})",
+            self.on_above_pct,
+        )
+        if self.off_below_volts is not None:
+            _check_level(self.key("off_below_volts"), self.off_below_volts)
+
+
+def _check_level(name: str, volts: float) -> None:
+    require_finite(name, volts)
+    lo, hi = VOLTS_RANGE
+    require(lo <= volts <= hi, name, f"must be between {lo:g} and {hi:g} V", volts)
 
 
 @dataclass(frozen=True, slots=True)
 class BatteryThresholds:
-    """Battery-protection levels: state of charge in %, and the voltage safety net in V.
+    """Battery protection: the load classes in shed order, and the voltage safety net.
 
-    The voltage levels are for the open-circuit voltage, i.e. the terminal voltage
-    corrected by the current × ``internal_resistance_ohm``; all three None turns the
-    voltage rule off.
+    ``loads``, first shed first: each class is shed at a higher state of charge (and a
+    higher voltage) than the next, so the last is the service kept longest. The voltage
+    levels are for the open-circuit voltage, i.e. the terminal voltage corrected by the
+    current × ``internal_resistance_ohm``; every class's ``off_below_volts`` and
+    ``restore_above_volts`` go together, all None turns the voltage rule off.
     """
 
-    wifi_off_below_pct: float
-    wifi_on_above_pct: float
-    usb_off_below_pct: float
-    usb_on_above_pct: float
-    wifi_off_below_volts: float | None = None
-    usb_off_below_volts: float | None = None
+    loads: tuple[LoadClass, ...]
     restore_above_volts: float | None = None
     voltage_delay_s: float = 90.0  # s a voltage must hold before it sheds or restores
     internal_resistance_ohm: float = 0.0  # battery + cabling, for the I·R correction
@@ -75,37 +136,28 @@ class BatteryThresholds:
     @property
     def voltage_rule(self) -> bool:
         """Whether the voltage safety net is on."""
-        return self.wifi_off_below_volts is not None
+        return self.restore_above_volts is not None
 
     def __post_init__(self) -> None:
+        require(
+            isinstance(self.loads, tuple)
+            and bool(self.loads)
+            and all(isinstance(load, LoadClass) for load in self.loads),
+            "loads",
+            "must be a non-empty tuple of LoadClass",
+            self.loads,
+        )
+        names = [load.name for load in self.loads]
+        require(len(set(names)) == len(names), "loads", "two load classes of one name", names)
         self._check_volts()
-        for name in (
-            "wifi_off_below_pct",
-            "wifi_on_above_pct",
-            "usb_off_below_pct",
-            "usb_on_above_pct",
-        ):
-            value = getattr(self, name)
-            require_finite(name, value)
-            require(0.0 <= value <= 100.0, name, "must be between 0 and 100", value)
-        require(
-            self.wifi_off_below_pct < self.wifi_on_above_pct,
-            "wifi_on_above_pct",
-            f"must be above wifi_off_below_pct ({self.wifi_off_below_pct})",
-            self.wifi_on_above_pct,
-        )
-        require(
-            self.usb_off_below_pct < self.usb_on_above_pct,
-            "usb_on_above_pct",
-            f"must be above usb_off_below_pct ({self.usb_off_below_pct})",
-            self.usb_on_above_pct,
-        )
-        require(
-            self.usb_off_below_pct < self.wifi_off_below_pct,
-            "usb_off_below_pct",
-            f"must be below wifi_off_below_pct ({self.wifi_off_below_pct}): Wi-Fi is shed first",
-            self.usb_off_below_pct,
-        )
+        for first, then in itertools.pairwise(self.loads):
+            require(
+                then.off_below_pct < first.off_below_pct,
+                then.key("off_below_pct"),
+                f"must be below {first.key('off_below_pct')} ({first.off_below_pct}): "
+                f"{first.title} is shed first",
+                then.off_below_pct,
+            )
 
     def _check_volts(self) -> None:
         require_finite("voltage_delay_s", self.voltage_delay_s)
@@ -122,28 +174,35 @@ class BatteryThresholds:
             "must be between 0 and 1",
             self.internal_resistance_ohm,
         )
-        names = ("wifi_off_below_volts", "usb_off_below_volts", "restore_above_volts")
-        levels = [getattr(self, name) for name in names]
-        if all(level is None for level in levels):
+        levels = [(load.key("off_below_volts"), load.off_below_volts) for load in self.loads]
+        levels.append(("restore_above_volts", self.restore_above_volts))
+        if all(level is None for _, level in levels):
             return
-        lo, hi = VOLTS_RANGE
-        for name, level in zip(names, levels, strict=True):
-            require(level is not None, name, "the voltage levels go together: set all three", level)
-            assert level is not None
-            require_finite(name, level)
-            require(lo <= level <= hi, name, f"must be between {lo:g} and {hi:g} V", level)
-        wifi, usb, restore = levels
-        assert wifi is not None and usb is not None and restore is not None
+        count = _COUNTS[len(levels)] if len(levels) < len(_COUNTS) else str(len(levels))
+        for name, level in levels:
+            require(
+                level is not None, name, f"the voltage levels go together: set all {count}", level
+            )
+        restore = self.restore_above_volts
+        assert restore is not None
+        _check_level("restore_above_volts", restore)
+        for first, then in itertools.pairwise(self.loads):
+            high, low = first.off_below_volts, then.off_below_volts
+            assert high is not None and low is not None
+            require(
+                low < high,
+                then.key("off_below_volts"),
+                f"must be below {first.key('off_below_volts')} ({high:g}): "
+                f"{first.title} is shed first",
+                low,
+            )
+        top = self.loads[0]
+        assert top.off_below_volts is not None
         require(
-            usb < wifi,
-            "usb_off_below_volts",
-            f"must be below wifi_off_below_volts ({wifi:g}): Wi-Fi is shed first",
-            usb,
-        )
-        require(
-            restore >= wifi + MIN_VOLTS_HYSTERESIS,
+            restore >= top.off_below_volts + MIN_VOLTS_HYSTERESIS,
             "restore_above_volts",
-            f"must be at least {MIN_VOLTS_HYSTERESIS:g} V above wifi_off_below_volts ({wifi:g})",
+            f"must be at least {MIN_VOLTS_HYSTERESIS:g} V above {top.key('off_below_volts')} "
+            f"({top.off_below_volts:g})",
             restore,
         )
 
@@ -275,6 +334,25 @@ class PolicyConfig:
             self.temperature,
         )
         outputs = set(self.outputs)
+        covered: dict[str, str] = {}
+        for load in self.battery.loads:
+            for output in load.outputs:
+                require(
+                    output in outputs,
+                    "battery",
+                    f"load class {load.name!r}: unknown output",
+                    output,
+                )
+                require(
+                    output not in covered,
+                    "battery",
+                    f"load class {load.name!r}: already in {covered.get(output)!r}",
+                    output,
+                )
+                covered[output] = load.name
+        # An output in no class would never be shed for the battery: refused, not guessed.
+        missing = [o for o in self.outputs if o not in covered]
+        require(not missing, "battery", "outputs in no load class", missing)
         for output, schedule in self.schedules.items():
             require(output in outputs, "schedules", "unknown output", output)
             require(

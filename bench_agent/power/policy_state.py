@@ -74,7 +74,7 @@ class PortFault:
 
 @dataclass(frozen=True, slots=True)
 class VoltageWatch:
-    """The voltage safety net of one class of load (the Wi-Fi, or the USB ports)."""
+    """The voltage safety net of one load class (e.g. the Wi-Fi, or the USB ports)."""
 
     shed: bool = False  # held off by the voltage rule
     low_since_mono_s: float | None = None  # below the shed level, continuously, since
@@ -103,46 +103,49 @@ class Decision:
 class PolicyState:
     """What the policy remembers between samples. ``PolicyState()`` is the start state.
 
+    The battery protection is kept per load class, by its name (``LoadClass.name``):
+    ``battery_shed`` by the state-of-charge rule, ``voltage`` the voltage safety net; a
+    class absent from either is not shed by that rule.
+
     ``events`` are those raised by the call that produced this state (the next call
     replaces them): the controller publishes them right after ``decide``.
     """
 
     ports: Mapping[str, PortFault] = field(default_factory=dict)
-    wifi_battery_shed: bool = False  # by the state-of-charge rule
-    usb_battery_shed: bool = False
+    battery_shed: Mapping[str, bool] = field(default_factory=dict)  # by the state of charge
     over_temperature: bool = False
-    wifi_voltage: VoltageWatch = field(default_factory=VoltageWatch)
-    usb_voltage: VoltageWatch = field(default_factory=VoltageWatch)
+    voltage: Mapping[str, VoltageWatch] = field(default_factory=dict)
     outputs: Mapping[str, bool] = field(default_factory=dict)
     events: tuple[PolicyEvent, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ports", MappingProxyType(dict(self.ports)))
-        object.__setattr__(self, "outputs", MappingProxyType(dict(self.outputs)))
+        for name in ("ports", "battery_shed", "voltage", "outputs"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     def port(self, name: str) -> PortFault:
         return self.ports.get(name, PortFault())
+
+    def watch(self, load: str) -> VoltageWatch:
+        """The voltage safety net of the load class named ``load``."""
+        return self.voltage.get(load, VoltageWatch())
+
+    def shed(self, load: str) -> bool:
+        """The load class named ``load`` is held off for the battery, by either rule."""
+        return self.battery_shed.get(load, False) or self.watch(load).shed
 
     @property
     def latched_ports(self) -> tuple[str, ...]:
         return tuple(sorted(p for p, f in self.ports.items() if f.latched))
 
-    @property
-    def wifi_shed(self) -> bool:
-        """Wi-Fi is held off for the battery, by either rule."""
-        return self.wifi_battery_shed or self.wifi_voltage.shed
-
-    @property
-    def usb_shed(self) -> bool:
-        """The USB ports are held off for the battery, by either rule."""
-        return self.usb_battery_shed or self.usb_voltage.shed
-
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, cfg: PolicyConfig) -> dict[str, Any]:
         """JSON-able form for persistence across restarts (latched faults survive a reboot).
 
         Monotonic times mean nothing after a reboot, so a pending cooldown is stored as
-        a flag and restarted in full by :meth:`from_dict`.
+        a flag and restarted in full by :meth:`from_dict`. Two flags per load class of
+        ``cfg``, named after it ("wifi_battery_shed", "wifi_voltage_shed"): the keys the
+        agent wrote before load classes were data, so either agent reads the other's file.
         """
+        names = [load.name for load in cfg.battery.loads]
         return {
             "v": 1,
             "ports": {
@@ -153,18 +156,17 @@ class PolicyState:
                 }
                 for p, f in self.ports.items()
             },
-            "wifi_battery_shed": self.wifi_battery_shed,
-            "usb_battery_shed": self.usb_battery_shed,
+            **{f"{name}_battery_shed": self.battery_shed.get(name, False) for name in names},
             "over_temperature": self.over_temperature,
             # A voltage shed survives a restart (restoring needs the voltage again, for
             # the whole delay); the delays themselves start over.
-            "wifi_voltage_shed": self.wifi_voltage.shed,
-            "usb_voltage_shed": self.usb_voltage.shed,
+            **{f"{name}_voltage_shed": self.watch(name).shed for name in names},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], cfg: PolicyConfig, mono_s: float) -> PolicyState:
-        """Restore :meth:`to_dict`'s output; ports no longer configured are dropped.
+        """Restore :meth:`to_dict`'s output; ports and load classes no longer configured
+        are dropped, a configured class missing from the file is not shed.
 
         Raises ValueError on data that is not what ``to_dict`` writes.
         """
@@ -194,23 +196,20 @@ class PolicyState:
                 last_trip_mono_s=mono_s if trips else None,
                 cooldown_until_mono_s=mono_s + cfg.ports[port].cooldown_s if cooling else None,
             )
-        flags = {}
-        names = (
-            "wifi_battery_shed",
-            "usb_battery_shed",
-            "over_temperature",
-            "wifi_voltage_shed",  # absent in files written before the voltage rule
-            "usb_voltage_shed",
-        )
-        for name in names:
+
+        def flag(name: str) -> bool:
             value = data.get(name, False)
             require(isinstance(value, bool), name, "must be bool", value)
-            flags[name] = value
+            return bool(value)
+
+        names = [load.name for load in cfg.battery.loads]
+        battery_shed = {name: flag(f"{name}_battery_shed") for name in names}
+        over_temperature = flag("over_temperature")
+        # "<name>_voltage_shed" is absent in files written before the voltage rule
+        voltage = {name: VoltageWatch(shed=flag(f"{name}_voltage_shed")) for name in names}
         return cls(
             ports=ports,
-            wifi_battery_shed=flags["wifi_battery_shed"],
-            usb_battery_shed=flags["usb_battery_shed"],
-            over_temperature=flags["over_temperature"],
-            wifi_voltage=VoltageWatch(shed=flags["wifi_voltage_shed"]),
-            usb_voltage=VoltageWatch(shed=flags["usb_voltage_shed"]),
+            battery_shed=battery_shed,
+            over_temperature=over_temperature,
+            voltage=voltage,
         )

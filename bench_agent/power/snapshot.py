@@ -53,17 +53,19 @@ class BatteryState:
 
 @dataclass(frozen=True, slots=True)
 class Protections:
-    """What the policy holds off now: either battery rule (state of charge or the
-    voltage safety net), and over-temperature."""
+    """What the policy holds off now: each load class shed by either battery rule
+    (state of charge or the voltage safety net), in shed order, and over-temperature."""
 
-    wifi_shed: bool
-    usb_shed: bool
+    shed: Mapping[str, bool]  # load class name ("wifi", "usb") -> held off for the battery
     over_temperature: bool
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shed", MappingProxyType(dict(self.shed)))
+
     def payload(self) -> dict[str, Any]:
+        # "wifi_shed", "usb_shed": a class's key in schemas/state.schema.json
         return {
-            "wifi_shed": self.wifi_shed,
-            "usb_shed": self.usb_shed,
+            **{f"{name}_shed": shed for name, shed in self.shed.items()},
             "over_temperature": self.over_temperature,
         }
 
