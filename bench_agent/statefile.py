@@ -34,7 +34,11 @@ def replace_atomically(path: Path, data: bytes, *, durable: bool, mode: int = 0o
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
+        # A nearly full disk takes what fits and says how much (no error); only the
+        # next write raises ENOSPC. Never rename a file that holds part of `data`.
+        rest = memoryview(data)
+        while rest:
+            rest = rest[os.write(fd, rest) :]
         if durable:
             os.fsync(fd)
     finally:

@@ -3,12 +3,12 @@ every key nobody asked for refused, each problem one `ConfigError` line."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+from bench_agent.checks import is_finite_number
 from bench_agent.errors import ConfigError
 
 # ---------------------------------------------------------------------------
@@ -69,7 +69,8 @@ class TomlTable:
     ) -> Any:
         value = self._get(name, (int, float), "a number", default)
         if value is not None:
-            value = float(value)
+            if is_finite_number(value):  # else _range refuses it (nan, inf, 10**400)
+                value = float(value)
             self._range(name, value, lo, hi)
         return value
 
@@ -108,8 +109,9 @@ class TomlTable:
 
     def _range(self, name: str, value: float, lo: float | None, hi: float | None) -> None:
         # nan and inf are valid TOML floats, and nan passes every comparison: a
-        # range check alone let `sample_interval_s = nan` through to a crash loop.
-        if not math.isfinite(value):
+        # range check alone let `sample_interval_s = nan` through to a crash loop. An
+        # integer too large for a float (tomllib has no limit) is refused here too.
+        if not is_finite_number(value):
             raise self.error(name, f"must be a finite number, got {value}")
         if lo is not None and value < lo:
             raise self.error(name, f"must be at least {lo}, got {value}")
