@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
-from typing import Any
 
-from bench_agent.vocabulary import EventType
+from bench_agent.vocabulary import EmitEvent, EventType
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class FaultRegistry(Mapping[str, str]):
     is not a change).
     """
 
-    def __init__(self, on_change: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(self, on_change: EmitEvent) -> None:
         self._present: dict[str, str] = {}
         self._on_change = on_change
 

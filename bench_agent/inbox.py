@@ -18,11 +18,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Generic, TypeVar
 
 from bench_agent.hardware.vedirect.reader import ChargerSample
 from bench_agent.link.mqtt import LinkEvent
 from bench_agent.local.control import ControlError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,25 +45,28 @@ class TamperChanged:
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
+class Call(Generic[T]):
     """Run `fn` on the main loop (for the control socket) and hand back its result
-    or the exception it raised, in `outcome` as ("ok", value) or ("error", exc)."""
+    (in `outcome`) or the exception it raised (in `failure`)."""
 
-    fn: Callable[[], Any]
+    fn: Callable[[], T]
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: list[tuple[str, Any]] = field(default_factory=list)
+    outcome: list[T] = field(default_factory=list)
+    failure: list[Exception] = field(default_factory=list)
 
     def run(self) -> None:
         """On the main loop: never raises (the caller's thread gets the exception)."""
         try:
-            self.outcome.append(("ok", self.fn()))
+            self.outcome.append(self.fn())
         except Exception as exc:  # handed to the caller's thread, never kills the loop
-            self.outcome.append(("error", exc))
+            self.failure.append(exc)
         finally:
             self.done.set()
 
 
-InboxItem = LinkEvent | StopRequested | ReloadRequested | TamperChanged | Call | ChargerSample
+InboxItem = (
+    LinkEvent | StopRequested | ReloadRequested | TamperChanged | Call[object] | ChargerSample
+)
 
 
 class Inbox:
@@ -89,7 +94,7 @@ class Inbox:
             except queue.Empty:
                 return
 
-    def call(self, fn: Callable[[], Any], timeout_s: float) -> Any:
+    def call(self, fn: Callable[[], T], timeout_s: float) -> T:
         """From another thread: run `fn` on the main loop, wait at most `timeout_s`.
 
         Raises ControlError "busy" when the loop does not answer in time (the call
@@ -98,13 +103,12 @@ class Inbox:
         if self.closed_to_calls:
             raise ControlError("stopping", "the agent is stopping")
         call = Call(fn)
-        self.put(call)
+        self.put(call)  # type: ignore[arg-type]  # the loop runs it; only this thread reads T
         if not call.done.wait(timeout_s):
             raise ControlError("busy", f"the agent did not answer within {timeout_s:g} s")
-        kind, value = call.outcome[0]
-        if kind == "error":
-            raise value
-        return value
+        if call.failure:
+            raise call.failure[0]
+        return call.outcome[0]
 
     def wait_for(self, wanted: Callable[[InboxItem], bool], timeout_s: float) -> bool:
         """On the main loop while it stops: wait (bounded) for an item; drops the others."""

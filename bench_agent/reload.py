@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+
+from nacl.signing import VerifyKey
 
 from bench_agent.config import Config
 from bench_agent.config_loader import load_config
 from bench_agent.errors import ConfigError
+from bench_agent.json_value import Json
 from bench_agent.remote.ops_keys import load_ops_keys
-from bench_agent.vocabulary import EventType
+from bench_agent.vocabulary import EmitEvent, EventType
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +47,18 @@ def reload_plan(running: Config, new: Config) -> ReloadPlan:
     return ReloadPlan(changed, tuple(name for name in changed if name not in LIVE_RELOADABLE))
 
 
-ApplyLive = Callable[[Config, Mapping[str, Any], str | None], None]
+ApplyLive = Callable[[Config, Mapping[str, VerifyKey], str | None], None]
 """Puts a new config into the running parts: (config, trusted ops keys, their fault)."""
 
 
-def reload_config(
-    running: Config, apply: ApplyLive, emit_event: Callable[[str, dict[str, Any]], None]
-) -> Config:
+def reload_config(running: Config, apply: ApplyLive, emit_event: EmitEvent) -> Config:
     """SIGHUP: read `running.source` again; the config the agent runs with afterwards.
 
     `apply` is called only when every live change can be made (the file is valid,
     nothing that needs a restart changed, the ops-key directory can be read).
     """
 
-    def refuse(reason: str, **detail: Any) -> Config:
+    def refuse(reason: str, **detail: Json) -> Config:
         emit_event(EventType.CONFIG_RELOAD_REFUSED, {"reason": reason, **detail})
         return running
 

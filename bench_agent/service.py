@@ -18,7 +18,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from typing import Any
+from typing import TypeVar
+
+from nacl.signing import VerifyKey
 
 from bench_agent.clock import TimeFloor, next_due, read_boot_id
 from bench_agent.config import Config
@@ -28,6 +30,7 @@ from bench_agent.hardware.backend import HardwareFactory, build_hardware
 from bench_agent.hardware.bundle import Hardware
 from bench_agent.hardware.vedirect.reader import ChargerSample
 from bench_agent.inbox import Call, Inbox, InboxItem, ReloadRequested, StopRequested, TamperChanged
+from bench_agent.json_value import JsonObject
 from bench_agent.link.assembly import build_link_parts
 from bench_agent.link.mqtt import (
     Acked,
@@ -55,6 +58,7 @@ from bench_agent.systemd import Notifier, WatchdogGate, progress_is_recent
 from bench_agent.vocabulary import EventType
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Faults that Hardware.faults() owns: raised while present there, cleared when gone.
 HARDWARE_FAULTS = frozenset({Fault.GPIO, Fault.I2C})
@@ -219,7 +223,7 @@ class Agent:
     def request_stop(self) -> None:
         self.inbox.put(StopRequested("request"))
 
-    def run_on_loop(self, fn: Callable[[], Any], timeout_s: float) -> Any:
+    def run_on_loop(self, fn: Callable[[], T], timeout_s: float) -> T:
         """From another thread: run `fn` on the main loop (see `Inbox.call`)."""
         return self.inbox.call(fn, timeout_s)
 
@@ -301,7 +305,7 @@ class Agent:
                 self.faults.set(Fault.MQTT_SETUP, None if detail is None else detail[:300])
 
     def _apply_live(
-        self, new: Config, trusted_keys: Mapping[str, Any], problems: str | None
+        self, new: Config, trusted_keys: Mapping[str, VerifyKey], problems: str | None
     ) -> None:
         """A reload that can be made live (see reload.py)."""
         self.faults.set(Fault.OPS_KEYS, problems)
@@ -357,10 +361,10 @@ class Agent:
         depth = record.health.outbox_depth
         self.notifier.status(f"broker {link}; outbox {depth}; faults {len(self.faults)}")
 
-    def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
+    def emit_event(self, event_type: str, data: JsonObject) -> None:
         self.recorder.emit_event(event_type, data)
 
-    def _fault_changed(self, kind: str, data: dict[str, Any]) -> None:
+    def _fault_changed(self, kind: str, data: JsonObject) -> None:
         if not hasattr(self, "state"):
             # While run() builds the parts there is nothing to record with yet: the
             # fault is kept and goes out in the first state (start faults are raised

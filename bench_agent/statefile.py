@@ -10,7 +10,8 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+
+from bench_agent.json_value import Json
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def replace_atomically(path: Path, data: bytes, *, durable: bool, mode: int = 0o
             os.close(dir_fd)
 
 
-def write_json(path: Path, data: Any) -> bool:
+def write_json(path: Path, data: Json) -> bool:
     """Replace `path` with `data` as compact JSON; False (logged) when the disk refuses."""
     try:
         replace_atomically(path, json.dumps(data, separators=(",", ":")).encode(), durable=False)

@@ -13,8 +13,11 @@ and `locale/`, and its fields in `schemas/event.schema.json` and the README.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Final
+
+from bench_agent.json_value import JsonObject
 
 
 class Reason(StrEnum):
@@ -83,3 +86,7 @@ def usb_port_number(name: str) -> int | None:
 def is_output_name(name: str) -> bool:
     """What a config may call an output: the hotspot or a USB port."""
     return name == WIFI or usb_port_number(name) is not None
+
+
+EmitEvent = Callable[[str, JsonObject], None]
+"""Records an event: (its `EventType`, its fields). The recorder's `emit_event` is one."""

@@ -62,7 +62,7 @@ def test_a_loop_that_does_not_answer_is_busy_and_a_stopping_one_refuses() -> Non
 def test_a_call_never_raises_on_the_loop() -> None:
     failed = Call(lambda: 1 / 0)
     failed.run()
-    assert failed.done.is_set() and isinstance(failed.outcome[0][1], ZeroDivisionError)
+    assert failed.done.is_set() and isinstance(failed.failure[0], ZeroDivisionError)
 
 
 def test_wait_for_drops_other_items_and_gives_up_at_its_deadline() -> None:

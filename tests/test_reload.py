@@ -34,16 +34,15 @@ def test_policy_commands_and_uplink_change_live_anything_else_needs_a_restart(
 def test_a_call_hands_back_its_result_or_its_exception_and_never_raises() -> None:
     ok = Call(lambda: 42)
     ok.run()
-    assert ok.done.is_set() and ok.outcome == [("ok", 42)]
+    assert ok.done.is_set() and ok.outcome == [42] and ok.failure == []
 
     def boom() -> None:
         raise ValueError("bad")
 
     failed = Call(boom)
     failed.run()
-    assert failed.done.is_set()
-    kind, exc = failed.outcome[0]
-    assert kind == "error" and isinstance(exc, ValueError)
+    assert failed.done.is_set() and failed.outcome == []
+    assert [type(exc) for exc in failed.failure] == [ValueError]
 
 
 def reload_rig(tmp_path: Path) -> tuple[Path, list[tuple[str, dict[str, object]]], list[object]]:
@@ -58,7 +57,8 @@ def test_reload_applies_a_live_change_and_says_which_tables(tmp_path: Path) -> N
     new = reload_config(
         running, lambda cfg, keys, problems: applied.append((cfg, keys, problems)), record(events)
     )
-    assert new.policy.battery.usb_off_below_pct == 12 and new is not running
+    usb = next(load for load in new.policy.battery.loads if load.name == "usb")
+    assert usb.off_below_pct == 12 and new is not running
     assert applied == [(new, {}, None)]
     assert events == [("config_reloaded", {"tables": ["policy"]})]
 

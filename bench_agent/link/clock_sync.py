@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from bench_agent.clock import Clock, TimeFloor
 from bench_agent.errors import StorageError
 from bench_agent.link.outbox import Outbox
-from bench_agent.vocabulary import EventType
+from bench_agent.vocabulary import EmitEvent, EventType
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class ClockSyncCorrector:
         *,
         time_floor: TimeFloor,
         boot_id: str,
-        emit_event: Callable[[str, dict[str, Any]], None],
+        emit_event: EmitEvent,
         on_storage_error: Callable[[StorageError], None],
     ) -> None:
         self._clock = clock

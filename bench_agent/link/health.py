@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
 
 from bench_agent.clock import Clock
 from bench_agent.errors import StorageError
+from bench_agent.json_value import JsonObject
 from bench_agent.link.mqtt import Link
 from bench_agent.link.outbox import Outbox, OutboxStats
 from bench_agent.link.publisher import Publisher
@@ -27,7 +27,7 @@ class Health:
     outbox_oldest_age_s: float | None  # None: empty, or the age cannot be trusted
     last_publish_age_s: float | None  # None: nothing acknowledged yet this run
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> JsonObject:
         return asdict(self)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
+
+from bench_agent.json_value import Json, JsonObject
 
 CONTRACT_VERSION = 1
 
@@ -30,26 +32,26 @@ class Recorded(Protocol):
     @property
     def time_quality(self) -> str: ...
     @property
-    def body(self) -> dict[str, Any]: ...
+    def body(self) -> JsonObject: ...
     @property
     def body_json(self) -> str: ...
     @property
     def seq_epoch(self) -> str: ...
 
 
-def _text(obj: Mapping[str, Any]) -> str:
+def _text(obj: Mapping[str, Json]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def encode(obj: Mapping[str, Any]) -> bytes:
+def encode(obj: Mapping[str, Json]) -> bytes:
     return _text(obj).encode()
 
 
-def _envelope(item: Recorded, *, historical: bool, stored: bool) -> dict[str, Any]:
+def _envelope(item: Recorded, *, historical: bool, stored: bool) -> JsonObject:
     """A record's envelope fields. A record the outbox could not store (storage fault)
     has no seq -- a seq is only ever issued by a commit, so that a gap means lost
     data -- and is flagged `"stored": false` instead."""
-    out: dict[str, Any] = {"seq": item.seq, "seq_epoch": item.seq_epoch} if stored else {}
+    out: JsonObject = {"seq": item.seq, "seq_epoch": item.seq_epoch} if stored else {}
     out.update(
         ts=item.ts,
         time_quality=item.time_quality,
@@ -63,7 +65,7 @@ def _envelope(item: Recorded, *, historical: bool, stored: bool) -> dict[str, An
     return out
 
 
-def record(item: Recorded, *, historical: bool, stored: bool = True) -> dict[str, Any]:
+def record(item: Recorded, *, historical: bool, stored: bool = True) -> JsonObject:
     """One telemetry record or event as a dict: envelope fields, then body."""
     return {**_envelope(item, historical=historical, stored=stored), **item.body}
 
@@ -105,7 +107,7 @@ def status_message(
     reason: str | None = None,
 ) -> bytes:
     """The retained `status`. The Last Will is this with online false, prepared at connect."""
-    payload: dict[str, Any] = {
+    payload: JsonObject = {
         "v": CONTRACT_VERSION,
         "bench": bench_id,
         "online": online,

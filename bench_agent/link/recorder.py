@@ -16,12 +16,13 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Final
+from typing import Final
 
 from bench_agent.clock import Clock, iso_utc
 from bench_agent.errors import StorageError
 from bench_agent.eventlog import EventLog
 from bench_agent.faults import Fault, FaultRegistry
+from bench_agent.json_value import JsonObject
 from bench_agent.link import payloads
 from bench_agent.link.outbox import Kind, Outbox, OutboxItem
 from bench_agent.link.publisher import Publisher
@@ -53,7 +54,7 @@ class Recorder:
         self._link_connected = link_connected
         self.storage_errors = 0
 
-    def record(self, kind: Kind, body: dict[str, Any], mono_s: float) -> tuple[OutboxItem, bool]:
+    def record(self, kind: Kind, body: JsonObject, mono_s: float) -> tuple[OutboxItem, bool]:
         """Store, then publish live; returns the record and whether it was stored."""
         quality = "synced" if self._clock.synced() else "unsynced"
         # Encoded once, for the store and the wire; the seq comes from the commit.
@@ -87,7 +88,7 @@ class Recorder:
         self.report_drops()
         return item, True
 
-    def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
+    def emit_event(self, event_type: str, data: JsonObject) -> None:
         """Record an event (committed at once), publish it ahead of any backlog, and
         keep it in the bench's own history for `bench-agent events`."""
         item, stored = self.record(

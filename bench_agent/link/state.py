@@ -9,11 +9,11 @@ online/offline message (also the Last Will's payload).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from bench_agent import __version__
 from bench_agent.clock import Clock, iso_utc
 from bench_agent.faults import FaultRegistry
+from bench_agent.json_value import JsonObject
 from bench_agent.link import payloads
 from bench_agent.link.mqtt import Link
 from bench_agent.power.controller import Controller
@@ -42,7 +42,7 @@ class StatePublisher:
         self._tamper_open = tamper_open
         self._published_version = -1
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> JsonObject:
         """The state without its envelope: what `state.get` answers."""
         return {
             **self._controller.state_payload(self._clock.monotonic()),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from bench_agent import __version__
 from bench_agent.clock import Clock, iso_utc
@@ -40,6 +40,7 @@ from bench_agent.remote.commands import SOURCE_TECHNICIAN
 from bench_agent.remote.processor import CommandProcessor
 from bench_agent.vocabulary import WIFI
 
+T = TypeVar("T")
 CALL_TIMEOUT_S: Final = 3.0  # the server thread waits this long for the main loop
 SELFTEST_TIMEOUT_S: Final = 10.0
 MAX_EVENTS: Final = 1000
@@ -74,7 +75,7 @@ class AgentView(Protocol):
     started_mono: float
     link_changed_mono: float
 
-    def run_on_loop(self, fn: Callable[[], Any], timeout_s: float) -> Any: ...
+    def run_on_loop(self, fn: Callable[[], T], timeout_s: float) -> T: ...
 
     def health(self, mono_s: float) -> Health: ...
 
@@ -250,16 +251,15 @@ def build_status(agent: AgentView) -> dict[str, Any]:
 def _charger_status(agent: AgentView) -> dict[str, Any] | None:
     if agent.charger is None:
         return None
-    summary = agent.charger.summary()
-    if summary is None:
+    reading = agent.charger.reading()
+    if reading is None:
         error = "stale" if agent.charger.stale() else "no_data"
         return {"state": None, "error": error, "panel_watts": None, "yield_today_kwh": None}
-    error = summary["error"]
     return {
-        "state": summary["charge_state"],
-        "error": None if error == "no_error" else error,
-        "panel_watts": summary["panel_watts"],
-        "yield_today_kwh": summary["yield_today_kwh"],
+        "state": reading.charge_state,
+        "error": None if reading.error == "no_error" else reading.error,
+        "panel_watts": reading.panel_watts,
+        "yield_today_kwh": reading.yield_today_kwh,
     }
 
 
@@ -276,8 +276,8 @@ def selftest(agent: AgentView) -> list[dict[str, Any]]:
     checks += _bus_checks(agent)
     checks += _sensor_checks(agent)
     if agent.charger is not None:
-        summary = agent.charger.summary()
-        if summary is None:
+        reading = agent.charger.reading()
+        if reading is None:
             why = agent.charger.open_error
             checks.append(
                 _check(
@@ -288,8 +288,8 @@ def selftest(agent: AgentView) -> list[dict[str, Any]]:
                 )
             )
         else:
-            error = summary["error"]
-            detail = f"{summary['charge_state']}, {summary['battery_volts']} V"
+            error = reading.error
+            detail = f"{reading.charge_state}, {reading.battery_volts} V"
             checks.append(
                 _check(
                     "charger",

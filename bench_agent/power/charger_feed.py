@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from bench_agent.faults import Fault, FaultRegistry
+from bench_agent.hardware.vedirect.fields import ChargerReading
 from bench_agent.hardware.vedirect.reader import ChargerSample, VEDirectReader
+from bench_agent.json_value import JsonObject
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,19 @@ class ChargerFeed:
         """No valid block for `stale_after_s` (a reader just started has that much grace)."""
         return self.reader.is_stale(self._monotonic(), self._stale_after_s)
 
-    def summary(self) -> dict[str, Any] | None:
+    def reading(self) -> ChargerReading | None:
         """The latest valid reading, or None (none yet, or stale)."""
         if self.latest is None or self.stale():
             return None
-        reading = self.latest.reading
+        return self.latest.reading
+
+    def summary(self) -> JsonObject | None:
+        """The latest valid reading as telemetry's `charger`, or None (none yet, or stale)."""
+        reading = self.reading()
+        if reading is None:
+            return None
         # JSON has no infinity: a BMV's "time to go: infinite" is sent as null.
-        summary: dict[str, Any] = {}
+        summary: JsonObject = {}
         for name in TELEMETRY_FIELDS:
             value = getattr(reading, name)
             summary[name] = None if isinstance(value, float) and value == float("inf") else value
@@ -92,7 +100,7 @@ class ChargerFeed:
         summary["bad_fields"] = self.reader.stats.value_errors
         return summary
 
-    def for_telemetry(self) -> dict[str, Any] | None:
+    def for_telemetry(self) -> JsonObject | None:
         """The summary; raises or clears the `charger` fault on the way."""
         if self.stale():
             why = self.open_error

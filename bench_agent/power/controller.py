@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bench_agent import statefile
 from bench_agent.faults import overcurrent_fault
 from bench_agent.hardware.ports import Switch
+from bench_agent.json_value import JsonObject
 from bench_agent.model import PowerReading
 from bench_agent.power.policy import check_override, decide, reset_fault
 from bench_agent.power.policy_config import PolicyConfig
@@ -30,13 +30,12 @@ from bench_agent.power.snapshot import (
     Protections,
 )
 from bench_agent.power.soc import SocEstimator
-from bench_agent.vocabulary import EventType, Reason
+from bench_agent.vocabulary import EmitEvent, EventType, Reason
 
 log = logging.getLogger(__name__)
 
 SAFE_STATE = Reason.SAFE_STATE  # before the first decision, and on stop
 
-EmitEvent = Callable[[str, dict[str, Any]], None]
 PERSIST_EVERY_S = 900.0  # agent seconds between saves of SoC and latches (SD-card wear)
 
 
@@ -130,7 +129,7 @@ class Controller:
             if event.kind == "override_expired" and event.output is not None:
                 self.overrides.pop(event.output, None)
                 self.state_version += 1
-            data: dict[str, Any] = {"detail": event.detail}
+            data: JsonObject = {"detail": event.detail}
             if event.output is not None:
                 data["output"] = event.output
             self._emit(event.kind, data)
@@ -238,7 +237,7 @@ class Controller:
             ),
         )
 
-    def state_payload(self, mono_s: float) -> dict[str, Any]:
+    def state_payload(self, mono_s: float) -> JsonObject:
         """`snapshot` as the retained state's JSON."""
         return self.snapshot(mono_s).payload()
 

@@ -14,9 +14,11 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from bench_agent import statefile
+from bench_agent.json_value import JsonObject
+from bench_agent.model import PowerReading
 from bench_agent.power.counters import CountersConfig, DailyCounters
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class CounterKeeper:
         self,
         local_now: datetime,
         mono_s: float,
-        readings: Mapping[str, Any],
+        readings: Mapping[str, PowerReading | None],
         outputs_on: Mapping[str, bool],
     ) -> None:
         """One sample: what was measured, and what was on during the interval before it."""
@@ -73,13 +75,13 @@ class CounterKeeper:
     def save(self) -> None:
         statefile.write_json(self._state_path, self.counters.to_dict())
 
-    def today(self) -> dict[str, Any]:
+    def today(self) -> JsonObject:
         """Today's counters, as in telemetry and the technician's status."""
         return self.counters.day_payload(self.counters.today)
 
-    def for_telemetry(self) -> dict[str, Any]:
+    def for_telemetry(self) -> JsonObject:
         """`today`, and `yesterday` once, in the first record after local midnight."""
-        body = {"today": self.today()}
+        body: JsonObject = {"today": self.today()}
         yesterday = self.counters.yesterday
         if yesterday is not None and yesterday.day != self._reported_yesterday:
             body["yesterday"] = self.counters.day_payload(yesterday)

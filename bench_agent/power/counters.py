@@ -29,6 +29,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 from bench_agent.checks import is_finite_number, require
+from bench_agent.json_value import JsonObject
 from bench_agent.model import PowerReading
 
 WH_DIGITS: Final = 2  # 10 mWh: well below what a phone charge (~10 Wh) needs
@@ -82,7 +83,7 @@ class _Day:
     wifi_clients_max: int | None = None
     unmeasured_s: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {
             "date": self.day.isoformat(),
             "solar_wh": self.solar_wh,
@@ -198,7 +199,7 @@ class DailyCounters:
 
     # -- what is reported ----------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> JsonObject:
         """``{"today": {...}, "yesterday": {...} | None}``, JSON-ready and rounded.
 
         A day: ``date``, ``solar_wh``, ``usb_wh`` {port: Wh}, ``ap_wh``,
@@ -212,7 +213,7 @@ class DailyCounters:
             "yesterday": None if self.yesterday is None else self.day_payload(self.yesterday),
         }
 
-    def day_payload(self, day: _Day) -> dict[str, Any]:
+    def day_payload(self, day: _Day) -> JsonObject:
         cfg = self.cfg
         return {
             "date": day.day.isoformat(),
@@ -231,7 +232,7 @@ class DailyCounters:
 
     # -- persistence ---------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """JSON-able form, unrounded, with the sessions in progress."""
         return {
             "v": 1,

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from bench_agent.checks import require, require_finite
+from bench_agent.json_value import JsonObject
 
 if TYPE_CHECKING:  # only read here, never built: no import at run time
     from bench_agent.power.policy_config import PolicyConfig
@@ -137,7 +138,7 @@ class PolicyState:
     def latched_ports(self) -> tuple[str, ...]:
         return tuple(sorted(p for p, f in self.ports.items() if f.latched))
 
-    def to_dict(self, cfg: PolicyConfig) -> dict[str, Any]:
+    def to_dict(self, cfg: PolicyConfig) -> JsonObject:
         """JSON-able form for persistence across restarts (latched faults survive a reboot).
 
         Monotonic times mean nothing after a reboot, so a pending cooldown is stored as

@@ -13,10 +13,10 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from bench_agent.errors import SensorAbsent, SensorError
 from bench_agent.hardware.ports import PowerSensor, SensorOpener
+from bench_agent.json_value import JsonObject
 from bench_agent.model import PowerReading
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class Sampler:
     def errors_total(self) -> int:
         return sum(c.errors_total for c in self._channels)
 
-    def close_interval(self) -> dict[str, dict[str, Any]]:
+    def close_interval(self) -> dict[str, JsonObject]:
         """The per-channel summary of the interval that ends now; starts a new one.
 
         Per channel: `v`, `a`, `w` as [min, avg, max] (null without samples), `wh`
@@ -164,7 +164,7 @@ class Sampler:
         Rounded to what the INA219 resolves (4 mV, ~0.1 mA at our ranges) so no
         byte on the uplink carries noise.
         """
-        summary: dict[str, dict[str, Any]] = {}
+        summary: dict[str, JsonObject] = {}
         for c in self._channels:
             summary[c.name] = {
                 "v": c.volts.summary(3),

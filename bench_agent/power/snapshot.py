@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+
+from bench_agent.json_value import JsonObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +18,7 @@ class OverrideView:
     expires_in_s: float | None  # None: until someone changes it
     source: str  # who set it, e.g. "technician:uid=1000(budi)", "ops", "uplink_recovery"
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> JsonObject:
         return {
             "state": "on" if self.on else "off",
             "expires_in_s": self.expires_in_s,
@@ -32,7 +33,7 @@ class OutputState:
     detail: str
     override: OverrideView | None
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> JsonObject:
         return {
             "on": self.on,
             "reason": self.reason,
@@ -47,7 +48,7 @@ class BatteryState:
     source: str  # where the estimate comes from (soc.Source)
     confidence: float  # 0..1
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> JsonObject:
         return {"soc_pct": self.soc_pct, "source": self.source, "confidence": self.confidence}
 
 
@@ -62,7 +63,7 @@ class Protections:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shed", MappingProxyType(dict(self.shed)))
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> JsonObject:
         # "wifi_shed", "usb_shed": a class's key in schemas/state.schema.json
         return {
             **{f"{name}_shed": shed for name, shed in self.shed.items()},
@@ -80,7 +81,7 @@ class PowerState:
     def __post_init__(self) -> None:
         object.__setattr__(self, "outputs", MappingProxyType(dict(self.outputs)))
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> JsonObject:
         return {
             "outputs": {name: out.payload() for name, out in self.outputs.items()},
             "latched_faults": list(self.latched_faults),

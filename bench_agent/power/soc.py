@@ -52,6 +52,7 @@ from itertools import pairwise
 from typing import Any, Final, Literal
 
 from bench_agent.checks import require_finite
+from bench_agent.json_value import JsonObject
 
 Source = Literal["coulomb", "voltage_anchor", "bmv"]
 
@@ -466,7 +467,7 @@ class SocEstimator:
 
     # ------------------------------------------------------------------ persistence
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """JSON-able state, to survive a restart (timers restart from zero)."""
         return {
             "v": 1,

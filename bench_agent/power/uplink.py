@@ -29,9 +29,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from bench_agent.checks import is_finite_number, require
+from bench_agent.json_value import JsonObject
 from bench_agent.vocabulary import EventType
 
 OVERRIDE_SOURCE: Final = "uplink_recovery"
@@ -117,9 +118,9 @@ class UplinkAction:
     down_for_s: float  # how long the broker has been unreachable; 0 if it is connected
     hold_off_s: float = 0.0  # power_off only: how long to keep the output off
 
-    def event(self) -> dict[str, Any]:
+    def event(self) -> JsonObject:
         """The fields of the MQTT event (type :data:`EVENT_TYPE`)."""
-        fields: dict[str, Any] = {
+        fields: JsonObject = {
             "action": self.kind,
             "output": self.output,
             "reason": self.reason,
@@ -287,7 +288,7 @@ class UplinkRecovery:
 
     # -- what the technician and ops see --------------------------------------
 
-    def status(self, now_mono_s: float) -> dict[str, Any]:
+    def status(self, now_mono_s: float) -> JsonObject:
         """JSON-ready summary for `status`/`state`."""
         next_in = (
             None
@@ -306,7 +307,7 @@ class UplinkRecovery:
 
     # -- persistence ------------------------------------------------------------
 
-    def to_dict(self, now_mono_s: float) -> dict[str, Any]:
+    def to_dict(self, now_mono_s: float) -> JsonObject:
         """JSON-able form, so a restart neither forgets today's attempts nor the backoff.
 
         Monotonic times mean nothing after a reboot: the wait before the next attempt

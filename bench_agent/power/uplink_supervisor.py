@@ -13,15 +13,14 @@ after each action, so a restart keeps the day's attempts and the backoff.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from bench_agent import statefile
 from bench_agent.power.controller import Controller
 from bench_agent.power.policy_state import Override
 from bench_agent.power.uplink import EVENT_TYPE, OVERRIDE_SOURCE, UplinkConfig, UplinkRecovery
+from bench_agent.vocabulary import EmitEvent
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class UplinkSupervisor:
         cfg: UplinkConfig,
         controller: Controller,
         state_path: Path,
-        emit_event: Callable[[str, dict[str, Any]], None],
+        emit_event: EmitEvent,
         now_mono_s: float,
     ) -> None:
         self._cfg = cfg

@@ -9,15 +9,16 @@ controller decides, the retained state tells ops at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from bench_agent.clock import Clock, TimeFloor
 from bench_agent.config import Config
 from bench_agent.faults import overcurrent_fault
+from bench_agent.json_value import JsonObject
 from bench_agent.link.state import StatePublisher
-from bench_agent.power.controller import Controller, EmitEvent
+from bench_agent.power.controller import Controller
 from bench_agent.remote.ops_keys import load_ops_keys
 from bench_agent.remote.processor import CommandProcessor
+from bench_agent.vocabulary import EmitEvent
 
 
 class AgentCommands:
@@ -33,7 +34,7 @@ class AgentCommands:
         self._outputs = outputs
         self._monotonic = monotonic
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> JsonObject:
         return self._state.body()
 
     def set_override(

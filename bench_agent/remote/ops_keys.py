@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+
+from nacl.signing import VerifyKey
 
 from bench_agent.remote.signing import load_trusted_keys
 
 log = logging.getLogger(__name__)
 
 
-def load_ops_keys(directory: Path) -> tuple[dict[str, Any], str | None]:
+def load_ops_keys(directory: Path) -> tuple[dict[str, VerifyKey], str | None]:
     """({key id: key}, the bad files for the fault or None). OSError when the
     directory exists but cannot be read; a missing directory is no keys."""
     bad: list[str] = []
