@@ -39,6 +39,7 @@ def build_power_parts(
     emit_event: EmitEvent,
 ) -> PowerParts:
     battery = cfg.battery
+    cfg.storage.dir.mkdir(parents=True, exist_ok=True)
     controller = Controller(
         cfg.policy,
         outputs,
