@@ -18,11 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from bench_agent.power.chemistry import CHEMISTRIES
 from bench_agent.power.counters import CountersConfig
 from bench_agent.power.policy_config import (
     PolicyConfig,
 )
-from bench_agent.power.soc import CHEMISTRIES, DEFAULT_REST_CURRENT_C
+from bench_agent.power.soc import DEFAULT_REST_CURRENT_C
 from bench_agent.power.uplink import UplinkConfig
 
 BENCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")

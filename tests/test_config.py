@@ -230,7 +230,7 @@ WITH_BATTERY = "[ina219.battery]\naddress = 0x41\nshunt_ohms = 0.01\nmax_amps = 
 @pytest.mark.parametrize(
     ("change", "volts", "resistance_ohm"),
     [
-        # per chemistry (where the numbers come from: config.py, _VOLTAGE_NET)
+        # per chemistry (where the numbers come from: config_power.py, _VOLTAGE_NET)
         (WITH_BATTERY, (12.4, 12.2, 13.0), 1.0 / 50),
         (WITH_BATTERY + '\n[battery]\nchemistry = "agm"\ncapacity_ah = 100', (12.0, 11.9, 12.5),
          1.2 / 100),

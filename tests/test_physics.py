@@ -18,14 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench_agent.config_loader import load_config
-from bench_agent.hardware.sim.physics import (
-    CHEMISTRIES,
-    OUTPUTS,
-    PORTS,
-    BenchModel,
-    BenchParams,
-)
-from bench_agent.power import soc
+from bench_agent.hardware.sim.params import CHEMISTRIES, OUTPUTS, PORTS, BenchParams
+from bench_agent.hardware.sim.physics import BenchModel
+from bench_agent.power.chemistry import CHEMISTRIES as CHARTS  # the estimator's
 from bench_agent.power.policy import decide
 from bench_agent.power.policy_config import PolicyConfig
 from bench_agent.power.policy_state import PolicyInputs, PolicyState
@@ -478,7 +473,7 @@ def test_the_model_battery_follows_the_estimators_chart(chemistry: str, soc_pct:
     r_ohm = CHEMISTRIES[chemistry].resistance_ohm_ah / params.battery_capacity_ah
     ocv = battery.bus_volts - battery.current_amps * r_ohm
     assert battery.current_amps < 0
-    assert soc.CHEMISTRIES[chemistry].pct_at(ocv) == pytest.approx(model.true_soc_pct, abs=0.01)
+    assert CHARTS[chemistry].pct_at(ocv) == pytest.approx(model.true_soc_pct, abs=0.01)
 
 
 def test_an_ocv_offset_shifts_the_battery_by_exactly_that() -> None:
@@ -601,7 +596,7 @@ def test_the_voltage_net_sheds_before_the_low_voltage_disconnect_when_the_count_
     wifi, usb1, usb2 = (night.first_off(o) for o in ("wifi", "usb1", "usb2"))
     assert wifi[3] == usb1[3] == usb2[3] == "battery_voltage_low"
     assert wifi[0] <= usb1[0] == usb2[0]
-    chart = soc.CHEMISTRIES[chemistry]
+    chart = CHARTS[chemistry]
     wifi_off_below_volts, usb_off_below_volts = (v.off_below_volts for v in policy.battery.loads)
     assert wifi_off_below_volts is not None and usb_off_below_volts is not None
     # shed near where the levels say (the true charge, on the shared chart; the 90 s

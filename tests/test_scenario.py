@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bench_agent.errors import ConfigError
-from bench_agent.hardware.sim.physics import BenchModel, BenchParams
+from bench_agent.hardware.sim.params import BenchParams
+from bench_agent.hardware.sim.physics import BenchModel
 from bench_agent.hardware.sim.scenario import (
     Action,
     EventTime,

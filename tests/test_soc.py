@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from bench_agent.power.soc import AGM_12V, LIFEPO4_12V, Chemistry, SocEstimator
+from bench_agent.power.chemistry import AGM_12V, LIFEPO4_12V, Chemistry
+from bench_agent.power.soc import SocEstimator
 
 CAPACITY_AH = 100.0
 # The simulated batteries are a little less efficient than the estimator assumes.

@@ -15,9 +15,10 @@ from bench_agent.faults import FaultRegistry
 from bench_agent.hardware.ports import Switch
 from bench_agent.hardware.vedirect.reader import ChargerSample, VEDirectReader
 from bench_agent.power.charger_feed import ChargerFeed
+from bench_agent.power.chemistry import CHEMISTRIES
 from bench_agent.power.controller import Controller
 from bench_agent.power.counter_keeper import CounterKeeper
-from bench_agent.power.soc import CHEMISTRIES, SocEstimator
+from bench_agent.power.soc import SocEstimator
 from bench_agent.power.uplink_supervisor import UplinkSupervisor
 from bench_agent.vocabulary import EmitEvent
 

@@ -28,7 +28,8 @@ from bench_agent.hardware.gpio import TamperSwitch
 from bench_agent.hardware.parts import build_outputs, ina219_opener
 from bench_agent.hardware.sim.i2c_bus import SimulatedI2CBus
 from bench_agent.hardware.sim.ina219_chip import SimulatedINA219
-from bench_agent.hardware.sim.physics import CHANNELS, BenchModel, BenchParams
+from bench_agent.hardware.sim.params import CHANNELS, BenchParams
+from bench_agent.hardware.sim.physics import BenchModel
 from bench_agent.hardware.sim.scenario import (
     Action,
     ScenarioEvent,

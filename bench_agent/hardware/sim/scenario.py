@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from bench_agent.errors import ConfigError
-from bench_agent.hardware.sim.physics import CHANNELS, PORTS, BenchModel
+from bench_agent.hardware.sim.params import CHANNELS, PORTS
+from bench_agent.hardware.sim.physics import BenchModel
 
 
 class Action(StrEnum):
