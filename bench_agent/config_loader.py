@@ -48,6 +48,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(file, "<file>", f"invalid TOML: {exc}") from None
     except RecursionError:  # tomllib recurses on nested arrays: [[[[…
         raise ConfigError(file, "<file>", "invalid TOML: nested too deeply") from None
+    except ValueError as exc:  # an integer past Python's digit limit (not a TOMLDecodeError)
+        raise ConfigError(file, "<file>", f"invalid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(file, "<file>", exc.strerror or str(exc)) from None
     return _parse(TomlTable(file, "", raw), path.resolve().parent, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from tests.support import REPO
@@ -45,3 +46,26 @@ def test_the_service_never_imports_the_ops_tool_or_the_demo() -> None:
             todo.extend(graph[name])
     assert "bench_agent.remote.opsctl" not in reached
     assert "bench_agent.demo" not in reached
+
+
+def test_any_only_at_the_edges_and_no_module_over_500_lines() -> None:
+    """`Any` where JSON, TOML or serial text is read, or an untyped library is used
+    (code_shape.EDGE_MODULES, and functions that read state files); nowhere else."""
+    shape = code_shape().measure()
+    assert shape["any_outside_edges"] == {}
+    assert shape["over_500_lines"] == {}
+
+
+def test_the_any_counter_sees_code_and_tells_edges_apart(tmp_path: Path) -> None:
+    module = code_shape()
+    package = tmp_path / "bench_agent"
+    package.mkdir()
+    source = package / "core.py"
+    source.write_text(
+        "from typing import Any\n"
+        "def build() -> dict[str, Any]: ...\n"  # counted: outside an edge
+        "def from_dict(data: Any) -> None: ...\n"  # a reader: an edge
+        "# Any in a comment is not code\n"
+    )
+    module.REPO = tmp_path
+    assert module.any_uses(source) == (2, 1)

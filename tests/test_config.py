@@ -198,7 +198,14 @@ def _merge_tables(base: str, change: str) -> str:
 
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [(None, "no such file"), (b"[bench\nid=1", "invalid TOML"), (b"\xff\xfe", "not UTF-8")],
+    [
+        (None, "no such file"),
+        (b"[bench\nid=1", "invalid TOML"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"x = " + b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        # Past Python's limit on integer digits tomllib raises a plain ValueError.
+        (b"x = " + b"9" * 5000, "invalid TOML: .*digits"),
+    ],
 )
 def test_unreadable_files(tmp_path: Path, content: bytes | None, problem: str) -> None:
     path = tmp_path / "c.toml"

@@ -62,7 +62,7 @@ def evening() -> PowerState:
         },
         latched_faults=("overcurrent.usb2",),
         battery=BatteryState(soc_pct=41.3, source="coulomb", confidence=0.87),
-        protections=Protections(wifi_shed=False, usb_shed=True, over_temperature=True),
+        protections=Protections(shed={"wifi": False, "usb": True}, over_temperature=True),
     )
 
 
@@ -124,7 +124,7 @@ def test_before_anything_is_known_the_payload_still_validates() -> None:
         },
         latched_faults=(),
         battery=BatteryState(soc_pct=None, source="voltage_anchor", confidence=0.0),
-        protections=Protections(wifi_shed=False, usb_shed=False, over_temperature=False),
+        protections=Protections(shed={"wifi": False, "usb": False}, over_temperature=False),
     )
     payload = first.payload()
     assert payload["battery"]["soc_pct"] is None and payload["latched_faults"] == []
@@ -183,7 +183,11 @@ def test_the_snapshot_is_frozen_and_owns_its_outputs() -> None:
         source=st.sampled_from(get_args(Source)),
         confidence=st.floats(min_value=0, max_value=1),
     ),
-    protections=st.builds(Protections, st.booleans(), st.booleans(), st.booleans()),
+    protections=st.builds(
+        Protections,
+        st.fixed_dictionaries({"wifi": st.booleans(), "usb": st.booleans()}),
+        st.booleans(),
+    ),
 )
 def test_every_snapshot_the_controller_can_hold_is_a_valid_state(
     outputs: dict[str, OutputState],

@@ -51,10 +51,11 @@ import threading
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 from bench_agent.clock import iso_utc, read_boot_id
 from bench_agent.errors import StorageError
+from bench_agent.json_value import JsonObject
 from bench_agent.link.outbox_budget import cap_victims, expired_rows
 from bench_agent.link.outbox_faults import (
     FAULT_CORRUPT,
@@ -180,7 +181,7 @@ class Outbox(OutboxFile):
     def put(
         self,
         kind: Kind,
-        body: dict[str, Any] | str,
+        body: JsonObject | str,
         *,
         boot_id: str,
         mono_s: float,

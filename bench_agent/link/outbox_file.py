@@ -45,7 +45,7 @@ import secrets
 import sqlite3
 from collections.abc import Collection, Generator, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from bench_agent.clock import UNKNOWN_BOOT_ID
 from bench_agent.errors import StorageError
@@ -162,7 +162,7 @@ class OutboxFile:
     # -- rows -------------------------------------------------------------------
 
     def _scan(
-        self, clause: str, params: tuple[Any, ...], exclude: Collection[int]
+        self, clause: str, params: tuple[int | float | str, ...], exclude: Collection[int]
     ) -> Generator[OutboxItem, None, None]:
         conn = self._conn
         if conn is None:
@@ -406,7 +406,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
-def _stored_int(value: Any, what: str) -> int:
+def _stored_int(value: object, what: str) -> int:
     """`value` read from the file as a non-negative integer; CorruptError when it is
     anything else: a file that passes SQLite's quick check can still hold nonsense, and
     that must end like a corrupt file (set aside, a fresh one, a fault), not in a crash."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
+
+from bench_agent.json_value import JsonObject
 
 Kind = Literal["telemetry", "event"]
 KINDS: Final = frozenset({"telemetry", "event"})
@@ -42,8 +44,8 @@ class OutboxItem:
     seq_epoch: str = ""
 
     @property
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(self.body_json)
+    def body(self) -> JsonObject:
+        body: JsonObject = json.loads(self.body_json)  # written by encode_body: an object
         return body
 
     @classmethod
@@ -51,7 +53,7 @@ class OutboxItem:
         cls,
         seq: int,
         kind: str,
-        body: dict[str, Any],
+        body: JsonObject,
         *,
         boot_id: str,
         mono_s: float,
@@ -63,7 +65,7 @@ class OutboxItem:
         return cls(seq, kind, boot_id, mono_s, ts, time_quality, text, len(text.encode()))
 
 
-def encode_body(body: dict[str, Any]) -> str:
+def encode_body(body: JsonObject) -> str:
     """The stored form of a body: compact JSON, UTF-8 text, no NaN."""
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Protocol
 
 from bench_agent.errors import StorageError
 from bench_agent.link import payloads
+from bench_agent.link.outbox_records import OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ class Link(Protocol):
 
 
 class Store(Protocol):
-    def oldest(self, limit: int, max_bytes: int, exclude: Any) -> Sequence[Any]: ...
-    def ack(self, seqs: Any) -> None: ...
+    def oldest(
+        self, limit: int, max_bytes: int, exclude: Collection[int]
+    ) -> Sequence[OutboxItem]: ...
+    def ack(self, seqs: Iterable[int]) -> None: ...
 
 
 # Room in a PUBLISH packet for what is not the payload: fixed header, topic, packet
@@ -149,7 +152,7 @@ class Publisher:
 
     # -- sending --------------------------------------------------------------
 
-    def send_live(self, item: Any) -> bool:
+    def send_live(self, item: OutboxItem) -> bool:
         """Publish a record just recorded, ahead of any backlog. False when offline or
         while the broker's refusals are backed off (it goes later, from the outbox)."""
         if self._generation is None or self.holding_off:
@@ -162,7 +165,7 @@ class Publisher:
             topic = "telemetry"
         return self._send(topic, payload, (item.seq,))
 
-    def send_unstored(self, item: Any) -> bool:
+    def send_unstored(self, item: OutboxItem) -> bool:
         """Publish, once and untracked, a record the outbox refused (storage fault):
         without a seq and flagged `stored: false`. False when offline: then it is lost,
         which the storage fault already tells ops."""
@@ -197,7 +200,7 @@ class Publisher:
             if not self._send_batch(items):
                 return
 
-    def _send_batch(self, items: Sequence[Any]) -> bool:
+    def _send_batch(self, items: Sequence[OutboxItem]) -> bool:
         if items[0].kind == "event":
             payload = payloads.event_message(self._bench_id, items[0], historical=True)
             return self._send("event", payload, (items[0].seq,))
