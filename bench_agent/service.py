@@ -37,13 +37,13 @@ from bench_agent.link.mqtt import (
     Connected,
     Disconnected,
     Link,
-    LinkEvent,
     LinkFactory,
     MessageIn,
     MqttLink,
     Refused,
     SetupFailed,
 )
+from bench_agent.link.session import LinkSession
 from bench_agent.link.state import StatePublisher
 from bench_agent.link.telemetry import TelemetryRecord
 from bench_agent.local.control_api import LocalControl
@@ -151,7 +151,7 @@ class Agent:
         # Before "offline" (LIFO): the switches to the safe state are events and a
         # state update that still reach the broker.
         stack.callback(self._enter_safe_state)
-        self.started_mono = self.link_changed_mono = clock.monotonic()
+        self.started_mono = clock.monotonic()
         # Closed first on the way out (LIFO): no technician request reaches a loop
         # that has stopped.
         self.control = ControlSocketService(cfg.control, LocalControl(self).handle, self.faults)
@@ -200,6 +200,8 @@ class Agent:
         self.clock_sync, self.health = parts.clock_sync, parts.health
 
     def _build_power(self, stack: ExitStack) -> None:
+        """The power side, then what joins the two sides: the retained state (it reads
+        the controller and goes out on the link) and the session's reactions."""
         parts = build_power_parts(
             self.cfg,
             stack,
@@ -218,6 +220,13 @@ class Agent:
             clock=self.clock,
             boot_id=self.boot_id,
             tamper_open=lambda: self.tamper_open,
+        )
+        self.session = LinkSession(
+            publisher=self.publisher,
+            recorder=self.recorder,
+            state=self.state,
+            faults=self.faults,
+            clock=self.clock,
         )
 
     def request_stop(self) -> None:
@@ -259,7 +268,7 @@ class Agent:
     def _handle(self, item: InboxItem) -> None:
         match item:
             case Acked() | Refused() | Connected() | Disconnected() | SetupFailed():
-                self._handle_link(item)
+                self.session.handle(item)
             case MessageIn(topic, payload, retained):
                 if topic == self.cfg.topic("cmd"):
                     reply = self.commands.handle_mqtt(payload, retained=retained)
@@ -281,28 +290,6 @@ class Agent:
                     self.charger.take(item)
             case Call():
                 item.run()
-
-    def _handle_link(self, item: LinkEvent) -> None:
-        """What the MQTT session reports: acks and refusals, the connection, set-up."""
-        match item:
-            case Acked(generation, mid):
-                self.publisher.on_acked(generation, mid)
-                if self.publisher.refused_reason is None:
-                    self.faults.clear(Fault.BROKER_REFUSED)
-            case Refused(generation, mid, reason):
-                self.publisher.on_refused(generation, mid, reason)
-                self.faults.raise_(Fault.BROKER_REFUSED, reason)
-            case Connected(generation, max_packet_size):
-                self.link_changed_mono = self.clock.monotonic()
-                self.state.publish_online()
-                self.state.publish(force=True)
-                self.publisher.on_connected(generation, max_packet_size)
-                self.recorder.report_drops()
-            case Disconnected():
-                self.link_changed_mono = self.clock.monotonic()
-                self.publisher.on_disconnected()
-            case SetupFailed(detail):
-                self.faults.set(Fault.MQTT_SETUP, None if detail is None else detail[:300])
 
     def _apply_live(
         self, new: Config, trusted_keys: Mapping[str, VerifyKey], problems: str | None

@@ -29,6 +29,7 @@ from bench_agent.hardware.bundle import Hardware
 from bench_agent.link.health import Health
 from bench_agent.link.mqtt import Link
 from bench_agent.link.outbox import Outbox
+from bench_agent.link.session import LinkSession
 from bench_agent.local.control import ControlError, Peer
 from bench_agent.local.i18n import N_
 from bench_agent.power.charger_feed import ChargerFeed
@@ -73,7 +74,7 @@ class AgentView(Protocol):
     counters: CounterKeeper
     tamper_open: bool | None
     started_mono: float
-    link_changed_mono: float
+    session: LinkSession
 
     def run_on_loop(self, fn: Callable[[], T], timeout_s: float) -> T: ...
 
@@ -210,7 +211,7 @@ def build_status(agent: AgentView) -> dict[str, Any]:
         "reconnects": agent.link.reconnects,
         "last_error": agent.link.last_error,
     }
-    link_age = round(max(0.0, now - agent.link_changed_mono), 1)
+    link_age = round(max(0.0, now - agent.session.changed_mono), 1)
     link["since_s" if agent.link.connected else "down_since_s"] = link_age
     latest = agent.sampler.latest()
     sensor_faults = agent.sampler.faults()
