@@ -4,11 +4,12 @@
 The demo's bench and scenario (tamper, a broker outage, clock trouble), with the
 reference config's 60 s publish interval, sped up, against a private mosquitto.
 
-Usage: .venv/bin/python bench/capture_records.py OUT.jsonl HOURS [SEED]
+Usage: .venv/bin/python bench/capture_records.py OUT.jsonl.gz HOURS [SEED]
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 import tempfile
@@ -33,7 +34,8 @@ def main() -> int:
             capture(workdir, broker, out, hours, seed)
         finally:
             broker.stop()
-    print(f"{out}: {sum(1 for _ in out.open())} records")
+    lines = gzip.decompress(out.read_bytes()).decode().splitlines()
+    print(f"{out}: {len(lines)} records")
     return 0
 
 
@@ -57,7 +59,7 @@ def capture(workdir: Path, broker: Broker, out: Path, hours: float, seed: int) -
         time.sleep(hours * 3600 / SPEED)
     finally:
         agent.stop()
-    with out.open("w") as f:
+    with gzip.open(out, "wt") as f:
         for message in recorder.messages:
             leaf = message.topic.rsplit("/", 1)[-1]
             if leaf == "telemetry":

@@ -100,6 +100,11 @@ class MqttConfig:
     password: str | None = field(repr=False)  # read from password_file; never logged
     reconnect_min_s: float
     reconnect_max_s: float
+    # The MQTT contract the bench sends records in: 2 (batched, compact, deflated;
+    # `bench-ops bridge` turns it into 1 at the city) or 1 (JSON, one message each).
+    contract: Literal[1, 2] = 2
+    # v2: a record waits at most this long for its batch (0: each record at once).
+    telemetry_batch_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

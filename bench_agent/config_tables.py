@@ -157,6 +157,8 @@ def parse_mqtt(t: TomlTable, bench: BenchConfig, base: Path) -> MqttConfig:
             password=password,
             reconnect_min_s=rmin,
             reconnect_max_s=rmax,
+            contract=2 if t.get_int("contract", 2, lo=1, hi=2) == 2 else 1,
+            telemetry_batch_s=t.get_float("telemetry_batch_s", 300.0, lo=0, hi=3600),
         )
 
 

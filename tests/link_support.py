@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench_agent.link import contract_v2
 from bench_agent.link.mqtt import Acked, Connected, Disconnected, MessageIn
 from tests.outbox_support import validate
 
@@ -24,6 +25,7 @@ class Sent:
     topic: str
     payload: bytes
     mid: int
+    at: float | None = None  # when, on the test's clock (LoopbackLink.now), if it has one
 
     @property
     def leaf(self) -> str:
@@ -46,9 +48,11 @@ class RecordingLink:
     """
 
     def __init__(self, *, allow_retain: bool = False) -> None:
-        self.sent: list[Sent] = []
+        self.sent: list[Sent] = []  # as a v1 consumer gets them (a v2 batch decoded)
+        self.wire: list[Sent] = []  # as they were published
         self.retained: dict[str, bytes] = {}
         self.allow_retain = allow_retain
+        self.now: Callable[[], float] | None = None
         self.online = False
         self._next_mid = 1
 
@@ -65,11 +69,18 @@ class RecordingLink:
         assert qos == 1 and (self.allow_retain or not retain)
         if not self.online:
             return None
-        validate(topic.rsplit("/", 1)[-1], json.loads(payload))
-        if retain:
-            self.retained[topic] = payload
         mid = self._next_mid
         self._next_mid += 1
+        self.wire.append(Sent(topic, payload, mid, None if self.now is None else self.now()))
+        prefix, _, leaf = topic.rpartition("/")
+        if leaf == contract_v2.LEAF:  # a v2 batch: kept as the v1 messages ops get from it
+            for v1_leaf, message in contract_v2.v1_messages(contract_v2.decode(payload)):
+                validate(v1_leaf, message)
+                self.sent.append(Sent(f"{prefix}/{v1_leaf}", json.dumps(message).encode(), mid))
+            return mid
+        validate(leaf, json.loads(payload))
+        if retain:
+            self.retained[topic] = payload
         self.sent.append(Sent(topic, payload, mid))
         return mid
 

@@ -54,6 +54,7 @@ class DurableRecorder(Recorder):
 
     def __init__(self, port: int, topic: str = "#") -> None:
         self.messages: list[Message] = []
+        self.wire: list[Message] = []
         self._lock = threading.Lock()
         self.client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,

@@ -22,6 +22,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench_agent.link import contract_v2
+
 REPO = Path(__file__).resolve().parent.parent
 SIM_CONFIG = REPO / "config" / "sim-bench.toml"
 # Real Victron serial captures (MIT, see the LICENSE beside them): test data of the checkout.
@@ -128,16 +130,40 @@ class Message:
     payload: bytes
     retain: bool
     received_mono: float
+    # A v1 message decoded from a contract-v2 batch: the batch as it came on the wire.
+    wire: Message | None = None
 
     def json(self) -> Any:
         return json.loads(self.payload)
+
+
+def as_v1(message: Message) -> list[Message]:
+    """What a v1 consumer sees of `message`: a v2 batch becomes the v1 telemetry and
+    event messages `bench-ops bridge` would republish (same topic prefix); anything
+    else is itself. The product's own decoder, so a test of the agent on contract 2
+    reads what ops read."""
+    prefix, _, leaf = message.topic.rpartition("/")
+    if leaf != contract_v2.LEAF:
+        return [message]
+    batch = contract_v2.decode(message.payload)
+    return [
+        Message(
+            f"{prefix}/{v1_leaf}",
+            json.dumps(payload, separators=(",", ":")).encode(),
+            message.retain,
+            message.received_mono,
+            wire=message,
+        )
+        for v1_leaf, payload in contract_v2.v1_messages(batch)
+    ]
 
 
 class Recorder:
     """Subscribes to everything under a prefix and keeps every message (ops' view)."""
 
     def __init__(self, port: int, topic: str = "#") -> None:
-        self.messages: list[Message] = []
+        self.messages: list[Message] = []  # as a v1 consumer sees them (see as_v1)
+        self.wire: list[Message] = []  # as they came
         self._lock = threading.Lock()
         self.client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
@@ -155,10 +181,10 @@ class Recorder:
             raise AssertionError("recorder could not subscribe")
 
     def _on_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        received = Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic())
         with self._lock:
-            self.messages.append(
-                Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic())
-            )
+            self.wire.append(received)
+            self.messages.extend(as_v1(received))
 
     def on(self, leaf: str) -> list[Message]:
         with self._lock:

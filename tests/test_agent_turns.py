@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from bench_agent.config_loader import load_config
 from bench_agent.hardware.bundle import Hardware
 from bench_agent.hardware.sim.bench import build_simulated_hardware
 from bench_agent.inbox import ReloadRequested, TamperChanged
+from bench_agent.link import contract_v2
 from bench_agent.service import Agent
 from tests.link_clock import ManualClock
-from tests.link_support import LoopbackLink
+from tests.link_support import LoopbackLink, Sent
 from tests.support import dump_toml, sim_config
 
 SAMPLE_S = 10.0  # config/sim-bench.toml
@@ -57,8 +59,13 @@ class Rig:
 
 @contextmanager
 def agent_rig(tmp_path: Path, changes: dict[str, Any] | None = None) -> Iterator[Rig]:
-    keys = {"commands": {"trusted_keys": str(tmp_path / "ops-keys")}}
-    config_path = sim_config(tmp_path, 1, {"charger": None, **keys, **(changes or {})})
+    # Each record at once (contract 2, no batching) unless a test asks for batches: what
+    # is tested here is the wiring; the batches have their own tests below.
+    defaults = {
+        "commands": {"trusted_keys": str(tmp_path / "ops-keys")},
+        "mqtt": {"telemetry_batch_s": 0},
+    }
+    config_path = sim_config(tmp_path, 1, {"charger": None, **defaults, **(changes or {})})
     clock = ManualClock()
     links: list[LoopbackLink] = []
 
@@ -73,6 +80,7 @@ def agent_rig(tmp_path: Path, changes: dict[str, Any] | None = None) -> Iterator
     agent = Agent(load_config(config_path), hardware_factory=hardware, link_factory=link)
     with ExitStack() as stack:
         agent.start(stack)
+        links[0].now = lambda: clock.wall().timestamp()
         agent.turn(wait=False)  # the first sample, and the connection's events
         yield Rig(agent, clock, links[0], config_path)
 
@@ -165,3 +173,92 @@ def test_sighup_applies_the_policy_live_and_refuses_what_needs_a_restart(
 
 def load_toml(path: Path) -> dict[str, Any]:
     return tomllib.loads(path.read_text())
+
+
+# -- contract 2: batches ------------------------------------------------------------
+
+BATCHED = {"mqtt": {"telemetry_batch_s": 300}, "sampling": {"publish_interval_s": 60}}
+
+
+def v2_wire(rig: Rig) -> list[Sent]:
+    return [s for s in rig.link.wire if s.leaf == "v2"]
+
+
+def test_records_wait_for_their_batch_but_never_longer_than_the_batch_interval(
+    tmp_path: Path,
+) -> None:
+    with agent_rig(tmp_path, BATCHED) as rig:
+        rig.link.wire.clear()
+        rig.run_for(290)  # four records, the oldest 230 s old: nothing goes yet
+        assert v2_wire(rig) == []
+        assert rig.agent.publisher.waiting()[0] == 4
+        assert rig.agent.outbox.stats().depth >= 4  # committed, not held back
+        rig.run_for(3600)
+        batches = [contract_v2.decode(s.payload) for s in v2_wire(rig)]
+        assert len(batches) == 12  # one message per 300 s, not per record
+        seqs = [r["seq"] for b in batches for _, r in b.records]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert all(len(b.records) == 5 for b in batches[1:])
+        # Latency: no record waited more than the batch interval (+ one sample's step).
+        for sent, batch in zip(v2_wire(rig), batches, strict=True):
+            assert sent.at is not None
+            for _, record in batch.records:
+                waited = sent.at - datetime.fromisoformat(record["ts"]).timestamp()
+                assert waited <= 300 + SAMPLE_S, (record["seq"], waited)
+        assert not any(r.get("historical") for b in batches for _, r in b.records)
+        assert rig.agent.outbox.stats().depth <= 5  # only the batch being gathered
+
+
+def test_an_urgent_event_goes_at_once_and_takes_the_waiting_records_along(
+    tmp_path: Path,
+) -> None:
+    with agent_rig(tmp_path, BATCHED) as rig:
+        rig.run_for(450)  # the first batch went at 360 s; one record waits since 420 s
+        before = len(v2_wire(rig))
+        waiting = rig.agent.publisher.waiting()[0]
+        assert waiting >= 1
+        rig.agent.inbox.put(TamperChanged(True))
+        rig.agent.turn(wait=False)
+        sent = v2_wire(rig)[before:]
+        assert len(sent) == 1
+        kinds = [kind for kind, _ in contract_v2.decode(sent[0].payload).records]
+        assert kinds == ["telemetry"] * waiting + ["event"]
+        assert rig.agent.publisher.waiting() == (0, None)
+
+
+def test_an_event_that_can_wait_rides_with_the_next_batch(tmp_path: Path) -> None:
+    with agent_rig(tmp_path, BATCHED) as rig:
+        rig.run_for(300)
+        before = len(v2_wire(rig))
+        rig.agent.emit_event("config_reloaded", {"tables": ["policy"]})
+        rig.agent.turn(wait=False)
+        assert len(v2_wire(rig)) == before
+        rig.run_for(300)
+        kinds = [k for s in v2_wire(rig)[before:] for k, _ in contract_v2.decode(s.payload).records]
+        assert "event" in kinds
+
+
+def test_a_backlog_drains_at_once_in_batches_within_the_payload_limit(tmp_path: Path) -> None:
+    limit = {"storage": {"max_payload_bytes": 4096}}
+    with agent_rig(tmp_path, {**BATCHED, **limit}) as rig:
+        rig.link.down()
+        rig.run_for(6 * 3600, step_s=60)  # 360 records while the link is down
+        assert rig.agent.outbox.stats().depth >= 360
+        rig.link.wire.clear()
+        rig.link.up()
+        for _ in range(200):  # each turn acks (in-memory) and sends the next batches
+            rig.agent.turn(wait=False)
+        sent = v2_wire(rig)
+        assert rig.agent.outbox.stats().depth == 0
+        assert all(len(s.payload) <= 4096 for s in sent)
+        records = [r for s in sent for _, r in contract_v2.decode(s.payload).records]
+        assert len(records) >= 360 and all(r.get("historical") for r in records[:-1])
+        assert len(sent) < len(records) / 10  # batches, not one message per record
+
+
+def test_contract_1_still_sends_each_record_as_json_at_once(tmp_path: Path) -> None:
+    with agent_rig(tmp_path, {"mqtt": {"contract": 1}}) as rig:
+        rig.run_for(PUBLISH_S)
+        leaves = {s.leaf for s in rig.link.wire}
+        assert "v2" not in leaves and {"telemetry", "event", "state", "status"} <= leaves
+        assert len(rig.telemetry()) == 1

@@ -75,6 +75,8 @@ def build_link_parts(
         topic=cfg.topic,
         max_payload_bytes=cfg.storage.max_payload_bytes,
         now=clock.monotonic,
+        contract=cfg.mqtt.contract,
+        batch_s=cfg.mqtt.telemetry_batch_s,
     )
     events = EventLog(cfg.storage.dir / "events.jsonl")
     recorder = Recorder(

@@ -14,8 +14,23 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from bench_agent.json_value import Json, JsonObject
+from bench_agent.link import contract_v2
+from bench_agent.vocabulary import EventType
 
 CONTRACT_VERSION = 1
+# What cannot wait for the next batch (README, "MQTT contract"): someone at the box,
+# something broken, a load shed, the uplink power-cycled, a command's trace.
+URGENT_EVENTS = frozenset(
+    {
+        EventType.TAMPER,
+        EventType.FAULT_RAISED,
+        EventType.OVERCURRENT_LATCHED,
+        EventType.BATTERY_SHED,
+        EventType.OVER_TEMPERATURE,
+        EventType.UPLINK_RECOVERY,
+        EventType.COMMAND,
+    }
+)
 
 
 class Recorded(Protocol):
@@ -37,6 +52,8 @@ class Recorded(Protocol):
     def body_json(self) -> str: ...
     @property
     def seq_epoch(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
 
 
 def _text(obj: Mapping[str, Json]) -> str:
@@ -95,6 +112,24 @@ def telemetry_message(
 def event_message(bench_id: str, item: Recorded, *, historical: bool, stored: bool = True) -> bytes:
     head = _text({"v": CONTRACT_VERSION, "bench": bench_id})
     return f"{head[:-1]},{record_json(item, historical=historical, stored=stored)[1:]}".encode()
+
+
+def is_urgent(item: Recorded) -> bool:
+    """An event ops must see at once (contract v2 sends it without waiting for the batch)."""
+    return item.kind == "event" and item.body.get("type") in URGENT_EVENTS
+
+
+def v2_batch(
+    bench_id: str, items: Iterable[tuple[Recorded, bool]], *, stored: bool = True
+) -> bytes:
+    """One contract-v2 message for `items` ((record, historical) in seq order)."""
+
+    def kind(item: Recorded) -> contract_v2.RecordKind:
+        return "event" if item.kind == "event" else "telemetry"
+
+    return contract_v2.encode(
+        bench_id, ((kind(i), record(i, historical=h, stored=stored)) for i, h in items)
+    )
 
 
 def status_message(

@@ -1,11 +1,18 @@
 """Moves records from the outbox to the broker; a record leaves the outbox only on PUBACK.
 
-Live first: a record just recorded is published at once, on its own, whatever
-backlog is waiting. The backlog drains oldest first in batches (many telemetry
-records per message, up to `max_payload_bytes`) flagged `historical`, with at
-most `max_inflight` messages awaiting their PUBACK, so a day of backlog never
-floods the uplink nor holds up the main loop: each `pump()` sends at most the
-free in-flight slots and returns; acks bring the next batch.
+Contract v1: live first: a record just recorded is published at once, on its
+own, whatever backlog is waiting. The backlog drains oldest first in batches
+(many telemetry records per message, up to `max_payload_bytes`) flagged
+`historical`, with at most `max_inflight` messages awaiting their PUBACK, so a
+day of backlog never floods the uplink nor holds up the main loop: each `pump()`
+sends at most the free in-flight slots and returns; acks bring the next batch.
+
+Contract v2 (`contract_v2.py`): the same records, but a record recorded while
+the link is up waits (in the outbox, committed like any other) for its batch: the
+batch goes when its oldest record is `batch_s` old, or at once with an urgent
+event (tamper, a fault raised, …: `URGENT_EVENTS`), which takes the waiting
+records along. A backlog (an outage, a restart) drains at once, in v2 batches
+flagged `historical`, within `max_payload_bytes`.
 
 Used from the main loop only (it is not thread-safe, nor needs to be).
 """
@@ -18,7 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
 from bench_agent.errors import StorageError
-from bench_agent.link import payloads
+from bench_agent.link import contract_v2, payloads
 from bench_agent.link.outbox_records import OutboxItem
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,10 @@ PACKET_OVERHEAD_BYTES = 512
 MIN_PAYLOAD_BYTES = 2048
 REFUSAL_BACKOFF_MIN_S = 5.0
 REFUSAL_BACKOFF_MAX_S = 600.0
+# v2: records are gathered by their stored (v1 JSON) size up to this many times the
+# payload limit: deflate takes them to a tenth or less; a batch that still does not
+# fit is halved until it does.
+V2_GATHER_FACTOR = 8
 
 
 class Publisher:
@@ -58,6 +69,8 @@ class Publisher:
         max_inflight: int = 4,
         batch_records: int = 500,
         now: Callable[[], float] = time.monotonic,
+        contract: int = 1,
+        batch_s: float = 0.0,
     ) -> None:
         self._store = store
         self._link = link
@@ -79,6 +92,17 @@ class Publisher:
         self.refused_reason: str | None = None
         self._retry_at: float | None = None
         self._refusal_backoff_s = REFUSAL_BACKOFF_MIN_S
+        self.contract = contract
+        self.batch_s = batch_s
+        # v2: records recorded while connected, waiting for their batch: seq -> when.
+        self._waiting: dict[int, float] = {}
+        self._flush_now = False  # an urgent event is waiting: the batch goes at once
+        # When the next batch goes: set by the first record that waits, then kept on a
+        # cadence of `batch_s` while records keep coming, so a record recorded just
+        # as a batch goes is in it, and the next batch is `batch_s` later, not one
+        # record's interval more (one message per `batch_s`, each record waiting at
+        # most `batch_s`).
+        self._next_batch: float | None = None
 
     # -- link events --------------------------------------------------------
 
@@ -97,9 +121,13 @@ class Publisher:
         self.backlog_exhausted = False
 
     def on_disconnected(self) -> None:
-        # What was in flight stays in the outbox and goes again: at-least-once.
+        # What was in flight stays in the outbox and goes again: at-least-once. What
+        # was waiting for its batch is backlog now: it drains as soon as the link is up.
         self._generation = None
         self._forget_inflight()
+        self._waiting.clear()
+        self._flush_now = False
+        self._next_batch = None
 
     def on_acked(self, generation: int, mid: int) -> None:
         if generation != self._generation:
@@ -152,11 +180,27 @@ class Publisher:
 
     # -- sending --------------------------------------------------------------
 
+    def waiting(self) -> tuple[int, float | None]:
+        """v2: (records waiting for their batch, the oldest one's age in seconds)."""
+        if not self._waiting:
+            return 0, None
+        return len(self._waiting), self._now() - min(self._waiting.values())
+
     def send_live(self, item: OutboxItem) -> bool:
-        """Publish a record just recorded, ahead of any backlog. False when offline or
-        while the broker's refusals are backed off (it goes later, from the outbox)."""
+        """Publish a record just recorded, ahead of any backlog (v2: when its batch
+        goes). False when offline or while the broker's refusals are backed off (it
+        goes later, from the outbox)."""
         if self._generation is None or self.holding_off:
             return False
+        if self.contract == 2:
+            now = self._now()
+            self._waiting[item.seq] = now
+            if self._next_batch is None:
+                self._next_batch = now + self.batch_s
+            if self.batch_s <= 0 or payloads.is_urgent(item):
+                self._flush_now = True
+            self.pump()
+            return True
         if item.kind == "event":
             payload = payloads.event_message(self._bench_id, item, historical=False)
             topic = "event"
@@ -171,6 +215,12 @@ class Publisher:
         which the storage fault already tells ops."""
         if self._generation is None:
             return False
+        if self.contract == 2:
+            payload = payloads.v2_batch(self._bench_id, [(item, False)], stored=False)
+            if self._link.publish(self._topic(contract_v2.LEAF), payload, qos=1) is None:
+                return False
+            self.messages_sent += 1
+            return True
         if item.kind == "event":
             payload = payloads.event_message(self._bench_id, item, historical=False, stored=False)
         else:
@@ -188,6 +238,9 @@ class Publisher:
             return
         # After a refusal, one message probes the broker; the rest wait for its answer.
         slots = 1 if self.refused_reason is not None else self._max_inflight
+        if self.contract == 2:
+            self._pump_v2(slots)
+            return
         while self._generation is not None and len(self._inflight) < slots:
             items = self._store.oldest(
                 limit=self._batch_records,
@@ -199,6 +252,52 @@ class Publisher:
                 return
             if not self._send_batch(items):
                 return
+
+    def _batch_due(self) -> bool:
+        if self._flush_now:
+            return True
+        return self._next_batch is not None and self._now() >= self._next_batch
+
+    def _pump_v2(self, slots: int) -> None:
+        """The backlog at once; what waits for its batch only when the batch is due."""
+        while self._generation is not None and len(self._inflight) < slots:
+            due = self._batch_due()
+            exclude = self._inflight_seqs if due else self._inflight_seqs | self._waiting.keys()
+            items = self._store.oldest(
+                limit=self._batch_records,
+                max_bytes=self._max_payload_bytes * V2_GATHER_FACTOR,
+                exclude=exclude,
+            )
+            if not items:
+                self.backlog_exhausted = True
+                if due:
+                    self._batch_sent()
+                return
+            if not self._send_v2(items):
+                return
+
+    def _batch_sent(self) -> None:
+        """What waited has gone: the next batch is one interval after this one was due."""
+        self._flush_now = False
+        if self._next_batch is not None and self._now() >= self._next_batch:
+            self._next_batch += self.batch_s
+            if self._next_batch <= self._now():  # a long stall: start the cadence again
+                self._next_batch = None
+
+    def _send_v2(self, items: Sequence[OutboxItem]) -> bool:
+        """One v2 message, halved until it fits the payload limit (one record always goes)."""
+        while True:
+            flagged = [(item, item.seq not in self._waiting) for item in items]
+            payload = payloads.v2_batch(self._bench_id, flagged)
+            if len(payload) <= self._max_payload_bytes or len(items) == 1:
+                break
+            items = items[: len(items) // 2]
+        seqs = tuple(item.seq for item in items)
+        if not self._send(contract_v2.LEAF, payload, seqs):
+            return False
+        for seq in seqs:
+            self._waiting.pop(seq, None)
+        return True
 
     def _send_batch(self, items: Sequence[OutboxItem]) -> bool:
         if items[0].kind == "event":

@@ -29,6 +29,7 @@ from bench_agent.hardware.bundle import Hardware
 from bench_agent.link.health import Health
 from bench_agent.link.mqtt import Link
 from bench_agent.link.outbox import Outbox
+from bench_agent.link.publisher import Publisher
 from bench_agent.link.session import LinkSession
 from bench_agent.local.control import ControlError, Peer
 from bench_agent.local.i18n import N_
@@ -65,6 +66,7 @@ class AgentView(Protocol):
     link: Link
     sampler: Sampler
     outbox: Outbox
+    publisher: Publisher
     hardware: Hardware
     controller: Controller
     commands: CommandProcessor
@@ -213,6 +215,13 @@ def build_status(agent: AgentView) -> dict[str, Any]:
     }
     link_age = round(max(0.0, now - agent.session.changed_mono), 1)
     link["since_s" if agent.link.connected else "down_since_s"] = link_age
+    link["contract"] = agent.publisher.contract
+    if agent.publisher.contract == 2:
+        # How long a record waits for its batch: the latency ops see.
+        waiting, oldest_s = agent.publisher.waiting()
+        link["batch_s"] = agent.publisher.batch_s
+        link["batch_waiting"] = waiting
+        link["batch_oldest_s"] = None if oldest_s is None else round(oldest_s, 1)
     latest = agent.sampler.latest()
     sensor_faults = agent.sampler.faults()
     channels = {

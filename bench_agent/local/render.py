@@ -160,6 +160,18 @@ def _link_texts(link: Mapping[str, Any]) -> list[str]:
     if isinstance(reconnects, int):
         parts.append(ngettext("{n} reconnect", "{n} reconnects", reconnects).format(n=reconnects))
     texts = [" · ".join(parts)]
+    if link.get("contract") == 2:
+        batch = _("contract 2, a batch at most every {duration}").format(
+            duration=duration_text(link.get("batch_s"))
+        )
+        waiting = link.get("batch_waiting")
+        if isinstance(waiting, int) and waiting > 0:
+            batch += " · " + ngettext(
+                "{n} record waiting, the oldest for {age}",
+                "{n} records waiting, the oldest for {age}",
+                waiting,
+            ).format(n=waiting, age=duration_text(link.get("batch_oldest_s")))
+        texts.append(batch)
     if link.get("last_error"):
         texts.append(_("last error: {error}").format(error=link["last_error"]))
     return texts
