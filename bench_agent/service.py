@@ -142,12 +142,7 @@ class Agent:
         self.link.start()
         self.threads.watch("mqtt", self.link.alive)
         stack.callback(self.link.close)
-        stack.callback(
-            self.state.say_offline,
-            lambda mid: self.inbox.wait_for(
-                lambda item: isinstance(item, Acked) and item.mid == mid, STOP_GRACE_S
-            ),
-        )
+        stack.callback(self.state.say_offline, self._wait_for_ack)
         # Before "offline" (LIFO): the switches to the safe state are events and a
         # state update that still reach the broker.
         stack.callback(self._enter_safe_state)
@@ -364,6 +359,18 @@ class Agent:
 
     # -- the stop ---------------------------------------------------------------
 
+    def _wait_for_ack(self, mid: int) -> None:
+        """While stopping: wait (bounded) for the broker's ack of `mid`; the acks of the
+        records sent before it (they come first) take them out of the outbox."""
+
+        def acked(item: InboxItem) -> bool:
+            if isinstance(item, Acked):
+                self.session.handle(item)
+            return isinstance(item, Acked) and item.mid == mid
+
+        self.inbox.wait_for(acked, STOP_GRACE_S)
+
     def _enter_safe_state(self) -> None:
         self.controller.enter_safe_state("agent stopping")
         self.state.publish(force=True)
+        self.publisher.flush()  # what waits for its batch goes before "offline"

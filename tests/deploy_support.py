@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from bench_agent.link import contract_v2
 from tests.support import REPO, SIM_CONFIG, dump_toml
 from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
 
@@ -86,7 +87,9 @@ def sandbox_bench_config(broker_port: int, changes: Mapping[str, Any] | None = N
 
 
 class SandboxRecorder:
-    """Every message a `mosquitto_sub` inside the sandbox receives on `<prefix>/#`."""
+    """Every message a `mosquitto_sub` inside the sandbox receives on `<prefix>/#`, as a
+    v1 consumer sees them: a contract-v2 batch is kept as the v1 messages it carries
+    (payloads come hex-encoded: a v2 batch is binary, newlines included)."""
 
     def __init__(self, box: SystemdSandbox, port: int, log: Path) -> None:
         self.messages: list[tuple[str, bool, str]] = []  # (topic, retained, payload)
@@ -95,7 +98,7 @@ class SandboxRecorder:
             [
                 "nsenter", "-t", str(box.pid), "-a",
                 "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5",
-                "-t", "smartbench/#", "-F", "%r %t %p",
+                "-t", "smartbench/#", "-F", "%r %t %x",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -108,9 +111,16 @@ class SandboxRecorder:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            retained, topic, payload = line.rstrip("\n").split(" ", 2)
+            retained, topic, hex_payload = line.rstrip("\n").split(" ", 2)
+            raw = bytes.fromhex(hex_payload)
+            prefix, _, leaf = topic.rpartition("/")
+            if leaf == contract_v2.LEAF:
+                batch = contract_v2.v1_messages(contract_v2.decode(raw))
+                received = [(f"{prefix}/{v1}", False, json.dumps(m)) for v1, m in batch]
+            else:
+                received = [(topic, retained == "1", raw.decode())]
             with self._cond:
-                self.messages.append((topic, retained == "1", payload))
+                self.messages.extend(received)
                 self._cond.notify_all()
 
     def payloads(self, suffix: str, *, after: int = 0) -> list[dict[str, Any]]:

@@ -264,14 +264,15 @@ def test_bench_cannot_publish_as_another_bench(clients: dict[str, Client]) -> No
     a, ops = clients["bench-a"], clients["ops.view"]
     assert ops.subscribe(f"{PREFIX}/#").value < 0x80
 
-    for leaf in ("status", "telemetry", "event", "state", "cmd/reply"):
+    for leaf in ("status", "v2", "telemetry", "event", "state", "cmd/reply"):
         # MQTT v5 lets the broker say so: PUBACK "Not authorized" (0x87).
         assert a.publish(t("bench-b", leaf), "forged").value == 0x87
     assert a.publish(t("bench-a", "cmd"), "self-command").value == 0x87  # benches never command
+    assert a.publish(t("bench-a", "v2"), "own batch").value == 0x00
     assert a.publish(t("bench-a", "telemetry"), "own").value == 0x00
 
     got = ops.receive_until(t("bench-a", "telemetry"))
-    assert got == [(t("bench-a", "telemetry"), b"own")]
+    assert got == [(t("bench-a", "v2"), b"own batch"), (t("bench-a", "telemetry"), b"own")]
 
 
 def test_bench_reads_only_its_own_commands(clients: dict[str, Client]) -> None:

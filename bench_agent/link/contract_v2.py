@@ -122,11 +122,12 @@ def compact(value: Json, shapes: Dictionary) -> Json:
     return value
 
 
-def expand(value: Any, shapes: Dictionary) -> Any:
-    """The inverse of `compact`; DecodeError ("corrupt") for what compact never wrote."""
+def read_compact(value: Any, shapes: Dictionary) -> Any:
+    """The inverse of `compact`, for what a batch read from the wire holds;
+    DecodeError ("corrupt") for what compact never wrote."""
     if isinstance(value, dict):
         if SHAPE_KEY not in value:
-            return {k: expand(v, shapes) for k, v in value.items()}
+            return {k: read_compact(v, shapes) for k, v in value.items()}
         packed = value[SHAPE_KEY]
         if len(value) != 1 or not isinstance(packed, list) or not packed:
             raise DecodeError("corrupt", "a malformed shaped object")
@@ -135,9 +136,11 @@ def expand(value: Any, shapes: Dictionary) -> Any:
             raise DecodeError("corrupt", f"shape index {index!r}")
         if not 0 <= index < len(shapes.shapes) or len(shapes.shapes[index]) != len(values):
             raise DecodeError("corrupt", f"shape {index} does not fit {len(values)} values")
-        return {k: expand(v, shapes) for k, v in zip(shapes.shapes[index], values, strict=True)}
+        return {
+            k: read_compact(v, shapes) for k, v in zip(shapes.shapes[index], values, strict=True)
+        }
     if isinstance(value, list):
-        return [expand(v, shapes) for v in value]
+        return [read_compact(v, shapes) for v in value]
     return value
 
 
@@ -198,10 +201,10 @@ def decode(payload: bytes) -> Batch:
     bench, records = doc.get("bench"), doc.get("records")
     if not isinstance(bench, str) or not isinstance(records, list):
         raise DecodeError("corrupt", "no bench or no records")
-    return Batch(bench, shapes.id, tuple(_record(expand(r, shapes)) for r in records))
+    return Batch(bench, shapes.id, tuple(_read_record(read_compact(r, shapes)) for r in records))
 
 
-def _record(record: Any) -> tuple[RecordKind, JsonObject]:
+def _read_record(record: Any) -> tuple[RecordKind, JsonObject]:
     if not isinstance(record, dict):
         raise DecodeError("corrupt", "a record that is not an object")
     kind = record.pop("kind", None)

@@ -198,8 +198,9 @@ class Publisher:
             if self._next_batch is None:
                 self._next_batch = now + self.batch_s
             if self.batch_s <= 0 or payloads.is_urgent(item):
+                # At the end of this turn of the loop (its `pump()`), so that what the
+                # same sample recorded after it (a shed's output switches) goes along.
                 self._flush_now = True
-            self.pump()
             return True
         if item.kind == "event":
             payload = payloads.event_message(self._bench_id, item, historical=False)
@@ -232,6 +233,15 @@ class Publisher:
         self.messages_sent += 1
         return True
 
+    def flush(self) -> None:
+        """v2: send what waits for its batch now, in one more message even when the
+        in-flight slots are full (the agent stopping: the safe state's switches must
+        reach ops before "offline"). A backlog, if any, goes first and the rest waits
+        in the outbox for the next start."""
+        if self.contract == 2 and not self.holding_off:
+            self._flush_now = True
+            self._pump_v2(slots=len(self._inflight) + 1)
+
     def pump(self) -> None:
         """Send backlog into the free in-flight slots (none while backing off)."""
         if self.holding_off:
@@ -263,8 +273,11 @@ class Publisher:
         while self._generation is not None and len(self._inflight) < slots:
             due = self._batch_due()
             exclude = self._inflight_seqs if due else self._inflight_seqs | self._waiting.keys()
+            # After a refusal one record probes the broker: a whole outbox in flight
+            # would be spared by its cap while new records keep coming.
+            probing = self.refused_reason is not None
             items = self._store.oldest(
-                limit=self._batch_records,
+                limit=1 if probing else self._batch_records,
                 max_bytes=self._max_payload_bytes * V2_GATHER_FACTOR,
                 exclude=exclude,
             )

@@ -244,6 +244,7 @@ def build_status(agent: AgentView) -> dict[str, Any]:
         "link": link,
         "outbox": {
             "depth": stats.depth,
+            "bytes": stats.bytes,
             "oldest_age_s": health.outbox_oldest_age_s,
             "drops": stats.drops_total,
             "fault": stats.fault,
