@@ -19,9 +19,9 @@ them as v1 JSON. Each record carries its `kind` ("telemetry" or "event").
 
 Why this and not zstd: measured on a simulated day of the agent's own records
 (bench/bench_encoding.py, README "Figures"), deflate with a preset dictionary
-over compact JSON takes a 5-record batch to ~95 bytes per record (v1: ~1,600);
-zstd with a trained dictionary gets ~65, but needs a C extension on every
-bench for ~2 kB/h that the budget does not need. zlib is in the standard
+over compact JSON takes a 5-record batch to ~91 bytes per record (v1: ~1,600);
+zstd with a trained dictionary gets ~74, but needs a C extension on every
+bench for ~1 kB an hour that the budget does not need. zlib is in the standard
 library.
 
 Dictionaries are never changed once shipped (a test pins their hashes): a
