@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from bench_agent.link.outbox import (
     FAULT_READONLY,
     SEQ_FLOOR_EVERY,
     Outbox,
+    encode_body,
+    pack_body,
 )
 from tests.support import small_tmpfs as support_small_tmpfs
 
@@ -53,6 +57,26 @@ def put(
         ts=ts,
         time_quality=quality,
     )
+
+
+@cache
+def stored_as(size: int) -> dict[str, Any]:
+    """A body the outbox stores in exactly `size` bytes (bodies are deflated, so a run
+    of "x" would shrink to nothing: random base64 barely compresses)."""
+    for seed in range(50):
+        text = base64.b64encode(random.Random(seed).randbytes(4 * size)).decode()
+        for n in range(1, len(text)):
+            got = len(pack_body(encode_body({"pad": text[:n]})))
+            if got == size:
+                return {"pad": text[:n]}
+            if got > size:
+                break
+    raise AssertionError(f"no body is stored in exactly {size} bytes")
+
+
+def random_pad(chars: int) -> dict[str, Any]:
+    """A body of `chars` characters that deflate cannot shrink much."""
+    return {"pad": base64.b64encode(random.Random(chars).randbytes(chars)).decode()[:chars]}
 
 
 def seqs_in_file(path: Path) -> list[int]:
@@ -153,7 +177,7 @@ def test_ack_removes_only_what_is_acked(db: Path) -> None:
     assert seqs_in_file(db) == [1, 3, 5]
     with Outbox(db, max_bytes=10_000, boot_id=BOOT) as box:
         assert [item.body["i"] for item in box.oldest(10, 10_000)] == [0, 2, 4]
-        assert box.stats().bytes == 3 * len(b'{"i":0}')
+        assert box.stats().bytes == sum(len(pack_body(f'{{"i":{i}}}')) for i in (0, 2, 4))
 
 
 def test_many_acks_are_deleted_without_waiting_for_a_put(db: Path) -> None:
@@ -178,7 +202,7 @@ def test_exclude_skips_in_flight_records(box: Outbox) -> None:
 
 def test_oldest_respects_max_bytes_but_always_returns_one(box: Outbox) -> None:
     for _ in range(4):
-        put(box, {"pad": "x" * 90})  # 100 bytes each
+        put(box, stored_as(100))  # 100 bytes each
     assert all(item.size == 100 for item in box.oldest(10, 10_000))
     assert [item.seq for item in box.oldest(10, 250)] == [1, 2]
     assert [item.seq for item in box.oldest(10, 10)] == [1]  # bigger than max, still sent
@@ -202,14 +226,14 @@ def test_item_round_trips_every_field(box: Outbox) -> None:
         "unsynced",
         body,
     )
-    assert item.size == len(json.dumps(body, separators=(",", ":")).encode())
+    assert item.size == len(pack_body(json.dumps(body, separators=(",", ":"))))
 
 
 # -- bounds ------------------------------------------------------------------------
 
 
 def test_cap_drops_exactly_the_oldest_and_counts_them(db: Path) -> None:
-    body = {"pad": "x" * 90}  # 100 bytes stored
+    body = stored_as(100)
     with Outbox(db, max_bytes=300, boot_id=BOOT) as box:
         for _ in range(5):
             put(box, body)
@@ -232,7 +256,7 @@ def test_cap_drops_exactly_the_oldest_and_counts_them(db: Path) -> None:
 
 
 def test_cap_never_drops_a_record_in_flight(db: Path) -> None:
-    body = {"pad": "x" * 90}  # 100 bytes stored
+    body = stored_as(100)
     with Outbox(db, max_bytes=300, boot_id=BOOT) as box:
         for _ in range(3):
             put(box, body)
@@ -286,7 +310,7 @@ def test_stats_survive_a_file_that_cannot_be_read(db: Path) -> None:
     box = Outbox(db, max_bytes=50_000_000, boot_id=BOOT).open()
     try:
         for i in range(300):
-            put(box, {"x": "y" * 1400, "i": i}, mono=float(i))
+            put(box, {"x": random_pad(1400)["pad"], "i": i}, mono=float(i))
         assert box._conn is not None
         box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         box._conn.execute("PRAGMA cache_size=0")
@@ -303,7 +327,7 @@ def test_stats_survive_a_file_that_cannot_be_read(db: Path) -> None:
 
 def test_record_larger_than_the_cap_is_refused_without_using_a_seq(box: Outbox) -> None:
     with pytest.raises(ValueError, match="exceeds"):
-        put(box, {"pad": "x" * 2_000_000})
+        put(box, random_pad(2_000_000))
     with pytest.raises(ValueError):
         put(box, {"w": float("nan")})  # not JSON
     with pytest.raises(ValueError):
@@ -353,12 +377,12 @@ def test_full_database_raises_storage_error_and_recovers(db: Path) -> None:
         stored = []
         with pytest.raises(StorageError):
             for _ in range(100):
-                stored.append(put(box, {"pad": "x" * 600}))
+                stored.append(put(box, random_pad(600)))
         assert box.fault == FAULT_FULL
         assert 0 < len(stored) < 100
         assert [item.seq for item in box.oldest(1000, 10_000_000)] == stored  # nothing lost
         box.ack(stored)  # delivered at last: their pages are free again
-        seq = put(box, {"pad": "x" * 600})
+        seq = put(box, random_pad(600))
         assert seq == stored[-1] + 1  # the failed put did not consume a seq
         assert box.fault is None
     assert seqs_in_file(db) == [seq]
@@ -420,11 +444,11 @@ def test_real_full_disk_raises_storage_error_and_recovers(small_fs: Path) -> Non
         stored = []
         with pytest.raises(StorageError):
             for _ in range(200):
-                stored.append(put(box, {"pad": "x" * 600}))
+                stored.append(put(box, random_pad(600)))
         assert box.fault == FAULT_FULL
         assert stored
         filler.unlink()  # the technician (or logrotate) frees space
-        seq = put(box, {"pad": "x" * 600})
+        seq = put(box, random_pad(600))
         assert seq == stored[-1] + 1
         assert box.fault is None
         assert [item.seq for item in box.oldest(1000, 10_000_000)] == [*stored, seq]
@@ -434,7 +458,7 @@ def test_real_full_disk_raises_storage_error_and_recovers(small_fs: Path) -> Non
 def test_backlog_stays_readable_when_the_disk_is_full_at_start(small_fs: Path) -> None:
     db = small_fs / "outbox.db"
     with Outbox(db, max_bytes=10_000_000, boot_id=BOOT) as box:
-        stored = [put(box, {"pad": "x" * 600}) for _ in range(20)]
+        stored = [put(box, random_pad(600)) for _ in range(20)]
     filler = small_fs / "logs"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
     try:

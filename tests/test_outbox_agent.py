@@ -30,6 +30,7 @@ import pytest
 
 from bench_agent.link import contract_v2
 from bench_agent.link.outbox import SEQ_FLOOR_EVERY
+from bench_agent.link.outbox_records import unpack_body
 from tests.outbox_support import BlackHoleProxy, DurableBroker, DurableRecorder, validate_all
 from tests.support import (
     AgentProcess,
@@ -202,7 +203,7 @@ def read_outbox(state: Path, scratch: Path) -> dict[int, dict[str, Any]]:
             "time_quality": quality,
             "boot_id": boot,
             "uptime_s": round(mono, 1),
-            **json.loads(body),
+            **json.loads(unpack_body(body)),
         }
         for seq, boot, mono, ts, quality, body in rows
     }
@@ -385,9 +386,14 @@ def test_a_full_outbox_drops_exactly_the_oldest_and_reports_the_count(
     broker: DurableBroker, recorder: DurableRecorder, start_agent: StartAgent
 ) -> None:
     broker.stop()  # the recorder's session waits in the broker's store
-    cap = 64 * 1024  # the smallest allowed: ~40 records of ~1.6 kB
-    agent = start_agent(broker.port, merged(FAST, {"storage": {"outbox_max_bytes": cap}}))
-    time.sleep(3.0)  # ~120 records: three times what fits
+    cap = 64 * 1024  # the smallest allowed: ~270 records stored deflated (~240 bytes)
+    # A record every 6 ms of real time: ~500 in 3 s, about twice what fits.
+    changes = {
+        "storage": {"outbox_max_bytes": cap},
+        "sampling": {"sample_interval_s": 15, "publish_interval_s": 15},
+    }
+    agent = start_agent(broker.port, merged(FAST, changes))
+    time.sleep(3.0)
     assert agent.proc.poll() is None
     broker.start()
     settle(recorder)

@@ -17,7 +17,7 @@ import pytest
 from bench_agent.errors import StorageError
 from bench_agent.eventlog import EventLog
 from bench_agent.faults import Fault, FaultRegistry
-from bench_agent.link.outbox import Outbox
+from bench_agent.link.outbox import Outbox, encode_body, pack_body
 from bench_agent.link.publisher import Publisher
 from bench_agent.link.recorder import MAX_PENDING_REPLIES, Recorder, ReplyQueue
 from tests.link_clock import ManualClock
@@ -118,14 +118,18 @@ def test_an_event_is_also_kept_in_the_benchs_own_history(rig: Rig) -> None:
 def test_drops_are_reported_once_when_the_broker_is_back(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.outbox.close()
-    rig.outbox = Outbox(tmp_path / "small.sqlite3", max_bytes=40_000, boot_id=BOOT)
+    body = telemetry(channels=12)
+    stored = len(pack_body(encode_body(body)))  # what the cap counts
+    # Half a record of room above whole records: the outbox_dropped event itself fits
+    # and drops nothing more (else a second report would be right).
+    cap = 25 * stored + stored // 2
+    rig.outbox = Outbox(tmp_path / "small.sqlite3", max_bytes=cap, boot_id=BOOT)
     rig.outbox.open()
     rig.recorder.outbox = rig.outbox
     rig.publisher = Publisher(
         rig.outbox, rig.link, bench_id=BENCH, topic=lambda leaf: f"x/{leaf}", max_payload_bytes=1000
     )
     rig.recorder._publisher = rig.publisher
-    body = telemetry(channels=12)
     for _ in range(40):  # offline: the cap drops the oldest
         rig.recorder.record("telemetry", body, rig.clock.mono)
     assert rig.outbox.stats().drops_total > 0

@@ -80,6 +80,7 @@ from bench_agent.link.outbox_records import (
     OutboxItem,
     OutboxStats,
     encode_body,
+    pack_body,
 )
 
 __all__ = [
@@ -98,6 +99,7 @@ __all__ = [
     "OutboxItem",
     "OutboxStats",
     "encode_body",
+    "pack_body",
 ]
 
 log = logging.getLogger(__name__)
@@ -204,8 +206,8 @@ class Outbox(OutboxFile):
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
         if time_quality not in TIME_QUALITIES:
             raise ValueError(f"time_quality must be one of {sorted(TIME_QUALITIES)}")
-        data = body if isinstance(body, str) else encode_body(body)
-        size = len(data.encode())
+        data = pack_body(body if isinstance(body, str) else encode_body(body))
+        size = len(data)
         if size > self.max_bytes:
             raise ValueError(f"record of {size} bytes exceeds the outbox cap {self.max_bytes}")
         with self._lock:

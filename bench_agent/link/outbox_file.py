@@ -57,7 +57,7 @@ from bench_agent.link.outbox_faults import (
     classify,
     is_corrupt,
 )
-from bench_agent.link.outbox_records import OutboxItem
+from bench_agent.link.outbox_records import OutboxItem, unpack_body
 from bench_agent.statefile import replace_atomically
 
 # outbox.py's logger: the outbox's lines keep one name, whichever module writes them.
@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     ts TEXT NOT NULL,
     time_quality TEXT NOT NULL,
     size INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
@@ -172,11 +172,22 @@ class OutboxFile:
             for seq, kind, boot_id, mono_s, ts, quality, size, body in cursor:
                 if seq in exclude or seq in self._pending_acks:
                     continue
+                try:
+                    text = unpack_body(body)
+                except ValueError as exc:
+                    raise self._corrupt_row(seq, exc) from exc
                 yield OutboxItem(
-                    seq, kind, boot_id, mono_s, ts, quality, body, size, self._seq_epoch
+                    seq, kind, boot_id, mono_s, ts, quality, text, size, self._seq_epoch
                 )
         except sqlite3.Error as exc:
             raise self._read_failed(exc) from exc
+
+    def _corrupt_row(self, seq: int, exc: ValueError) -> StorageError:
+        """A row SQLite reads but whose body does not inflate: the card returned what
+        was never written (SQLite keeps no checksums), so the file is not trusted."""
+        self._write_fault = FAULT_CORRUPT
+        self._disconnect()
+        return StorageError(f"outbox {self.path}: {FAULT_CORRUPT}: seq {seq}: {exc}")
 
     def _writable(self) -> sqlite3.Connection:
         if not self._opened:

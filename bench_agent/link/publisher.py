@@ -51,10 +51,10 @@ PACKET_OVERHEAD_BYTES = 512
 MIN_PAYLOAD_BYTES = 2048
 REFUSAL_BACKOFF_MIN_S = 5.0
 REFUSAL_BACKOFF_MAX_S = 600.0
-# v2: records are gathered by their stored (v1 JSON) size up to this many times the
-# payload limit: deflate takes them to a tenth or less; a batch that still does not
-# fit is halved until it does.
-V2_GATHER_FACTOR = 8
+# v2: records are gathered by their stored size (each deflated on its own, ~250
+# bytes) up to this many times the payload limit: in a batch they deflate to less
+# than half of that; a batch that still does not fit is halved until it does.
+V2_GATHER_FACTOR = 2
 
 
 class Publisher:
