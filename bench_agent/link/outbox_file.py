@@ -26,7 +26,8 @@ SD-card writes
       crash the last few acked records are sent again: a duplicate by seq, which
       QoS 1 allows anyway, never a loss.
     * `wal_autocheckpoint=128` pages, `journal_size_limit` 256 KiB, no index but
-      the primary key, `secure_delete=OFF`, bodies as compact JSON.
+      the primary key, `secure_delete=OFF`, bodies deflated (outbox_records.py:
+      the records waiting for a contract-2 batch share one page).
     Measured (bench/bench_outbox_disk.py, ext4, the agent's 1.5 kB records): SQLite
     writes 2.1 kB per delivered record (8.4 kB per record while offline). The kernel
     writes whole 4 KiB pages, so when each record is written back on its own (60 s
