@@ -38,7 +38,7 @@ EDGE_MODULES = {
     "bench_agent.remote.commands": "commands as JSON from ops",
     "bench_agent.remote.processor": "commands as JSON from ops",
     "bench_agent.remote.signing": "commands as JSON from ops",
-    "bench_agent.remote.opsctl": "commands and replies as JSON",
+    "bench_agent.ops.opsctl": "commands and replies as JSON",
     "bench_agent.link.mqtt": "paho's untyped callback arguments",
     "bench_agent.hardware.pins": "gpiozero/lgpio objects (untyped)",
     "bench_agent.hardware.gpio": "gpiozero objects (untyped)",

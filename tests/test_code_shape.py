@@ -28,9 +28,10 @@ def test_the_cycle_finder_finds_one() -> None:
     assert cycles == [["a", "b", "c"]]
 
 
-def test_the_service_never_imports_the_ops_tool_or_the_demo() -> None:
-    """What a bench runs (the service and its parts) does not load bench-ops or the demo
-    (the simulator is imported by the backend only when a config asks for it)."""
+def test_the_service_never_imports_the_city_s_tools_or_the_demo() -> None:
+    """What a bench runs (the service and its parts) loads nothing under bench_agent.ops
+    (bench-ops, its bridge: the city's side) nor the demo (the simulator is imported by
+    the backend only when a config asks for it)."""
     shape = code_shape()
     modules = {
         name: path
@@ -44,7 +45,11 @@ def test_the_service_never_imports_the_ops_tool_or_the_demo() -> None:
         if name not in reached:
             reached.add(name)
             todo.extend(graph[name])
-    assert "bench_agent.remote.opsctl" not in reached
+    ops = {
+        name for name in modules if name == "bench_agent.ops" or name.startswith("bench_agent.ops.")
+    }
+    assert {"bench_agent.ops", "bench_agent.ops.opsctl"} <= ops  # the check sees them
+    assert sorted(reached & ops) == []
     assert "bench_agent.demo" not in reached
 
 

@@ -15,7 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench_agent.remote.opsctl import (
+from bench_agent.ops.opsctl import (
     EXIT_ERROR_REPLY,
     EXIT_NO_CONNECTION,
     EXIT_OK,

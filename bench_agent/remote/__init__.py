@@ -1,4 +1,4 @@
 """City ops' commands: what a command is (`commands`), signed on ops' side
-(`signing`, the `bench-ops` tool in `opsctl`), verified and carried out on the
-bench (`processor`, with its `replay_store`, acting through `agent_control`;
-ops' keys loaded by `ops_keys`)."""
+(`signing`; the `bench-ops` tool itself is in `bench_agent.ops.opsctl`), verified
+and carried out on the bench (`processor`, with its `replay_store`, acting through
+`agent_control`; ops' keys loaded by `ops_keys`)."""
