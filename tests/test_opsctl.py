@@ -237,3 +237,23 @@ def test_a_missing_or_wrong_signing_key_is_a_usage_error(tmp_path: Path) -> None
     for key in (tmp_path / "absent.key", tmp_path / "not-a-key"):
         argv = ["send", "--host", "127.0.0.1", "--key", str(key), "--key-id", "ops"]
         assert main([*argv, "--bench", BENCH, "ping"]) == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--prefix", "smartbench/#"],
+        ["--v1-prefix", "$SYS/x"],
+        ["--v1-prefix", "smartbench"],  # the same as --prefix: it would mirror onto itself
+        ["--group", "a/b"],
+        ["--client-id", "a+b"],
+        ["--status-interval", "0"],
+        ["--max-message-bytes", "10"],
+        ["--group", "g", "--no-share"],
+    ],
+)
+def test_the_bridge_refuses_bad_flags_in_one_line(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bridge", "--host", "127.0.0.1", *flags]) == EXIT_USAGE
+    assert capsys.readouterr().err.count("\n") == 1

@@ -1,10 +1,17 @@
-"""`bench-ops`: city ops' tool to make signing keys and send signed commands to a bench.
+"""`bench-ops`: city ops' tool to make signing keys, send signed commands to a bench,
+and run the bridge from contract v2 to the v1 JSON the city's consumers read.
 
     bench-ops keygen --out DIR [--key-id NAME]
     bench-ops send --host H [--port P] [--tls-ca CA --tls-cert CERT --tls-key KEY]
                    [--username U --password-file F]
                    --key PRIVATE.key --key-id NAME --bench ID [--prefix smartbench]
                    [--timeout 10] [--ttl 120] ACTION [name=value ...]
+    bench-ops bridge --host H [--port P] [--tls-ca CA --tls-cert CERT --tls-key KEY]
+                   [--username U --password-file F]
+                   [--prefix smartbench] [--v1-prefix smartbench-v1]
+                   [--group bench-ops-bridge | --no-share] [--client-id ID]
+                   [--session-expiry 86400]
+                   [--status-interval 60] [--max-message-bytes 65536] [--debug]
 
 `keygen` writes `DIR/NAME.key` (the PKCS#8 PEM private key, mode 0600, never
 overwritten) and `DIR/NAME.pub` (the public key, base64 on one line): install
@@ -16,8 +23,14 @@ publishes on `<prefix>/<bench>/cmd` (QoS 1, not retained) and prints the reply
 with the same id as JSON. Argument values are numbers when they parse as one,
 else strings: `bench-ops send … usb.set port=usb1 state=off duration_s=1800`.
 
-Exit codes: 0 the bench replied ok; 1 it replied with an error; 2 no reply within
-`--timeout` seconds; 3 no connection to the broker; 64 a usage or key-file error.
+`bridge` runs until SIGTERM (see `bench_agent/ops/bridge.py` and the README's "The
+bridge"): it republishes every bench's v2 batches as v1 telemetry and events under
+`--v1-prefix`, and mirrors their retained state and status there.
+
+Exit codes: 0 the bench replied ok (`bridge`: stopped by a signal); 1 it replied with
+an error; 2 no reply within `--timeout` seconds; 3 no connection to the broker; 64 a
+usage or key-file error; `bridge` only: 77 the broker refused a subscription or a
+republished message (its ACL), 70 the MQTT thread ended.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ import argparse
 import json
 import math
 import os
+import re
+import socket
 import ssl
 import sys
 import threading
@@ -47,6 +62,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bench_agent.errors import UsageError
+from bench_agent.logsetup import register_secret, setup_logging
+from bench_agent.ops.bridge import BridgeOptions, run_bridge
 from bench_agent.remote.commands import ACTIONS, BENCH_PATTERN, KEY_ID_PATTERN
 from bench_agent.remote.signing import new_command, public_key_text, sign_command
 
@@ -236,13 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     kg.add_argument("--key-id", default="ops", help="the key's name (default: ops)")
 
     sd = commands.add_parser("send", help="send a signed command and print the reply")
-    sd.add_argument("--host", required=True)
-    sd.add_argument("--port", type=int, default=None, help="1883, or 8883 with TLS")
-    sd.add_argument("--tls-ca", type=Path, help="CA certificate of the broker (enables TLS)")
-    sd.add_argument("--tls-cert", "--cert", type=Path, help="client certificate (TLS)")
-    sd.add_argument("--tls-key", type=Path, help="client certificate's private key (TLS)")
-    sd.add_argument("--username")
-    sd.add_argument("--password-file", type=Path)
+    _broker_options(sd)
     sd.add_argument("--key", type=Path, required=True, help="Ed25519 signing key (NAME.key)")
     sd.add_argument("--key-id", required=True, help="the name the benches know the key by")
     sd.add_argument("--bench", required=True, help="bench id")
@@ -251,7 +262,66 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("--ttl", type=float, default=120.0, help="seconds the command stays valid")
     sd.add_argument("action", choices=ACTIONS)
     sd.add_argument("args", nargs="*", metavar="name=value")
+
+    br = commands.add_parser("bridge", help="republish contract v2 batches as v1 JSON (a service)")
+    _broker_options(br)
+    br.add_argument("--prefix", default="smartbench", help="the benches' topic prefix")
+    br.add_argument(
+        "--v1-prefix",
+        default="smartbench-v1",
+        help="where the v1 messages go (default: %(default)s)",
+    )
+    share = br.add_mutually_exclusive_group()
+    share.add_argument(
+        "--group",
+        default="bench-ops-bridge",
+        help="shared subscription group (default: %(default)s)",
+    )
+    share.add_argument(
+        "--no-share",
+        action="store_true",
+        help="a plain subscription instead (one bridge only; kept over a mosquitto restart)",
+    )
+    br.add_argument(
+        "--client-id",
+        default=f"bench-ops-bridge-{socket.gethostname()}",
+        help="stable per instance: its persistent session (default: bench-ops-bridge-HOSTNAME)",
+    )
+    br.add_argument(
+        "--session-expiry", type=int, default=86_400, help="seconds the broker keeps the session"
+    )
+    br.add_argument(
+        "--status-interval", type=float, default=60.0, help="seconds between summaries/status"
+    )
+    br.add_argument(
+        "--max-message-bytes", type=int, default=65_536, help="largest v1 telemetry message"
+    )
+    br.add_argument("--debug", action="store_true", help="log at DEBUG")
     return parser
+
+
+def _broker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, default=None, help="1883, or 8883 with TLS")
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate of the broker (enables TLS)")
+    parser.add_argument("--tls-cert", "--cert", type=Path, help="client certificate (TLS)")
+    parser.add_argument("--tls-key", type=Path, help="client certificate's private key (TLS)")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", type=Path)
+
+
+def _password(opts: argparse.Namespace) -> str | None:
+    if opts.password_file is None:
+        return None
+    try:
+        return str(opts.password_file.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{opts.password_file}: cannot read ({exc})") from None
+
+
+def _port(opts: argparse.Namespace) -> int:
+    tls = opts.tls_ca is not None or opts.tls_cert is not None
+    return int(opts.port or (8883 if tls else 1883))
 
 
 def _send(opts: argparse.Namespace) -> int:
@@ -262,12 +332,7 @@ def _send(opts: argparse.Namespace) -> int:
     if not (opts.timeout > 0 and opts.ttl > 0):
         raise UsageError("--timeout and --ttl must be positive")
     key = load_private_key(opts.key)
-    password = None
-    if opts.password_file is not None:
-        try:
-            password = opts.password_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{opts.password_file}: cannot read ({exc})") from None
+    password = _password(opts)
     command = new_command(
         opts.action,
         parse_args_pairs(opts.args),
@@ -276,11 +341,10 @@ def _send(opts: argparse.Namespace) -> int:
         ttl_s=opts.ttl,
     )
     signed = sign_command(command, key, opts.key_id)
-    tls = opts.tls_ca is not None or opts.tls_cert is not None
     code, reply, failure = send(
         signed,
         host=opts.host,
-        port=opts.port or (8883 if tls else 1883),
+        port=_port(opts),
         cmd_topic=f"{opts.prefix}/{opts.bench}/cmd",
         timeout_s=opts.timeout,
         tls_ca=opts.tls_ca,
@@ -296,9 +360,51 @@ def _send(opts: argparse.Namespace) -> int:
     return code
 
 
+_TOPIC_PART = re.compile(r"[^+#/\x00]+")
+
+
+def _bridge(opts: argparse.Namespace) -> int:
+    for flag, prefix in (("--prefix", opts.prefix), ("--v1-prefix", opts.v1_prefix)):
+        levels = prefix.split("/")
+        if prefix.startswith("$") or not all(_TOPIC_PART.fullmatch(level) for level in levels):
+            raise UsageError(f"{flag} {prefix!r}: topic levels without + # or a leading $")
+    if opts.prefix == opts.v1_prefix:
+        raise UsageError("--prefix and --v1-prefix must differ")
+    for flag, word in (("--group", opts.group), ("--client-id", opts.client_id)):
+        if not _TOPIC_PART.fullmatch(word):
+            raise UsageError(f"{flag} {word!r}: one topic level, without + # or /")
+    if opts.session_expiry < 0 or opts.status_interval <= 0 or opts.max_message_bytes < 1024:
+        raise UsageError(
+            "--session-expiry >= 0, --status-interval > 0, --max-message-bytes >= 1024"
+        )
+    setup_logging(opts.debug)
+    password = _password(opts)
+    if password:
+        register_secret(password)
+    options = BridgeOptions(
+        host=opts.host,
+        port=_port(opts),
+        client_id=opts.client_id,
+        prefix=opts.prefix,
+        v1_prefix=opts.v1_prefix,
+        group=None if opts.no_share else opts.group,
+        tls_ca=opts.tls_ca,
+        tls_cert=opts.tls_cert,
+        tls_key=opts.tls_key,
+        username=opts.username,
+        password=password,
+        session_expiry_s=opts.session_expiry,
+        status_interval_s=opts.status_interval,
+        max_message_bytes=opts.max_message_bytes,
+    )
+    return run_bridge(options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = _parser().parse_args(argv)
+        if opts.command == "bridge":
+            return _bridge(opts)
         if opts.command == "keygen":
             private_path, public_path = keygen(opts.out, opts.key_id)
             print(f"private key: {private_path} (keep it secret)")
