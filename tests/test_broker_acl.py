@@ -89,7 +89,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     persist.mkdir()
     _pki(pki, "ca")
     _pki(pki, "broker", "localhost", "127.0.0.1")
-    for name in ("bench-a", "bench-b", "ops.view", "ops.command"):
+    for name in ("bench-a", "bench-b", "ops.view", "ops.command", "ops.bridge"):
         _pki(pki, "client", name)
     # Same CN as a real bench, but from a CA the broker does not trust.
     _pki(stranger, "ca")
@@ -370,7 +370,19 @@ def test_pki_keys_are_private_and_names_are_checked(tmp_path: Path) -> None:
     assert (tmp_path / "bench-7.crt").read_bytes() == before
     # Names that would break ACL substitution or collide are refused, and so are
     # the reserved "ops" and anything that looks like an ops identity but is not one.
-    for bad in ("a/b", "+", "#", "Bench", "ca", "crl", "-x", "ops", "ops.admin", "ops.view/x"):
+    for bad in (
+        "a/b",
+        "+",
+        "#",
+        "Bench",
+        "ca",
+        "crl",
+        "-x",
+        "ops",
+        "ops.admin",
+        "ops.view/x",
+        "ops.bridger",
+    ):
         r = subprocess.run(
             [str(BROKER_DIR / "make-pki.sh"), str(tmp_path), "client", bad],
             check=False,
@@ -378,6 +390,34 @@ def test_pki_keys_are_private_and_names_are_checked(tmp_path: Path) -> None:
             text=True,
         )
         assert r.returncode != 0, bad
+
+
+def test_the_bridge_reads_v2_batches_shared_and_writes_only_under_the_v1_prefix(
+    broker: Broker,
+) -> None:
+    """ops.bridge (`bench-ops bridge`): a bench's v2 batch reaches it through a shared
+    subscription; what it writes under smartbench-v1/ reaches ops.view; it can speak
+    for no bench, and no bench can write under smartbench-v1/."""
+    started = [Client(broker, name).start() for name in ("bench-a", "ops.bridge", "ops.view")]
+    a, bridge, view = started
+    try:
+        for c in started:
+            assert c.connected.wait(WAIT_S)
+        assert bridge.subscribe(f"$share/bench-ops-bridge/{PREFIX}/+/v2").value < 0x80
+        assert view.subscribe("smartbench-v1/#").value < 0x80
+        assert a.publish(t("bench-a", "v2"), "batch").value == 0x00
+        assert bridge.receive_until(t("bench-a", "v2")) == [(t("bench-a", "v2"), b"batch")]
+        assert bridge.publish("smartbench-v1/bench-a/telemetry", "v1").value == 0x00
+        assert view.receive_until("smartbench-v1/bench-a/telemetry") == [
+            ("smartbench-v1/bench-a/telemetry", b"v1")
+        ]
+        for leaf in ("telemetry", "v2", "status", "cmd"):
+            assert bridge.publish(t("bench-a", leaf), "forged").value == 0x87
+        assert a.publish("smartbench-v1/bench-a/telemetry", "forged").value == 0x87
+        assert a.publish(t("bench-b", "v2"), "forged").value == 0x87
+    finally:
+        for c in started:
+            c.stop()
 
 
 def test_ops_view_reads_but_cannot_command(clients: dict[str, Client]) -> None:
