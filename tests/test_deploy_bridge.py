@@ -1,0 +1,353 @@
+"""The bridge's unit (deploy/bench-ops-bridge.service) and its example flags
+(deploy/bench-ops-bridge.conf): the file itself (exposure, verify, directives), its
+ExecStart exactly as written run with the shipped flags through the shipped broker
+configuration (TLS, ACL), and the unit under a real systemd in a sandbox: hardened,
+and after kill -9 of its main process restarted with nothing lost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import textwrap
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bridge_support import BENCH_OPS, BridgeProcess, batches, captured_records
+from tests.deploy_support import WHEELHOUSE, installer_environment, wheelhouse_missing
+from tests.support import REPO, wait_until
+from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
+from tests.test_broker_acl import Client, _pki, _running_broker
+from tests.test_deploy_unit import directives, exposure, needs_analyze, unexplained_directives
+
+UNIT = REPO / "deploy" / "bench-ops-bridge.service"
+CONF = REPO / "deploy" / "bench-ops-bridge.conf"
+INSTALLED_EXEC = "/opt/bench-ops/venv/bin/bench-ops"
+INSTALLED_CONF = "/etc/bench-ops/bridge.conf"
+MAX_EXPOSURE = 1.1  # what remains is the network it needs (and ProtectClock's rtc read)
+RESTART_SEC = 5  # the unit's RestartSec=
+
+
+def environment_file(text: str) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (comments, blank lines)."""
+    env = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def exec_start(env: Mapping[str, str]) -> list[str]:
+    """The unit's ExecStart as systemd runs it: an unquoted `$VAR` becomes the words of
+    its value; the installed console script is this venv's."""
+    lines = [
+        line.removeprefix("ExecStart=")
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("ExecStart=")
+    ]
+    assert len(lines) == 1, lines
+    argv: list[str] = []
+    for word in shlex.split(lines[0]):
+        if re.fullmatch(r"\$[A-Za-z_][A-Za-z0-9_]*", word):
+            argv += env.get(word[1:], "").split()
+        else:
+            argv.append(word)
+    assert argv[0] == INSTALLED_EXEC
+    return [str(BENCH_OPS), *argv[1:]]
+
+
+# -- the file ------------------------------------------------------------------------
+
+
+@needs_analyze
+def test_exposure_and_verify(tmp_path: Path) -> None:
+    assert exposure(UNIT) <= MAX_EXPOSURE
+    weak = tmp_path / UNIT.name
+    text = UNIT.read_text()
+    for key in ("ProtectSystem=strict", "SystemCallFilter=@system-service", "PrivateUsers=yes"):
+        text = text.replace(f"\n{key}\n", "\n")
+    weak.write_text(text)
+    assert exposure(weak) > MAX_EXPOSURE
+    copy = tmp_path / "copy" / UNIT.name
+    copy.parent.mkdir()
+    copy.write_text(
+        UNIT.read_text().replace(f"ExecStart={INSTALLED_EXEC}", f"ExecStart={BENCH_OPS}")
+    )
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert (r.returncode, r.stderr.strip()) == (0, "")
+
+
+def test_key_directives_and_every_one_explained() -> None:
+    d = directives(UNIT.read_text())
+    unit, service = d["Unit"], d["Service"]
+    assert service["ExecStart"] == [f"{INSTALLED_EXEC} bridge $BRIDGE_ARGS"]
+    assert service["EnvironmentFile"] == [INSTALLED_CONF]
+    assert service["Type"] == ["notify"]
+    assert service["Restart"] == ["always"]
+    assert service["RestartPreventExitStatus"] == ["64"]  # a bad flag
+    assert unit["StartLimitIntervalSec"] == ["0"]
+    assert service["User"] == ["bench-ops"] and "DynamicUser" not in service
+    assert service["CapabilityBoundingSet"] == [""]
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    assert service["ProtectSystem"] == ["strict"]
+    for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectHome", "PrivateUsers"):
+        assert service[key] == ["yes"], key
+    assert unexplained_directives(UNIT.read_text()) == []
+    assert unexplained_directives(CONF.read_text()) == []
+
+
+# -- the command line, through the shipped broker configuration ------------------------
+
+
+def test_the_units_command_line_with_the_shipped_flags_bridges_through_the_shipped_broker(
+    tmp_path: Path,
+) -> None:
+    """ExecStart exactly as written, $BRIDGE_ARGS from the shipped example with only its
+    host, port and file paths changed; the broker is deploy/broker's (TLS, client
+    certificates, the ACL) with certificates from make-pki.sh."""
+    pki, persist = tmp_path / "pki", tmp_path / "persist"
+    persist.mkdir()
+    _pki(pki, "ca")
+    _pki(pki, "broker", "localhost", "127.0.0.1")
+    for name in ("bench-a", "ops.bridge", "ops.view"):
+        _pki(pki, "client", name)
+    with _running_broker(tmp_path, pki, persist) as broker:
+        args = environment_file(CONF.read_text())["BRIDGE_ARGS"]
+        assert "--host mqtt.example.go.id --port 8883" in args
+        args = args.replace(
+            "--host mqtt.example.go.id --port 8883", f"--host localhost --port {broker.port}"
+        )
+        args = args.replace("/etc/bench-ops/", f"{pki}/") + " --status-interval 1"
+        argv = exec_start({"BRIDGE_ARGS": args})
+        view = Client(broker, "ops.view").start()
+        bench = Client(broker, "bench-a").start()
+        bridge = BridgeProcess(broker.port, tmp_path, "ops.bridge", argv=argv)
+        seen: list[tuple[str, bytes]] = []
+
+        def payloads(topic_end: str) -> list[dict[str, Any]]:
+            while not view.messages.empty():
+                seen.append(view.messages.get())
+            return [json.loads(p) for t, p in seen if t.endswith(topic_end)]
+
+        try:
+            assert view.connected.wait(5) and bench.connected.wait(5)
+            assert view.subscribe("smartbench-v1/#").value < 0x80
+            wait_until(lambda: payloads("/_bridge/ops.bridge"), 20, "the bridge online")
+            records = []
+            for kind, record in captured_records()[:10]:
+                if "bench" in record:
+                    record["bench"] = "bench-a"
+                records.append((kind, record))
+            bench.client.publish("smartbench/bench-a/state", b'{"v":1}', qos=1, retain=True)
+            for payload in batches(records, "bench-a"):
+                bench.client.publish("smartbench/bench-a/v2", payload, qos=1).wait_for_publish(5)
+
+            def seqs() -> set[int]:
+                telemetry = payloads("/bench-a/telemetry")
+                events = payloads("/bench-a/event")
+                return {r["seq"] for m in telemetry for r in m["records"]} | {
+                    e["seq"] for e in events
+                }
+
+            wait_until(lambda: seqs() == set(range(1, 11)), 20, "the ten records at ops.view")
+            assert payloads("/bench-a/state") == [{"v": 1}]
+            assert bridge.alive(), bridge.log
+        finally:
+            bridge.kill()
+            view.stop()
+            bench.stop()
+    assert "refused" not in bridge.log and "Traceback" not in bridge.log, bridge.log
+
+
+# -- under a real systemd ----------------------------------------------------------------
+
+# Inside the sandbox: a bench stand-in publishing v2 batches (QoS 1, each acknowledged),
+# paced so that the bridge is killed mid-stream.
+PUBLISHER = textwrap.dedent(
+    """
+    import sys, time
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    port, path = int(sys.argv[1]), sys.argv[2]
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    for line in open(path):
+        info = client.publish("smartbench/sim-bench-01/v2", bytes.fromhex(line.strip()), qos=1)
+        info.wait_for_publish(10)
+        time.sleep(0.02)
+    client.disconnect()
+    client.loop_stop()
+    print("published")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def bridge_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SystemdSandbox, int]]:
+    """A sandbox with the bridge installed as the README says (a user, a venv from the
+    lock and a clean copy of the package, the unit byte for byte, its flags file) and
+    a mosquitto that systemd runs."""
+    missing = wheelhouse_missing()
+    if missing:
+        pytest.fail(missing)
+    workdir = tmp_path_factory.mktemp("bridge-unit")
+    with SystemdSandbox(workdir) as box:
+        port = int(
+            box.run(
+                [
+                    "python3",
+                    "-c",
+                    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0));"
+                    " print(s.getsockname()[1])",
+                ]
+            ).stdout
+        )
+        conf = box.path("/etc/bench-sandbox/mosquitto.conf")
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        box.run(
+            [
+                "systemd-run",
+                "--unit=test-broker.service",
+                "mosquitto",
+                "-c",
+                str(conf.relative_to(box.path("/"))),
+            ]
+        )
+        box.sh(
+            "useradd --system --user-group --no-create-home --home-dir /nonexistent"
+            " --shell /usr/sbin/nologin bench-ops"
+        )
+        package = "/root/bench-ops-src"
+        box.run(["mkdir", "-p", package])
+        for name in ("pyproject.toml", "README.md", "bench_agent"):
+            box.run(["cp", "-a", str(REPO / name), package])
+        box.run(
+            ["find", package, "-name", "__pycache__", "-prune", "-exec", "rm", "-rf", "{}", "+"]
+        )
+        pip = "/opt/bench-ops/venv/bin/python -m pip install -q --disable-pip-version-check"
+        box.sh(
+            f"python3 -m venv /opt/bench-ops/venv && {' '.join(installer_environment()[1:])}"
+            f" {pip} --use-pep517 --require-hashes -r {REPO}/deploy/requirements.lock &&"
+            f" {pip} --no-deps --no-build-isolation {package}",
+            timeout_s=600,
+        )
+        assert WHEELHOUSE.is_dir()
+        box.run(["install", "-d", "-m", "0750", "-g", "bench-ops", "/etc/bench-ops"])
+        flags = f"--host 127.0.0.1 --port {port} --client-id sandbox-bridge --no-share"
+        flags += " --status-interval 1"
+        box.path(INSTALLED_CONF).write_text(f"BRIDGE_ARGS={flags}\n")
+        box.run(["chgrp", "bench-ops", INSTALLED_CONF])
+        box.run(["chmod", "0640", INSTALLED_CONF])
+        box.path("/etc/systemd/system/bench-ops-bridge.service").write_bytes(UNIT.read_bytes())
+        box.systemctl("daemon-reload")
+        yield box, port
+
+
+def _state(box: SystemdSandbox) -> dict[str, str]:
+    return box.show("bench-ops-bridge.service", "ActiveState", "SubState", "MainPID", "NRestarts")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    unavailable_reason() is not None, reason=f"no systemd sandbox: {unavailable_reason()}"
+)
+def test_under_systemd_it_is_confined_and_a_kill_9_is_restarted_with_nothing_lost(
+    bridge_box: tuple[SystemdSandbox, int], tmp_path: Path
+) -> None:
+    box, port = bridge_box
+    # A persistent v1 consumer inside the sandbox (its own network), then the unit.
+    consumer_log = tmp_path / "consumer.out"
+    consumer = box.start(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-c",
+         "-i", "v1-consumer", "-x", "3600", "-q", "1", "-t", "smartbench-v1/+/telemetry",
+         "-t", "smartbench-v1/+/event"],
+        consumer_log,
+    )  # fmt: skip
+    publisher: subprocess.Popen[bytes] | None = None
+    try:
+        box.systemctl("start", "bench-ops-bridge.service")  # Type=notify: READY=1 came
+        state = _state(box)
+        assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
+        pid = state["MainPID"]
+        status = box.run(["cat", f"/proc/{pid}/status"]).stdout
+        fields = dict(re.findall(r"^(\w+):\s*(.*)$", status, re.MULTILINE))
+        assert fields["Uid"].split()[0] == box.run(["id", "-u", "bench-ops"]).stdout.strip()
+        assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0
+        assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"
+        security = box.run(
+            ["systemd-analyze", "security", "bench-ops-bridge.service", "--no-pager"]
+        ).stdout
+        score = re.search(r"Overall exposure level for \S+: ([\d.]+)", security)
+        assert score is not None and float(score.group(1)) <= MAX_EXPOSURE, security
+
+        def journal() -> str:
+            return box.run(
+                ["journalctl", "-u", "bench-ops-bridge", "--no-pager", "-o", "cat"], check=False
+            ).stdout
+
+        wait_until(lambda: "connected to 127.0.0.1" in journal(), 20, "the bridge connected")
+
+        records = captured_records()[:1000]
+        payloads = box.path("/root/batches.hex")
+        payloads.write_text("\n".join(p.hex() for p in batches(records)) + "\n")
+        script = box.path("/root/publisher.py")
+        script.write_text(PUBLISHER)
+        publisher = box.start(
+            [
+                "/opt/bench-ops/venv/bin/python",
+                "/root/publisher.py",
+                str(port),
+                "/root/batches.hex",
+            ],
+            tmp_path / "publisher.out",
+        )
+
+        def seqs() -> set[int]:
+            found: set[int] = set()
+            for line in consumer_log.read_text().splitlines():
+                body = json.loads(line)
+                if "records" in body:
+                    found.update(r["seq"] for r in body["records"])
+                else:
+                    found.add(body["seq"])
+            return found
+
+        wait_until(lambda: len(seqs()) >= 200, 30, "records through the unit")
+        box.run(["kill", "-9", pid])  # mid-stream
+        wait_until(
+            lambda: (
+                _state(box)["MainPID"] not in ("0", pid) and _state(box)["SubState"] == "running"
+            ),
+            RESTART_SEC + 30,
+            "the unit restarted",
+        )
+        assert int(_state(box)["NRestarts"]) == int(state["NRestarts"]) + 1
+        assert publisher.wait(120) == 0, (tmp_path / "publisher.out").read_text()
+        wait_until(lambda: seqs() == set(range(1, 1001)), 60, "every record after kill -9")
+        text = journal()
+        for refused in (
+            "Operation not permitted",
+            "Permission denied",
+            "Bad system call",
+            "Traceback",
+        ):
+            assert refused not in text, text
+        box.systemctl("stop", "bench-ops-bridge.service")
+        assert box.show("bench-ops-bridge.service", "Result")["Result"] == "success"
+    finally:
+        if publisher is not None and publisher.poll() is None:
+            publisher.kill()
+            publisher.wait()
+        consumer.kill()
+        consumer.wait()
