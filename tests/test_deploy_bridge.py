@@ -297,6 +297,33 @@ def test_under_systemd_it_is_confined_and_a_kill_9_is_restarted_with_nothing_los
             ).stdout
 
         wait_until(lambda: "connected to 127.0.0.1" in journal(), 20, "the bridge connected")
+        # The TLS files the README installs (0640 root:bench-ops) are readable under the
+        # unit's identity (PrivateUsers maps its own group), and nothing else of /etc is.
+        key = box.path("/etc/bench-ops/probe.key")
+        key.write_text("a key\n")
+        box.run(["chgrp", "bench-ops", "/etc/bench-ops/probe.key"])
+        box.run(["chmod", "0640", "/etc/bench-ops/probe.key"])
+        identity = [
+            arg
+            for line in UNIT.read_text().splitlines()
+            if line.startswith(
+                ("User=", "Group=", "PrivateUsers=", "ProtectSystem=", "ProtectHome=")
+            )
+            for arg in ("-p", line)
+        ]
+
+        def read_as_the_unit(name: str, path: str) -> str:
+            out = box.path(f"/run/probe-{name}.out")  # opened by systemd before it drops root
+            output = ["-p", f"StandardOutput=file:/run/probe-{name}.out"]
+            script = ["sh", "-c", f"cat {path} 2>&1; echo probed"]
+            box.run(["systemd-run", f"--unit=probe-{name}", *identity, *output, *script])
+            wait_until(
+                lambda: out.exists() and "probed" in out.read_text(), 10, f"the probe of {path}"
+            )
+            return out.read_text()
+
+        assert read_as_the_unit("key", "/etc/bench-ops/probe.key") == "a key\nprobed\n"
+        assert "Permission denied" in read_as_the_unit("shadow", "/etc/shadow")
 
         records = captured_records()[:1000]
         payloads = box.path("/root/batches.hex")

@@ -257,3 +257,15 @@ def test_the_bridge_refuses_bad_flags_in_one_line(
 ) -> None:
     assert main(["bridge", "--host", "127.0.0.1", *flags]) == EXIT_USAGE
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_bridge_refuses_tls_files_it_cannot_use_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bridge", "--host", "h", "--tls-ca", str(tmp_path / "none.crt")]) == EXIT_USAGE
+    assert "cannot read" in capsys.readouterr().err
+    bad = tmp_path / "ca.crt"
+    bad.write_text("not a certificate\n")
+    assert main(["bridge", "--host", "h", "--tls-ca", str(bad)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("bench-ops: TLS files:") and err.count("\n") == 1

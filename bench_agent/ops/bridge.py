@@ -52,6 +52,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench_agent import __version__
 from bench_agent.clock import iso_utc, next_due
+from bench_agent.errors import UsageError
 from bench_agent.json_value import JsonObject
 from bench_agent.link import contract_v2
 from bench_agent.ops.bridge_acks import AckBook, Delivery, Incoming
@@ -103,6 +104,21 @@ class BridgeOptions:
     def v2_filter(self) -> str:
         plain = f"{self.prefix}/+/{contract_v2.LEAF}"
         return plain if self.group is None else f"$share/{self.group}/{plain}"
+
+
+def check_tls(options: BridgeOptions) -> None:
+    """The TLS files load (a CA that parses, a key that matches its certificate), or
+    UsageError: a bad file is a one-line error, not a traceback at the first connect."""
+    if not (options.tls_ca or options.tls_cert):
+        return
+    try:
+        context = ssl.create_default_context(cafile=str(options.tls_ca) if options.tls_ca else None)
+        if options.tls_cert:
+            context.load_cert_chain(
+                str(options.tls_cert), str(options.tls_key) if options.tls_key else None
+            )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise UsageError(f"TLS files: {exc}") from None
 
 
 class Bridge:

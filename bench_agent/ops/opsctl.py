@@ -63,7 +63,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bench_agent.errors import UsageError
 from bench_agent.logsetup import register_secret, setup_logging
-from bench_agent.ops.bridge import BridgeOptions, run_bridge
+from bench_agent.ops.bridge import BridgeOptions, check_tls, run_bridge
 from bench_agent.remote.commands import ACTIONS, BENCH_PATTERN, KEY_ID_PATTERN
 from bench_agent.remote.signing import new_command, public_key_text, sign_command
 
@@ -377,10 +377,14 @@ def _bridge(opts: argparse.Namespace) -> int:
         raise UsageError(
             "--session-expiry >= 0, --status-interval > 0, --max-message-bytes >= 1024"
         )
-    setup_logging(opts.debug)
+    for flag, path in (
+        ("--tls-ca", opts.tls_ca),
+        ("--tls-cert", opts.tls_cert),
+        ("--tls-key", opts.tls_key),
+    ):
+        if path is not None and not os.access(path, os.R_OK):
+            raise UsageError(f"{flag} {path}: cannot read it")
     password = _password(opts)
-    if password:
-        register_secret(password)
     options = BridgeOptions(
         host=opts.host,
         port=_port(opts),
@@ -397,6 +401,10 @@ def _bridge(opts: argparse.Namespace) -> int:
         status_interval_s=opts.status_interval,
         max_message_bytes=opts.max_message_bytes,
     )
+    check_tls(options)
+    setup_logging(opts.debug)
+    if password:
+        register_secret(password)
     return run_bridge(options)
 
 
