@@ -24,24 +24,21 @@ minute at most, and acknowledged: never redelivered for ever, never a crash. A
 republish the broker refuses (its ACL) is not acknowledged and stops the bridge (exit
 77): the batch stays with the broker until the ACL is fixed.
 
-Threads: paho's network thread runs every callback; the main thread logs the summary,
-publishes the status and waits for a signal. They share the state under one lock, and
-the main thread never holds it while it calls paho (paho calls `on_publish` holding
-its own lock).
+Threads: paho's network thread runs every callback; the main thread
+(`bridge_service`) logs the summary, publishes the status and waits for a signal. They
+share the state under one lock, and the main thread never holds it while it calls paho
+(paho calls `on_publish` holding its own lock).
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -51,12 +48,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench_agent import __version__
-from bench_agent.clock import iso_utc, next_due
+from bench_agent.clock import iso_utc
 from bench_agent.errors import UsageError
 from bench_agent.json_value import JsonObject
 from bench_agent.link import contract_v2
 from bench_agent.ops.bridge_acks import AckBook, Delivery, Incoming
-from bench_agent.ops.bridge_ledger import Key, Ledger
+from bench_agent.ops.bridge_ledger import Counters, Key, Ledger
 from bench_agent.ops.bridge_payloads import (
     INTERNAL_ERROR,
     MIRRORED_LEAVES,
@@ -70,13 +67,10 @@ from bench_agent.ops.bridge_payloads import (
     summary_line,
     v1_payloads,
 )
-from bench_agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
 EXIT_REFUSED = 77  # EX_NOPERM: the broker refused a subscription or a republish (its ACL)
-EXIT_FAILED = 70  # EX_SOFTWARE: paho's network thread ended
 # Room left in the broker's Maximum Packet Size for the topic, properties and header.
 PACKET_HEADROOM = 1024
 RECEIVE_MAXIMUM = 100  # messages in flight at once, each way
@@ -124,9 +118,8 @@ def check_tls(options: BridgeOptions) -> None:
 class Bridge:
     """One bridge instance: its MQTT client, its ledger, the acks it owes."""
 
-    def __init__(self, options: BridgeOptions, notifier: Notifier | None = None) -> None:
+    def __init__(self, options: BridgeOptions) -> None:
         self.options = options
-        self.notifier = notifier or Notifier()
         self.ledger = Ledger()
         self.stop_event = threading.Event()
         self.fatal: str | None = None
@@ -390,52 +383,26 @@ class Bridge:
             counters=counters, reason=reason,
         )  # fmt: skip
 
-    def run(self, install_signals: bool = True) -> int:
-        """Until SIGTERM/SIGINT (exit 0) or a refusal (77): the summary and status every
-        `status_interval_s`."""
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, self._on_signal)
-        log.info(
-            "bridge %s: %s -> %s/+/{telemetry,event}, state and status mirrored",
-            self.options.client_id, self.options.v2_filter, self.options.v1_prefix,
-        )  # fmt: skip
-        self.start()
-        self.notifier.ready()
-        interval = self.options.status_interval_s
-        started = last = time.monotonic()
-        due = started + interval
+    def counters(self) -> Counters:
         with self._lock:
-            previous = deepcopy(self.ledger.counters)
-        code = EXIT_OK
-        while not self.stop_event.wait(max(0.0, min(1.0, due - time.monotonic()))):
-            if not self._network_thread_alive():
-                log.error("paho's network thread ended: stopping (exit %d)", EXIT_FAILED)
-                code = EXIT_FAILED
-                break
-            now = time.monotonic()
-            if now < due:
-                continue
-            with self._lock:
-                counters = deepcopy(self.ledger.counters)
-                line = summary_line(counters, previous, self.ledger.gaps(), now - last)
-                connected = self._connected
-            log.info("%s", line)
-            self.notifier.status(line)
-            if connected:
-                self.client.publish(
-                    self._status_topic, self._status(online=True), qos=1, retain=True
-                )
-            previous, last, due = counters, now, next_due(due, now, interval)
-        if self.fatal is not None:
-            code = EXIT_REFUSED
-        self.stop(reason="refused" if self.fatal else "shutdown")
-        return code
+            return deepcopy(self.ledger.counters)
+
+    def summary(self, previous: Counters, interval_s: float) -> tuple[Counters, str]:
+        """The counters now, and the summary line since `previous` (`interval_s` ago)."""
+        with self._lock:
+            counters = deepcopy(self.ledger.counters)
+            return counters, summary_line(counters, previous, self.ledger.gaps(), interval_s)
+
+    def publish_status(self) -> None:
+        """The retained status, online, with the counters (skipped while disconnected)."""
+        with self._lock:
+            connected = self._connected
+        if connected:  # never while holding the lock: paho calls on_publish holding its own
+            self.client.publish(self._status_topic, self._status(online=True), qos=1, retain=True)
 
     def stop(self, reason: str = "shutdown", timeout_s: float = 3.0) -> None:
         """The retained status offline (acknowledged if the broker is there), then a clean
         disconnect that keeps the session (what is not acknowledged is redelivered)."""
-        self.notifier.stopping()
         with self._lock:
             connected = self._connected
         if connected:
@@ -449,14 +416,6 @@ class Bridge:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _network_thread_alive(self) -> bool:
+    def network_thread_alive(self) -> bool:
         thread = getattr(self.client, "_thread", None)  # paho's, set by loop_start()
         return isinstance(thread, threading.Thread) and thread.is_alive()
-
-    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        self.stop_event.set()
-
-
-def run_bridge(options: BridgeOptions, notifier_factory: Callable[[], Notifier] = Notifier) -> int:
-    with notifier_factory() as notifier:
-        return Bridge(options, notifier).run()

@@ -63,7 +63,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bench_agent.errors import UsageError
 from bench_agent.logsetup import register_secret, setup_logging
-from bench_agent.ops.bridge import BridgeOptions, check_tls, run_bridge
+from bench_agent.ops.bridge import BridgeOptions, check_tls
+from bench_agent.ops.bridge_service import run_bridge
 from bench_agent.remote.commands import ACTIONS, BENCH_PATTERN, KEY_ID_PATTERN
 from bench_agent.remote.signing import new_command, public_key_text, sign_command
 
