@@ -1,12 +1,15 @@
 """`make demo`: the agent on a simulated bench, a private broker, and a live view.
 
 Starts a mosquitto on a free loopback port, the agent (`bench-agent run`) on the
-simulated bench of `config/sim-bench.toml` with its scripted demo day, and shows
-what city ops receive (a compact table of the latest telemetry, the outputs
-with the reason for each, the latest events — refreshed as messages arrive)
-and what a field technician sees (`bench-agent status`, read every 2 s over the
-agent's control socket, exactly as the CLI prints it). Ctrl-C (or `--duration`
-seconds) stops everything it started.
+simulated bench of `config/sim-bench.toml` with its scripted demo day, and
+`bench-ops bridge` as a city runs it: the bench sends contract-2 batches, the
+bridge republishes them as v1 JSON under `smartbench-v1/`. Shows what city ops
+receive there (a compact table of the latest telemetry, the outputs with the
+reason for each, the latest events — refreshed as messages arrive), the bytes
+the batches took on the bench's link against their v1 JSON, and what a field
+technician sees (`bench-agent status`, read every 2 s over the agent's control
+socket, exactly as the CLI prints it). Ctrl-C (or `--duration` seconds) stops
+everything it started.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from bench_agent.local.render import format_status
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_CONFIG = REPO / "config" / "sim-bench.toml"
+V1_PREFIX = "smartbench-v1"  # where the bridge republishes, what ops' tools read
 
 
 def _free_port() -> int:
@@ -73,17 +77,25 @@ class OpsView:
         self.state: dict[str, Any] | None = None
         self.record: dict[str, Any] | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=8)
-        self.counts = {"telemetry": 0, "event": 0, "bytes": 0}
+        self.counts = {"telemetry": 0, "event": 0, "bytes": 0, "batches": 0, "batch_bytes": 0}
         self.changed = threading.Event()
 
     def on_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        leaf = msg.topic.split("/", 2)[-1]
+        prefix, leaf = msg.topic.split("/", 1)[0], msg.topic.split("/", 2)[-1]
+        if leaf == "v2":  # a batch on the bench's link: only its size matters here
+            with self.lock:
+                self.counts["batches"] += 1
+                self.counts["batch_bytes"] += len(msg.payload)
+            return
+        if prefix != V1_PREFIX:
+            return
         try:
             payload = json.loads(msg.payload)
         except ValueError:
             return
         with self.lock:
-            self.counts["bytes"] += len(msg.payload)
+            if leaf in ("telemetry", "event"):
+                self.counts["bytes"] += len(msg.payload)
             if leaf == "status":
                 self.status = payload
             elif leaf == "state":
@@ -102,11 +114,12 @@ class OpsView:
 
     def _lines(self) -> list[str]:
         online = self.status and self.status.get("online")
+        c = self.counts
         lines = [
-            "bench-agent demo — what city ops receive (Ctrl-C stops)",
+            f"bench-agent demo — what city ops receive on {V1_PREFIX}/ (Ctrl-C stops)",
             f"status: {'ONLINE' if online else 'offline'}   telemetry msgs: "
-            f"{self.counts['telemetry']}   events: {self.counts['event']}   "
-            f"bytes: {self.counts['bytes']}",
+            f"{c['telemetry']}   events: {c['event']}   as v1 JSON: {c['bytes']} bytes",
+            f"on the bench's link: {c['batches']} contract-2 batches, {c['batch_bytes']} bytes",
             "",
         ]
         r = self.record
@@ -193,24 +206,43 @@ class TechnicianView:
         return "\n".join([rule, *self._lines, "", hint])
 
 
-Started = tuple[int, subprocess.Popen[bytes], subprocess.Popen[bytes], Any]
+Started = tuple[int, subprocess.Popen[bytes], subprocess.Popen[bytes], Any, subprocess.Popen[bytes]]
 
 
 def _start(workdir: Path) -> Started:
-    """A private mosquitto on a free loopback port, then the agent pointed at it."""
+    """A private mosquitto on a free loopback port, then the bridge and the agent
+    pointed at it (the bridge first: its subscription must exist before batches)."""
     port = _free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
     broker = subprocess.Popen(
         ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    bridge = subprocess.Popen(
+        [
+            sys.executable, "-m", "bench_agent.ops.opsctl", "bridge",
+            "--host", "127.0.0.1", "--port", str(port), "--no-share",
+            "--v1-prefix", V1_PREFIX, "--client-id", "demo-bridge", "--status-interval", "10",
+        ],
+        stdout=(workdir / "bridge.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
     agent_log = (workdir / "agent.log").open("wb")
     agent = subprocess.Popen(
         [sys.executable, "-m", "bench_agent", "-c", str(_demo_config(workdir, port)), "run"],
         stdout=agent_log,
         stderr=subprocess.STDOUT,
     )
-    return port, broker, agent, agent_log
+    return port, broker, agent, agent_log, bridge
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _connect(client: paho.Client, port: int) -> None:
@@ -237,12 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     interactive = sys.stdout.isatty() and args.duration is None
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         workdir = Path(tmp)
-        port, broker, agent, agent_log = _start(workdir)
+        port, broker, agent, agent_log, bridge = _start(workdir)
         view = OpsView()
         technician = TechnicianView(workdir / "control.sock")
         client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
         client.on_message = view.on_message
-        client.on_connect = lambda c, *_a: c.subscribe("smartbench/#", qos=1)
+        client.on_connect = lambda c, *_a: c.subscribe(
+            [(f"{V1_PREFIX}/#", 1), ("smartbench/+/v2", 1)]
+        )
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_a: stop.set())
         try:
@@ -250,10 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             client.loop_start()
             end = None if args.duration is None else time.monotonic() + args.duration
             while not stop.is_set() and (end is None or time.monotonic() < end):
-                if agent.poll() is not None:
-                    print(f"demo: the agent exited ({agent.returncode}); its log:", file=sys.stderr)
-                    print((workdir / "agent.log").read_text()[-3000:], file=sys.stderr)
-                    return 1
+                for name, proc in (("agent", agent), ("bridge", bridge)):
+                    if proc.poll() is not None:
+                        print(
+                            f"demo: the {name} exited ({proc.returncode}); its log:",
+                            file=sys.stderr,
+                        )
+                        print((workdir / f"{name}.log").read_text()[-3000:], file=sys.stderr)
+                        return 1
                 ops_changed = view.changed.wait(0.5)
                 view.changed.clear()
                 if (technician.refresh(time.monotonic()) or ops_changed) and interactive:
@@ -267,14 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         finally:
             client.loop_stop()
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
-            broker.terminate()
-            broker.wait(5)
+            for proc in (agent, bridge, broker):  # the agent first: its "offline" goes out
+                _stop(proc)
             agent_log.close()
         print(f"demo: stopped (agent exit status {agent.returncode})")
         return 0 if agent.returncode == 0 else 1
