@@ -9,6 +9,10 @@ A fresh paho client is made for every connection. The on-disk outbox, not
 paho's in-memory queue, is what guarantees delivery, so nothing is lost by
 dropping paho's queue on a reconnect; and a new client means an acknowledgement
 from an old connection can never be mistaken for one of the current one.
+
+Bytes cost money on a bench (README, "The link's own cost"): a reconnect resumes the
+last TLS session (`_ResumingContext`), a topic's name goes once per connection, then its
+MQTT 5 alias (`_TopicAliases`), and the broker's Server Keep Alive is obeyed (by paho).
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -125,8 +133,72 @@ class LinkFactory(Protocol):
     ) -> Link: ...
 
 
+class _ResumingContext(ssl.SSLContext):
+    """A client SSLContext whose `wrap_socket` (paho calls it for every new socket) offers
+    the last session: a resumed handshake (TLS 1.2 ticket, TLS 1.3 PSK) sends no
+    certificates. Name and certificate checks are the context's own, unchanged; a server
+    that refuses the ticket (restarted, expired) makes it a full handshake."""
+
+    offered: ssl.SSLSession | None = None  # what the next handshake offers
+
+    def wrap_socket(  # noqa: PLR0917 (the signature is ssl.SSLContext's)
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=server_hostname,
+            session=session or self.offered,
+        )
+
+
+# A handshake cut short (the network, a broker restarting behind a load balancer) says
+# nothing about the session; an alert or a failed check might be about it.
+_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _file_id(path: Path | None) -> tuple[str, int, int, int] | None:
+    """Which file is there now: a replaced certificate or key makes a new TLS context."""
+    if path is None:
+        return None
+    st = path.stat()
+    return str(path), st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class _TopicAliases:
+    """The MQTT 5 topic aliases of one connection (the broker's CONNACK gives their
+    number): a topic's first PUBLISH carries its name and a number, every later one only
+    the number (3 bytes instead of the name). A new connection starts with none."""
+
+    def __init__(self, maximum: int) -> None:
+        self._maximum = maximum
+        self._numbers: dict[str, int] = {}
+
+    def wire(self, topic: str) -> tuple[str, Properties | None, int | None]:
+        """(topic to send, its properties, the number to `learn` once paho took it)."""
+        known = self._numbers.get(topic)
+        number = known or len(self._numbers) + 1
+        if number > self._maximum:
+            return topic, None, None  # all used: this topic goes by name
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.TopicAlias = number
+        return ("", properties, None) if known else (topic, properties, number)
+
+    def learn(self, topic: str, number: int) -> None:
+        self._numbers[topic] = number
+
+
 class MqttLink:
-    """A self-healing MQTT session. Build, then `start()`; `close()` is idempotent."""
+    """A self-healing MQTT session. Build, then `start()`; `close()` is idempotent.
+    `reuse_tls_sessions=False`: every connection a full TLS handshake (bench/'s "before")."""
 
     def __init__(
         self,
@@ -135,8 +207,13 @@ class MqttLink:
         will: Will,
         subscriptions: Sequence[str],
         on_event: Callable[[LinkEvent], None],
+        reuse_tls_sessions: bool = True,
     ) -> None:
         self._cfg = cfg
+        self._reuse_tls = reuse_tls_sessions
+        self._tls: tuple[_ResumingContext, object] | None = None  # (context, files it read)
+        self._aliases: _TopicAliases | None = None  # this connection's; None: no aliases
+        self._publish_lock = threading.Lock()  # one publish at a time: aliases in order
         self._will = will
         self._subscriptions = tuple(subscriptions)
         self._on_event = on_event
@@ -188,6 +265,13 @@ class MqttLink:
     def generation(self) -> int:
         return self._generation
 
+    @property
+    def keepalive_s(self) -> int | None:
+        """This connection's keepalive (the broker's Server Keep Alive, if it sent one)."""
+        with self._lock:
+            client = self._client if self._connected else None
+        return None if client is None else client.keepalive
+
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> int | None:
@@ -196,14 +280,19 @@ class MqttLink:
         The caller learns of delivery from an `Acked` event with this id (QoS 1: the
         broker's PUBACK). Nothing is queued while offline: the outbox is the queue.
         """
-        with self._lock:
-            client = self._client if self._connected else None
-        if client is None:
-            return None
-        info = client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return None
-        return int(info.mid)
+        with self._publish_lock:
+            with self._lock:
+                client = self._client if self._connected else None
+                aliases = self._aliases
+            if client is None:
+                return None
+            wire, properties, learn = aliases.wire(topic) if aliases else (topic, None, None)
+            info = client.publish(wire, payload, qos=qos, retain=retain, properties=properties)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return None  # not taken: the broker never learns this alias, nor do we
+            if aliases is not None and learn is not None:
+                aliases.learn(topic, learn)
+            return int(info.mid)
 
     # -- the network thread -------------------------------------------------
 
@@ -244,6 +333,8 @@ class MqttLink:
             client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._note_failure(f"connect: {exc}")
+            if self._tls and isinstance(exc, ssl.SSLError) and not isinstance(exc, _CUT):
+                self._tls[0].offered = None  # refused, not cut: the next handshake is full
             return attempt
         with self._lock:
             self._client = client
@@ -284,6 +375,7 @@ class MqttLink:
             was_connected = self._connected
             self._connected = False
             self._client = None
+            self._aliases = None
         if not self._stop.is_set():  # on close(), disconnect() was already sent
             with contextlib.suppress(OSError, ValueError):
                 client.disconnect()
@@ -302,12 +394,7 @@ class MqttLink:
         )
         client.enable_logger(logging.getLogger("bench_agent.paho"))
         if cfg.tls:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            client.tls_set_context(self._tls_context())
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
         client.will_set(self._will.topic, self._will.payload, qos=1, retain=True)
@@ -318,6 +405,41 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
+
+    def _tls_context(self) -> _ResumingContext:
+        """The link's TLS context, kept across connections (a session resumes only in the
+        context that made it), made again when a TLS file changed on disk. What paho's
+        `tls_set` would make: TLS 1.2 or newer, the broker's certificate and name checked."""
+        cfg = self._cfg
+        files = tuple(_file_id(p) for p in (cfg.ca_file, cfg.cert_file, cfg.key_file))
+        if self._tls is None or self._tls[1] != files:
+            context = _ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+            if cfg.cert_file is not None:
+                context.load_cert_chain(cfg.cert_file, cfg.key_file)
+            if cfg.ca_file is not None:
+                context.load_verify_locations(cfg.ca_file)
+            else:
+                context.load_default_certs()
+            self._tls = (context, files)
+        return self._tls[0]
+
+    def _connection_costs(self, client: paho.Client, properties: Any) -> str:
+        """After CONNACK: keep this connection's TLS session for the next one (TLS 1.3
+        tickets came before CONNACK), set up its topic aliases; what to log."""
+        notes = []
+        sock = client.socket()
+        if self._tls is not None and isinstance(sock, ssl.SSLSocket):
+            notes.append(f"{sock.version()}, {'resumed' if sock.session_reused else 'full'}")
+            self._tls[0].offered = sock.session if self._reuse_tls else None
+        if getattr(properties, "ServerKeepAlive", None) is not None:
+            # paho 2.x's CONNACK handler already set it (tests/test_link_cost.py checks)
+            notes.append(f"keepalive {client.keepalive} s, the broker's")
+        maximum = getattr(properties, "TopicAliasMaximum", 0)
+        if self._cfg.protocol == "5" and isinstance(maximum, int) and maximum > 0:
+            with self._lock:
+                self._aliases = _TopicAliases(maximum)
+            notes.append(f"{maximum} topic aliases")
+        return f" ({'; '.join(notes)})" if notes else ""
 
     # -- paho callbacks (network thread) ------------------------------------
 
@@ -333,6 +455,7 @@ class MqttLink:
             # e.g. "Not authorized": paho closes the socket and the loop returns.
             self._note_failure(f"broker refused the connection: {reason_code}")
             return
+        costs = self._connection_costs(client, properties)
         for topic in self._subscriptions:
             if self._cfg.protocol == "5":
                 # Without retainAsPublished the broker clears the retain flag when it
@@ -349,7 +472,7 @@ class MqttLink:
             self._connected = True
             generation = self._generation
         self.last_error = None
-        log.info("mqtt: connected to %s:%d", self._cfg.host, self._cfg.port)
+        log.info("mqtt: connected to %s:%d%s", self._cfg.host, self._cfg.port, costs)
         limit = getattr(properties, "MaximumPacketSize", None)
         self._on_event(Connected(generation, limit if isinstance(limit, int) else None))
 
