@@ -64,9 +64,17 @@ class RecordingLink:
         self.online = False
 
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
     ) -> int | None:
         assert qos == 1 and (self.allow_retain or not retain)
+        # A v2 batch says so (its MQTT 5 content type); v1 JSON carries none.
+        assert content_type == (contract_v2.CONTENT_TYPE if topic.endswith("/v2") else None)
         if not self.online:
             return None
         mid = self._next_mid
@@ -136,9 +144,15 @@ class LoopbackLink(RecordingLink):
         return self.thread_alive
 
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
     ) -> int | None:
-        mid = super().publish(topic, payload, qos=qos, retain=retain)
+        mid = super().publish(topic, payload, qos=qos, retain=retain, content_type=content_type)
         if mid is not None:
             self._on_event(Acked(self.generation, mid))
         return mid

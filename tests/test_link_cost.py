@@ -31,8 +31,8 @@ from bench_agent.link.mqtt import (
     MqttLink,
     Refused,
     Will,
-    _TopicAliases,
 )
+from bench_agent.link.mqtt_savings import TopicAliases
 from tests.support import Broker, Recorder, sim_config, wait_until
 from tests.tls_broker import TlsBroker, have_tls_broker, make_pki, revoke
 
@@ -488,7 +488,7 @@ def test_an_alias_is_learnt_only_from_a_publish_paho_took(tmp_path: Path) -> Non
         on_event=lambda _e: None,
     )
     client = FakeClient()
-    link._client, link._connected, link._aliases = client, True, _TopicAliases(2)  # type: ignore[assignment]
+    link._client, link._connected, link._aliases = client, True, TopicAliases(2)  # type: ignore[assignment]
     client.rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
     assert link.publish("s/t/telemetry", b"1") is None
     client.rc = MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -11,8 +11,8 @@ dropping paho's queue on a reconnect; and a new client means an acknowledgement
 from an old connection can never be mistaken for one of the current one.
 
 Bytes cost money on a bench (README, "The link's own cost"): a reconnect resumes the
-last TLS session (`_ResumingContext`), a topic's name goes once per connection, then its
-MQTT 5 alias (`_TopicAliases`), and the broker's Server Keep Alive is obeyed (by paho).
+last TLS session (`ResumingContext`), a topic's name goes once per connection, then its
+MQTT 5 alias (`TopicAliases`), and the broker's Server Keep Alive is obeyed (by paho).
 """
 
 from __future__ import annotations
@@ -20,23 +20,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench_agent.config import MqttConfig
+from bench_agent.link.mqtt_savings import (
+    HANDSHAKE_CUT,
+    ResumingContext,
+    TopicAliases,
+    file_id,
+    publish_properties,
+)
 from bench_agent.preflight import tls_problems
 
 log = logging.getLogger(__name__)
@@ -116,7 +119,13 @@ class Link(Protocol):
     def alive(self) -> bool: ...
 
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
     ) -> int | None: ...
 
 
@@ -131,69 +140,6 @@ class LinkFactory(Protocol):
         subscriptions: Sequence[str],
         on_event: Callable[[LinkEvent], None],
     ) -> Link: ...
-
-
-class _ResumingContext(ssl.SSLContext):
-    """A client SSLContext whose `wrap_socket` (paho calls it for every new socket) offers
-    the last session: a resumed handshake (TLS 1.2 ticket, TLS 1.3 PSK) sends no
-    certificates. Name and certificate checks are the context's own, unchanged; a server
-    that refuses the ticket (restarted, expired) makes it a full handshake."""
-
-    offered: ssl.SSLSession | None = None  # what the next handshake offers
-
-    def wrap_socket(  # noqa: PLR0917 (the signature is ssl.SSLContext's)
-        self,
-        sock: socket.socket,
-        server_side: bool = False,
-        do_handshake_on_connect: bool = True,
-        suppress_ragged_eofs: bool = True,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLSocket:
-        return super().wrap_socket(
-            sock,
-            server_side=server_side,
-            do_handshake_on_connect=do_handshake_on_connect,
-            suppress_ragged_eofs=suppress_ragged_eofs,
-            server_hostname=server_hostname,
-            session=session or self.offered,
-        )
-
-
-# A handshake cut short (the network, a broker restarting behind a load balancer) says
-# nothing about the session; an alert or a failed check might be about it.
-_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-
-
-def _file_id(path: Path | None) -> tuple[str, int, int, int] | None:
-    """Which file is there now: a replaced certificate or key makes a new TLS context."""
-    if path is None:
-        return None
-    st = path.stat()
-    return str(path), st.st_ino, st.st_mtime_ns, st.st_size
-
-
-class _TopicAliases:
-    """The MQTT 5 topic aliases of one connection (the broker's CONNACK gives their
-    number): a topic's first PUBLISH carries its name and a number, every later one only
-    the number (3 bytes instead of the name). A new connection starts with none."""
-
-    def __init__(self, maximum: int) -> None:
-        self._maximum = maximum
-        self._numbers: dict[str, int] = {}
-
-    def wire(self, topic: str) -> tuple[str, Properties | None, int | None]:
-        """(topic to send, its properties, the number to `learn` once paho took it)."""
-        known = self._numbers.get(topic)
-        number = known or len(self._numbers) + 1
-        if number > self._maximum:
-            return topic, None, None  # all used: this topic goes by name
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.TopicAlias = number
-        return ("", properties, None) if known else (topic, properties, number)
-
-    def learn(self, topic: str, number: int) -> None:
-        self._numbers[topic] = number
 
 
 class MqttLink:
@@ -211,8 +157,8 @@ class MqttLink:
     ) -> None:
         self._cfg = cfg
         self._reuse_tls = reuse_tls_sessions
-        self._tls: tuple[_ResumingContext, object] | None = None  # (context, files it read)
-        self._aliases: _TopicAliases | None = None  # this connection's; None: no aliases
+        self._tls: tuple[ResumingContext, object] | None = None  # (context, files it read)
+        self._aliases: TopicAliases | None = None  # this connection's; None: no aliases
         self._publish_lock = threading.Lock()  # one publish at a time: aliases in order
         self._will = will
         self._subscriptions = tuple(subscriptions)
@@ -273,9 +219,16 @@ class MqttLink:
         return None if client is None else client.keepalive
 
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
     ) -> int | None:
         """Hand one message to the broker; returns its message id, or None when offline.
+        `content_type` goes as the MQTT 5 property (MQTT 3.1.1 has none).
 
         The caller learns of delivery from an `Acked` event with this id (QoS 1: the
         broker's PUBACK). Nothing is queued while offline: the outbox is the queue.
@@ -286,7 +239,12 @@ class MqttLink:
                 aliases = self._aliases
             if client is None:
                 return None
-            wire, properties, learn = aliases.wire(topic) if aliases else (topic, None, None)
+            if aliases is not None:
+                wire, properties, learn = aliases.wire(topic, content_type)
+            elif self._cfg.protocol == "5":
+                wire, properties, learn = topic, publish_properties(content_type), None
+            else:
+                wire, properties, learn = topic, None, None
             info = client.publish(wire, payload, qos=qos, retain=retain, properties=properties)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return None  # not taken: the broker never learns this alias, nor do we
@@ -333,7 +291,7 @@ class MqttLink:
             client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._note_failure(f"connect: {exc}")
-            if self._tls and isinstance(exc, ssl.SSLError) and not isinstance(exc, _CUT):
+            if self._tls and isinstance(exc, ssl.SSLError) and not isinstance(exc, HANDSHAKE_CUT):
                 self._tls[0].offered = None  # refused, not cut: the next handshake is full
             return attempt
         with self._lock:
@@ -406,14 +364,14 @@ class MqttLink:
         client.on_message = self._on_message
         return client
 
-    def _tls_context(self) -> _ResumingContext:
+    def _tls_context(self) -> ResumingContext:
         """The link's TLS context, kept across connections (a session resumes only in the
         context that made it), made again when a TLS file changed on disk. What paho's
         `tls_set` would make: TLS 1.2 or newer, the broker's certificate and name checked."""
         cfg = self._cfg
-        files = tuple(_file_id(p) for p in (cfg.ca_file, cfg.cert_file, cfg.key_file))
+        files = tuple(file_id(p) for p in (cfg.ca_file, cfg.cert_file, cfg.key_file))
         if self._tls is None or self._tls[1] != files:
-            context = _ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+            context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
             if cfg.cert_file is not None:
                 context.load_cert_chain(cfg.cert_file, cfg.key_file)
             if cfg.ca_file is not None:
@@ -437,7 +395,7 @@ class MqttLink:
         maximum = getattr(properties, "TopicAliasMaximum", 0)
         if self._cfg.protocol == "5" and isinstance(maximum, int) and maximum > 0:
             with self._lock:
-                self._aliases = _TopicAliases(maximum)
+                self._aliases = TopicAliases(maximum)
             notes.append(f"{maximum} topic aliases")
         return f" ({'; '.join(notes)})" if notes else ""
 

@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 
 class Link(Protocol):
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
     ) -> int | None:
         """Returns the message id, or None when offline."""
 
@@ -218,7 +224,8 @@ class Publisher:
             return False
         if self.contract == 2:
             payload = payloads.v2_batch(self._bench_id, [(item, False)], stored=False)
-            if self._link.publish(self._topic(contract_v2.LEAF), payload, qos=1) is None:
+            topic = self._topic(contract_v2.LEAF)
+            if self._link.publish(topic, payload, content_type=contract_v2.CONTENT_TYPE) is None:
                 return False
             self.messages_sent += 1
             return True
@@ -338,7 +345,9 @@ class Publisher:
         return self._send("telemetry", payload, tuple(seqs))
 
     def _send(self, leaf: str, payload: bytes, seqs: tuple[int, ...]) -> bool:
-        mid = self._link.publish(self._topic(leaf), payload, qos=1)
+        # v2 batches say what they are (MQTT 5); v1 JSON keeps its bytes as they were.
+        content_type = contract_v2.CONTENT_TYPE if leaf == contract_v2.LEAF else None
+        mid = self._link.publish(self._topic(leaf), payload, qos=1, content_type=content_type)
         if mid is None:
             return False
         self._inflight[mid] = seqs
