@@ -146,7 +146,7 @@ def parse_mqtt(t: TomlTable, bench: BenchConfig, base: Path) -> MqttConfig:
             host=t.get_str("host", REQUIRED),
             port=t.get_int("port", 8883 if tls else 1883, lo=1, hi=65535),
             topic_prefix=prefix,
-            keepalive_s=t.get_int("keepalive_s", 60, lo=5, hi=65535),
+            keepalive_s=t.get_int("keepalive_s", 540, lo=5, hi=65535),  # README: the link's cost
             protocol=t.get_choice("protocol", ("5", "3.1.1"), "5"),
             client_id=t.get_str("client_id", f"bench-agent-{bench.id}"),
             ca_file=ca,
