@@ -297,7 +297,10 @@ class Publisher:
                 return
 
     def _batch_sent(self) -> None:
-        """What waited has gone: the next batch is one interval after this one was due."""
+        """What waited has gone: the next batch is one interval after this one was due.
+        A seq still marked waiting is no longer in the outbox (the cap or the age limit
+        dropped it before its batch): it is forgotten, not reported as waiting."""
+        self._waiting.clear()
         self._flush_now = False
         if self._next_batch is not None and self._now() >= self._next_batch:
             self._next_batch += self.batch_s
