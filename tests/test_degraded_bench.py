@@ -126,8 +126,14 @@ def test_the_real_backend_without_gpio_or_i2c_starts_connects_and_reports(
             "usb2": None,
             "wifi": None,
         }
-        raised = [m.json() for m in recorder.on("event") if m.json()["type"] == "fault_raised"]
-        assert {"gpio", "i2c"} <= {e["fault"] for e in raised}
+
+        # The events come right after the state that shows them (contract 2: at the end
+        # of the turn that raised them, in one batch).
+        def raised() -> set[str]:
+            events = (m.json() for m in recorder.on("event"))
+            return {e["fault"] for e in events if e["type"] == "fault_raised"}
+
+        wait_until(lambda: {"gpio", "i2c"} <= raised(), 10, "both faults raised as events")
         telemetry = recorder.wait_for("telemetry", timeout_s=90)
         jsonschema.validate(telemetry, schema("telemetry"))
         record = telemetry["records"][-1]
