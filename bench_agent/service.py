@@ -44,7 +44,7 @@ from bench_agent.link.mqtt import (
     SetupFailed,
 )
 from bench_agent.link.session import LinkSession
-from bench_agent.link.state import StatePublisher
+from bench_agent.link.state import StatePublisher, config_hash
 from bench_agent.link.telemetry import TelemetryRecord
 from bench_agent.local.control_api import LocalControl
 from bench_agent.local.control_service import ControlSocketService
@@ -166,6 +166,8 @@ class Agent:
         )
         self.clock = self.hardware.clock
         self.boot_id = self.hardware.boot_id or read_boot_id()
+        # Which configuration this bench runs, in its `status` (the file as it was at start).
+        self.config_hash = config_hash(self.cfg.source)
         # What time has certainly passed, across reboots (commands' age while unsynced).
         self.time_floor = TimeFloor(
             self.cfg.storage.dir / "time-floor.json", monotonic=self.clock.monotonic
@@ -184,6 +186,7 @@ class Agent:
             stack,
             clock=self.clock,
             boot_id=self.boot_id,
+            config_hash=self.config_hash,
             faults=self.faults,
             time_floor=self.time_floor,
             sampler=self.sampler,
@@ -215,6 +218,7 @@ class Agent:
             clock=self.clock,
             boot_id=self.boot_id,
             tamper_open=lambda: self.tamper_open,
+            config_hash=self.config_hash,
         )
         self.session = LinkSession(
             publisher=self.publisher,

@@ -6,7 +6,9 @@ The real controller and policy on gpiozero's MockFactory, a link that records
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from gpiozero.pins.mock import MockFactory
@@ -14,12 +16,13 @@ from gpiozero.pins.mock import MockFactory
 from bench_agent.config_loader import load_config
 from bench_agent.faults import FaultRegistry, overcurrent_fault
 from bench_agent.hardware.gpio import GpioSwitch
-from bench_agent.link.state import StatePublisher
+from bench_agent.link.state import StatePublisher, config_hash, status_message
 from bench_agent.power.controller import Controller
 from bench_agent.power.soc import SocEstimator
 from bench_agent.remote.agent_control import AgentCommands
 from tests.link_clock import ManualClock
 from tests.link_support import RecordingLink
+from tests.outbox_support import validate
 from tests.support import REPO
 
 BENCH = "bench-test-01"
@@ -116,3 +119,36 @@ def test_saying_offline_is_retained_and_waits_for_its_ack_only_when_sent() -> No
     rig.link.disconnect()
     rig.state.say_offline(waited.append)  # nothing sent: nothing to wait for
     assert len(waited) == 1
+
+
+def test_status_and_the_last_will_carry_the_config_hash(tmp_path: Path) -> None:
+    config = tmp_path / "bench.toml"
+    config.write_bytes(b"[bench]\nid = 'x'\n")
+    digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
+    assert config_hash(config) == digest
+    assert config_hash(tmp_path / "gone.toml") is None  # unreadable: left out, no crash
+    will = json.loads(
+        status_message(
+            BENCH, "boot-test", ManualClock(), False, "connection_lost", config_hash=digest
+        )
+    )
+    validate("status", will)
+    assert will["config_hash"] == digest and will["reason"] == "connection_lost"
+    rig = Rig()
+    rig.state = StatePublisher(
+        bench_id=BENCH,
+        topic=lambda leaf: f"smartbench/{BENCH}/{leaf}",
+        link=rig.link,
+        controller=rig.controller,
+        faults=rig.faults,
+        clock=rig.clock,
+        boot_id="boot-test",
+        tamper_open=lambda: None,
+        config_hash=digest,
+    )
+    rig.state.publish_online()
+    online = json.loads(rig.link.retained[f"smartbench/{BENCH}/status"])
+    assert online["config_hash"] == digest and online["online"] is True
+    old = json.loads(status_message(BENCH, "boot-test", ManualClock(), True))
+    assert "config_hash" not in old  # an old bench's status: still valid
+    validate("status", old)

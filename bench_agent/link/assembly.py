@@ -45,6 +45,7 @@ def build_link_parts(
     *,
     clock: Clock,
     boot_id: str,
+    config_hash: str | None = None,
     faults: FaultRegistry,
     time_floor: TimeFloor,
     sampler: Sampler,
@@ -61,7 +62,14 @@ def build_link_parts(
         )
     )
     # The Last Will: what the broker says for the bench when the connection dies.
-    lost = status_message(cfg.bench.id, boot_id, clock, online=False, reason="connection_lost")
+    lost = status_message(
+        cfg.bench.id,
+        boot_id,
+        clock,
+        online=False,
+        reason="connection_lost",
+        config_hash=config_hash,
+    )
     link = link_factory(
         cfg.mqtt,
         will=Will(cfg.topic("status"), lost),

@@ -140,8 +140,10 @@ def status_message(
     ts: str,
     version: str,
     reason: str | None = None,
+    config_hash: str | None = None,
 ) -> bytes:
-    """The retained `status`. The Last Will is this with online false, prepared at connect."""
+    """The retained `status`. The Last Will is this with online false, prepared at connect.
+    `config_hash`: the first 12 hex digits of the SHA-256 of the configuration file."""
     payload: JsonObject = {
         "v": CONTRACT_VERSION,
         "bench": bench_id,
@@ -150,6 +152,8 @@ def status_message(
         "boot_id": boot_id,
         "agent_version": version,
     }
+    if config_hash is not None:
+        payload["config_hash"] = config_hash
     if reason is not None:
         payload["reason"] = reason
     return encode(payload)

@@ -8,7 +8,9 @@ online/offline message (also the Last Will's payload).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 from bench_agent import __version__
 from bench_agent.clock import Clock, iso_utc
@@ -31,6 +33,7 @@ class StatePublisher:
         clock: Clock,
         boot_id: str,
         tamper_open: Callable[[], bool | None],
+        config_hash: str | None = None,
     ) -> None:
         self._bench_id = bench_id
         self._topic = topic
@@ -40,6 +43,7 @@ class StatePublisher:
         self._clock = clock
         self._boot_id = boot_id
         self._tamper_open = tamper_open
+        self._config_hash = config_hash
         self._published_version = -1
 
     def body(self) -> JsonObject:
@@ -65,7 +69,14 @@ class StatePublisher:
             self._published_version = version
 
     def status(self, *, online: bool, reason: str | None = None) -> bytes:
-        return status_message(self._bench_id, self._boot_id, self._clock, online, reason)
+        return status_message(
+            self._bench_id,
+            self._boot_id,
+            self._clock,
+            online,
+            reason,
+            config_hash=self._config_hash,
+        )
 
     def publish_online(self) -> None:
         self._link.publish(self._topic("status"), self.status(online=True), retain=True)
@@ -79,8 +90,23 @@ class StatePublisher:
             wait_for_ack(mid)
 
 
+def config_hash(source: Path) -> str | None:
+    """The first 12 hex digits of the SHA-256 of the configuration file's bytes, so ops
+    see which benches run which configuration; None when the file cannot be read now."""
+    try:
+        return hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    except OSError:
+        return None
+
+
 def status_message(
-    bench_id: str, boot_id: str, clock: Clock, online: bool, reason: str | None = None
+    bench_id: str,
+    boot_id: str,
+    clock: Clock,
+    online: bool,
+    reason: str | None = None,
+    *,
+    config_hash: str | None = None,
 ) -> bytes:
     """The `status` payload; the Last Will is built with it before the link exists."""
     return payloads.status_message(
@@ -90,4 +116,5 @@ def status_message(
         ts=iso_utc(clock.wall()),
         version=__version__,
         reason=reason,
+        config_hash=config_hash,
     )
