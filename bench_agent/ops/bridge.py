@@ -39,6 +39,7 @@ import time
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -100,7 +101,18 @@ class BridgeOptions:
         return plain if self.group is None else f"$share/{self.group}/{plain}"
 
 
-def check_tls(options: BridgeOptions) -> None:
+class TlsFiles(Protocol):
+    """The TLS files of a tool's options (the bridge's, the fleet view's)."""
+
+    @property
+    def tls_ca(self) -> Path | None: ...
+    @property
+    def tls_cert(self) -> Path | None: ...
+    @property
+    def tls_key(self) -> Path | None: ...
+
+
+def check_tls(options: TlsFiles) -> None:
     """The TLS files load (a CA that parses, a key that matches its certificate), or
     UsageError: a bad file is a one-line error, not a traceback at the first connect."""
     if not (options.tls_ca or options.tls_cert):

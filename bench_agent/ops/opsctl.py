@@ -12,6 +12,9 @@ and run the bridge from contract v2 to the v1 JSON the city's consumers read.
                    [--group bench-ops-bridge | --no-share] [--client-id ID]
                    [--session-expiry 86400]
                    [--status-interval 60] [--max-message-bytes 65536] [--debug]
+    bench-ops fleet --host H [--port P] [TLS and password flags as above]
+                   [--prefix smartbench] [--v1-prefix smartbench-v1]
+                   [--batch-s 300] [--once] [--json]
 
 `keygen` writes `DIR/NAME.key` (the PKCS#8 PEM private key, mode 0600, never
 overwritten) and `DIR/NAME.pub` (the public key, base64 on one line): install
@@ -26,6 +29,10 @@ else strings: `bench-ops send … usb.set port=usb1 state=off duration_s=1800`.
 `bridge` runs until SIGTERM (see `bench_agent/ops/bridge.py` and the README's "The
 bridge"): it republishes every bench's v2 batches as v1 telemetry and events under
 `--v1-prefix`, and mirrors their retained state and status there.
+
+`fleet` shows every bench under the prefix, the worst first, from the retained status
+and state and the newest record (`bench_agent/ops/fleet.py`, README "For city ops"):
+`--once` prints once the retained messages have come, `--json` one JSON document.
 
 Exit codes: 0 the bench replied ok (`bridge`: stopped by a signal); 1 it replied with
 an error; 2 no reply within `--timeout` seconds; 3 no connection to the broker; 64 a
@@ -65,6 +72,7 @@ from bench_agent.errors import UsageError
 from bench_agent.logsetup import register_secret, setup_logging
 from bench_agent.ops.bridge import BridgeOptions, check_tls
 from bench_agent.ops.bridge_service import run_bridge
+from bench_agent.ops.fleet_watch import FleetOptions, run_fleet
 from bench_agent.remote.commands import ACTIONS, BENCH_PATTERN, KEY_ID_PATTERN
 from bench_agent.remote.signing import new_command, public_key_text, sign_command
 
@@ -298,6 +306,19 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=int, default=65_536, help="largest v1 telemetry message"
     )
     br.add_argument("--debug", action="store_true", help="log at DEBUG")
+
+    fl = commands.add_parser("fleet", help="every bench at a glance, the worst first")
+    _broker_options(fl)
+    fl.add_argument("--prefix", default="smartbench", help="the benches' topic prefix")
+    fl.add_argument("--v1-prefix", default="smartbench-v1", help="the bridge's v1 prefix")
+    fl.add_argument(
+        "--batch-s",
+        type=float,
+        default=300.0,
+        help="the benches' batch interval: STALE after two without a record (default: 300)",
+    )
+    fl.add_argument("--once", action="store_true", help="print once and exit")
+    fl.add_argument("--json", action="store_true", help="one JSON document (a list of benches)")
     return parser
 
 
@@ -409,11 +430,38 @@ def _bridge(opts: argparse.Namespace) -> int:
     return run_bridge(options)
 
 
+def _fleet(opts: argparse.Namespace) -> int:
+    for flag, prefix in (("--prefix", opts.prefix), ("--v1-prefix", opts.v1_prefix)):
+        levels = prefix.split("/")
+        if prefix.startswith("$") or not all(_TOPIC_PART.fullmatch(level) for level in levels):
+            raise UsageError(f"{flag} {prefix!r}: topic levels without + # or a leading $")
+    if not (opts.batch_s > 0 and math.isfinite(opts.batch_s)):
+        raise UsageError("--batch-s must be a positive number of seconds")
+    options = FleetOptions(
+        host=opts.host,
+        port=_port(opts),
+        prefix=opts.prefix,
+        v1_prefix=opts.v1_prefix,
+        batch_s=opts.batch_s,
+        once=opts.once,
+        as_json=opts.json,
+        tls_ca=opts.tls_ca,
+        tls_cert=opts.tls_cert,
+        tls_key=opts.tls_key,
+        username=opts.username,
+        password=_password(opts),
+    )
+    check_tls(options)
+    return run_fleet(options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = _parser().parse_args(argv)
         if opts.command == "bridge":
             return _bridge(opts)
+        if opts.command == "fleet":
+            return _fleet(opts)
         if opts.command == "keygen":
             private_path, public_path = keygen(opts.out, opts.key_id)
             print(f"private key: {private_path} (keep it secret)")

@@ -1,0 +1,184 @@
+"""`bench-ops fleet` on the network: one MQTT client subscribed to what `fleet.Fleet`
+reads, feeding it from paho's thread; `--once` prints once the retained messages have
+come (no new bench for `SETTLE_S`, at most `ONCE_MAX_S` after the subscription), else
+the table is drawn again on every change (and every second, for the ages) until Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from bench_agent.ops.fleet import Fleet
+from bench_agent.ops.fleet_view import render_json, render_table
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_NO_CONNECTION = 3
+SETTLE_S = 1.0  # --once: no new bench for this long, and the table is complete
+ONCE_MAX_S = 5.0  # --once: at most this long after the subscription
+CONNECT_TIMEOUT_S = 10.0
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen (as demo.py)
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    host: str
+    port: int
+    prefix: str = "smartbench"
+    v1_prefix: str = "smartbench-v1"
+    batch_s: float = 300.0
+    once: bool = False
+    as_json: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+class FleetWatch:
+    """The client and the fleet it feeds; every read of the fleet holds the lock."""
+
+    def __init__(self, options: FleetOptions, now: Callable[[], float] = time.monotonic) -> None:
+        self.options = options
+        self.now = now
+        self.fleet = Fleet(options.prefix, options.v1_prefix, options.batch_s, now())
+        self.lock = threading.Lock()
+        self.changed = threading.Event()
+        self.subscribed = threading.Event()
+        self.failure: str | None = None
+        self.last_new_bench = now()
+
+    def client(self) -> paho.Client:
+        o = self.options
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"bench-ops-fleet-{uuid.uuid4().hex[:12]}",
+            protocol=paho.MQTTv5,
+        )
+        client.suppress_exceptions = True  # a bug on one message must not end the thread
+        if o.tls_ca or o.tls_cert:
+            client.tls_set(
+                ca_certs=str(o.tls_ca) if o.tls_ca else None,
+                certfile=str(o.tls_cert) if o.tls_cert else None,
+                keyfile=str(o.tls_key) if o.tls_key else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if o.username is not None:
+            client.username_pw_set(o.username, o.password)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        _userdata: object,
+        _flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self.failure = f"the broker refused the connection: {reason}"
+            self.subscribed.set()
+            return
+        client.subscribe([(topic, 1) for topic in self.fleet.topics()])
+
+    def _on_subscribe(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.warning("the broker refused a subscription: %s", ", ".join(refused))
+        with self.lock:
+            if not self.subscribed.is_set():
+                self.fleet.started_at = self.last_new_bench = self.now()
+        self.subscribed.set()
+
+    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            known = len(self.fleet.benches)
+            if not self.fleet.feed(msg.topic, bytes(msg.payload), self.now()):
+                log.debug("skipped a message on %s", msg.topic)
+            if len(self.fleet.benches) > known:
+                self.last_new_bench = self.now()
+        self.changed.set()
+
+    def settled(self) -> bool:
+        """--once: no new bench for SETTLE_S, or ONCE_MAX_S since the subscription."""
+        with self.lock:
+            now = self.now()
+            return (
+                now - self.last_new_bench >= SETTLE_S or now - self.fleet.started_at >= ONCE_MAX_S
+            )
+
+    def render(self) -> str:
+        with self.lock:
+            rows = self.fleet.rows(self.now())
+        if self.options.as_json:
+            return render_json(rows, indent=None if not self.options.once else 2)
+        return render_table(rows, datetime.now(UTC))
+
+
+def run_fleet(options: FleetOptions, out: TextIO = sys.stdout) -> int:
+    """Connect, subscribe, print (once, or on every change until Ctrl-C)."""
+    watch = FleetWatch(options)
+    client = watch.client()
+    try:
+        client.connect(options.host, options.port, keepalive=30)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        print(f"bench-ops: cannot connect to {options.host}:{options.port}: {exc}", file=sys.stderr)
+        return EXIT_NO_CONNECTION
+    client.loop_start()
+    try:
+        if not watch.subscribed.wait(CONNECT_TIMEOUT_S) or watch.failure:
+            failure = watch.failure or f"no subscription within {CONNECT_TIMEOUT_S:g} s"
+            print(f"bench-ops: {failure}", file=sys.stderr)
+            return EXIT_NO_CONNECTION
+        if options.once:
+            while not watch.settled():
+                time.sleep(0.05)
+            print(watch.render(), file=out, flush=True)
+            return EXIT_OK
+        return _live(watch, out)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _live(watch: FleetWatch, out: TextIO) -> int:
+    """Redraw on every change (at most 5 a second) and every second; Ctrl-C ends it."""
+    try:
+        while True:
+            watch.changed.wait(1.0)
+            watch.changed.clear()
+            screen = watch.render()
+            if watch.options.as_json:
+                print(screen, file=out, flush=True)  # one document a line
+            else:
+                out.write(CLEAR + screen + "\n")
+                out.flush()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return EXIT_OK
