@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -162,23 +162,22 @@ def run_fleet(options: FleetOptions, out: TextIO = sys.stdout) -> int:
             print(watch.render(), file=out, flush=True)
             return EXIT_OK
         return _live(watch, out)
+    except KeyboardInterrupt:  # Ctrl-C, wherever it lands
+        return EXIT_OK
     finally:
         client.disconnect()
         client.loop_stop()
 
 
-def _live(watch: FleetWatch, out: TextIO) -> int:
-    """Redraw on every change (at most 5 a second) and every second; Ctrl-C ends it."""
-    try:
-        while True:
-            watch.changed.wait(1.0)
-            watch.changed.clear()
-            screen = watch.render()
-            if watch.options.as_json:
-                print(screen, file=out, flush=True)  # one document a line
-            else:
-                out.write(CLEAR + screen + "\n")
-                out.flush()
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        return EXIT_OK
+def _live(watch: FleetWatch, out: TextIO) -> NoReturn:
+    """Redraw on every change (at most 5 a second) and every second, until Ctrl-C."""
+    while True:
+        watch.changed.wait(1.0)
+        watch.changed.clear()
+        screen = watch.render()
+        if watch.options.as_json:
+            print(screen, file=out, flush=True)  # one document a line
+        else:
+            out.write(CLEAR + screen + "\n")
+            out.flush()
+        time.sleep(0.2)
