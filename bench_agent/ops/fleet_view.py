@@ -60,6 +60,13 @@ def _link(row: JsonObject, wall: datetime) -> str:
     return "STALE" if row["stale"] is True else ("on " + since).strip()
 
 
+def _age(age: float | None, quiet: float | None) -> str:
+    """The newest record's age; ">1m" when none came in the minute watched."""
+    if age is not None:
+        return duration_text(age)
+    return "-" if quiet is None else ">" + duration_text(quiet)
+
+
 def _cells(row: JsonObject, wall: datetime) -> list[str]:
     age, soc = _num(row["record_age_s"]), _num(row["soc_pct"])
     solar, sessions, depth = (
@@ -72,7 +79,7 @@ def _cells(row: JsonObject, wall: datetime) -> list[str]:
     return [
         str(row["bench"]),
         _link(row, wall),
-        "-" if age is None else duration_text(age),
+        _age(age, _num(row["quiet_s"])),
         "-" if soc is None else f"{soc:.0f}%{SOURCES.get(str(source), '?') if source else ''}",
         " ".join(short_output(n) for n in _strs(row["outputs_on"])) or "-",
         str(row["fault_count"]),
