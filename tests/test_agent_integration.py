@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import time
@@ -101,6 +102,8 @@ def test_kill_9_lets_the_broker_publish_the_last_will(
     will = recorder.wait_for("status", lambda p: p["online"] is False, timeout_s=10)
     validate("status", will)
     assert will["reason"] == "connection_lost"
+    config_hash = hashlib.sha256(agent.config.read_bytes()).hexdigest()[:12]
+    assert will["config_hash"] == config_hash  # the Last Will says which config too
 
 
 def test_starts_without_a_broker_and_connects_when_it_appears(
