@@ -52,13 +52,15 @@ class DurableRecorder(Recorder):
     """A `Recorder` with a persistent session (MQTT 3.1.1, clean_session false): what
     is published while it is away (broker restarting) is queued for it by the broker."""
 
-    def __init__(self, port: int, topic: str = "#") -> None:
+    def __init__(self, port: int, topic: str = "#", client_id: str | None = None) -> None:
+        """`client_id`: the session to take up again (a new one by default)."""
         self.messages: list[Message] = []
         self.wire: list[Message] = []
         self._lock = threading.Lock()
+        self.client_id = client_id or f"recorder-{uuid.uuid4().hex[:12]}"
         self.client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"recorder-{uuid.uuid4().hex[:12]}",
+            client_id=self.client_id,
             protocol=paho.MQTTv311,
             clean_session=False,
         )

@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from tests.outbox_support import DurableBroker, DurableRecorder
 from tests.support import (
     VEDIRECT_CAPTURES,
     AgentProcess,
@@ -109,13 +110,20 @@ def test_kill_9_lets_the_broker_publish_the_last_will(
 def test_starts_without_a_broker_and_connects_when_it_appears(
     tmp_path: Path, start_agent: Callable[..., AgentProcess]
 ) -> None:
-    broker = Broker(tmp_path)  # port chosen, nothing listening yet
+    # Ops' session exists before the bench starts (as the bridge's does): the broker
+    # keeps it across its stop and queues for it what the bench sends the moment it
+    # connects (on contract 2 the whole backlog, in one batch, at once).
+    broker = DurableBroker(tmp_path)
+    broker.start()
+    session = DurableRecorder(broker.port)  # the persistent session, subscribed
+    session.close()
+    broker.stop()  # nothing listening now
     agent = start_agent(broker.port)
     time.sleep(2 * PUBLISH_REAL_S)  # records are made (and stored) while offline
     assert agent.proc.poll() is None
     broker.start()
     try:
-        recorder = Recorder(broker.port)
+        recorder = DurableRecorder(broker.port, client_id=session.client_id)
         try:
             recorder.wait_for("status", lambda p: p["online"] is True, timeout_s=15)
             # What was recorded offline arrives too: every seq from 1 up to a live
