@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 DURATION ?=
 
-.PHONY: setup demo test lint typecheck bench lock rehearse-pi clean-rehearsal clean
+.PHONY: setup demo test lint typecheck bench bench-wire lock rehearse-pi clean-rehearsal clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,12 @@ bench: setup  # the figures in the README; a few minutes
 	$(PY) bench/bench_outbox_disk.py
 	$(PY) bench/bench_vedirect.py
 	$(PY) bench/bench_unit_lifecycle.py
+	$(PY) bench/bench_encoding.py
+	$(PY) bench/bench_link_cost.py
+	$(PY) bench/bench_sd_day.py 60
+
+bench-wire: setup  # contract 1 and 2 side by side in real time: 35 minutes
+	$(PY) bench/bench_wire_hour.py 35
 
 lock: setup  # deploy/requirements.lock: what install.sh installs on a bench, pinned with hashes
 	.venv/bin/pip-compile --quiet --generate-hashes --extra pi --strip-extras --allow-unsafe \

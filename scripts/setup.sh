@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # swig is the last of the Debian packages deploy/install.sh needs (lgpio's
 # binding), so the installer run for real in the tests finds them all, as it
 # would after its own apt-get on a bench (its sandbox has no network);
-# iproute2 brings the sandbox's loopback up.
-debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev swig iproute2)
+# iproute2 brings the sandbox's loopback up; strace is how bench/bench_sd_day.py
+# counts the agent's writes (make bench).
+debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev swig iproute2 strace)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do
