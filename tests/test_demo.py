@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def test_make_demo_shows_what_ops_receive_through_the_bridge_and_the_technician_view() -> None:
     done = subprocess.run(
-        ["make", "--no-print-directory", "demo", "DURATION=15"],
+        ["make", "--no-print-directory", "demo", "DURATION=10"],
         cwd=REPO,
         capture_output=True,
         text=True,
