@@ -70,11 +70,10 @@ class TopicAliases:
         `content_type`: the MQTT 5 content type of the payload, if it has one."""
         known = self._numbers.get(topic)
         number = known or len(self._numbers) + 1
-        properties = publish_properties(content_type)
-        if number > self._maximum:
-            return topic, properties, None  # all used: this topic goes by name
-        properties = properties or publish_properties("")
-        assert properties is not None
+        if number > self._maximum:  # all used: this topic goes by name
+            return topic, publish_properties(content_type), None
+        properties = publish_properties(content_type or "")
+        assert properties is not None  # a str asks for properties
         properties.TopicAlias = number
         return ("", properties, None) if known else (topic, properties, number)
 
