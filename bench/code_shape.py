@@ -38,7 +38,7 @@ EDGE_MODULES = {
     "bench_agent.remote.commands": "commands as JSON from ops",
     "bench_agent.remote.processor": "commands as JSON from ops",
     "bench_agent.remote.signing": "commands as JSON from ops",
-    "bench_agent.ops.opsctl": "commands and replies as JSON",
+    "bench_agent.ops.send": "commands and replies as JSON",
     "bench_agent.link.contract_v2": "v2 batches' JSON as read (expand, before its checks)",
     "bench_agent.link.mqtt": "paho's untyped callback arguments",
     "bench_agent.hardware.pins": "gpiozero/lgpio objects (untyped)",

@@ -241,7 +241,7 @@ def test_signed_remote_command_switches_a_port_and_bad_ones_change_nothing(
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from bench_agent.ops.opsctl import keygen
+    from bench_agent.ops.keys import keygen
     from bench_agent.remote.signing import new_command, sign_command
 
     private_path, _public = keygen(tmp_path / "keys", "ops-test")

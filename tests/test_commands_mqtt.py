@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench_agent.ops.opsctl import keygen, load_private_key
+from bench_agent.ops.keys import keygen, load_private_key
 from bench_agent.remote.commands import ERROR_CODES, valid_id
 from bench_agent.remote.signing import new_command, sign_command
 from tests.support import SIM_CONFIG, AgentProcess, Broker, Message, Recorder, wait_until

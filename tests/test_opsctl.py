@@ -15,14 +15,13 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench_agent.ops.opsctl import (
+from bench_agent.ops.keys import load_private_key
+from bench_agent.ops.opsctl import EXIT_USAGE, main
+from bench_agent.ops.send import (
     EXIT_ERROR_REPLY,
     EXIT_NO_CONNECTION,
     EXIT_OK,
     EXIT_TIMEOUT,
-    EXIT_USAGE,
-    load_private_key,
-    main,
     parse_args_pairs,
 )
 from bench_agent.remote.processor import CommandProcessor

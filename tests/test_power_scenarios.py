@@ -508,7 +508,7 @@ def test_a_short_trips_retries_and_latches_usb2_while_usb1_charges_until_reset(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    from bench_agent.ops.opsctl import keygen
+    from bench_agent.ops.keys import keygen
     from bench_agent.remote.signing import new_command, sign_command
 
     private_path, _ = keygen(tmp_path / "keys", "ops-test")

@@ -33,16 +33,13 @@ share the state under one lock, and the main thread never holds it while it call
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -50,7 +47,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench_agent import __version__
 from bench_agent.clock import iso_utc
-from bench_agent.errors import UsageError
 from bench_agent.json_value import JsonObject
 from bench_agent.link import contract_v2
 from bench_agent.ops.bridge_acks import AckBook, Delivery, Incoming
@@ -68,6 +64,7 @@ from bench_agent.ops.bridge_payloads import (
     summary_line,
     v1_payloads,
 )
+from bench_agent.ops.broker_access import new_client
 
 log = logging.getLogger(__name__)
 
@@ -101,32 +98,6 @@ class BridgeOptions:
         return plain if self.group is None else f"$share/{self.group}/{plain}"
 
 
-class TlsFiles(Protocol):
-    """The TLS files of a tool's options (the bridge's, the fleet view's)."""
-
-    @property
-    def tls_ca(self) -> Path | None: ...
-    @property
-    def tls_cert(self) -> Path | None: ...
-    @property
-    def tls_key(self) -> Path | None: ...
-
-
-def check_tls(options: TlsFiles) -> None:
-    """The TLS files load (a CA that parses, a key that matches its certificate), or
-    UsageError: a bad file is a one-line error, not a traceback at the first connect."""
-    if not (options.tls_ca or options.tls_cert):
-        return
-    try:
-        context = ssl.create_default_context(cafile=str(options.tls_ca) if options.tls_ca else None)
-        if options.tls_cert:
-            context.load_cert_chain(
-                str(options.tls_cert), str(options.tls_key) if options.tls_key else None
-            )
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise UsageError(f"TLS files: {exc}") from None
-
-
 class Bridge:
     """One bridge instance: its MQTT client, its ledger, the acks it owes."""
 
@@ -146,25 +117,12 @@ class Bridge:
 
     def _make_client(self) -> paho.Client:
         o = self.options
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=o.client_id,
-            protocol=paho.MQTTv5,
-        )
+        client = new_client(o, o.client_id)
         client.manual_ack_set(True)
         client.enable_logger(logging.getLogger("bench_agent.paho"))  # WARNING unless --debug
         client.suppress_exceptions = True  # a bug in a callback must not end the network thread
         client.max_inflight_messages_set(RECEIVE_MAXIMUM)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        if o.tls_ca or o.tls_cert:
-            client.tls_set(
-                ca_certs=str(o.tls_ca) if o.tls_ca else None,
-                certfile=str(o.tls_cert) if o.tls_cert else None,
-                keyfile=str(o.tls_key) if o.tls_key else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        if o.username is not None:
-            client.username_pw_set(o.username, o.password)
         offline = status_payload(
             o.client_id, online=False, ts=iso_utc(time.time()), version=__version__,
             reason="connection_lost",

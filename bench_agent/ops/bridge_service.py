@@ -1,18 +1,32 @@
-"""`bench-ops bridge` as a service: the bridge started, its summary logged (and given to
-systemd as STATUS=) and its status published every `status_interval_s`, until SIGTERM or
-SIGINT (exit 0), a refusal by the broker (77) or the end of paho's network thread (70);
-then the offline status and a clean disconnect that keeps the session."""
+"""`bench-ops bridge` as a service (its flags: `register`): the bridge started, its
+summary logged (and given to systemd as STATUS=) and its status published every
+`status_interval_s`, until SIGTERM or SIGINT (exit 0), a refusal by the broker (77) or
+the end of paho's network thread (70); then the offline status and a clean disconnect
+that keeps the session."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
 
 from bench_agent.clock import next_due
+from bench_agent.errors import UsageError
+from bench_agent.logsetup import register_secret, setup_logging
 from bench_agent.ops.bridge import EXIT_REFUSED, Bridge, BridgeOptions
+from bench_agent.ops.broker_access import (
+    TOPIC_LEVEL,
+    add_broker_options,
+    check_prefix,
+    check_tls,
+    port_of,
+    read_password,
+)
 from bench_agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -63,3 +77,84 @@ def run(bridge: Bridge, notifier: Notifier, *, install_signals: bool = True) -> 
 def run_bridge(options: BridgeOptions, notifier_factory: Callable[[], Notifier] = Notifier) -> int:
     with notifier_factory() as notifier:
         return run(Bridge(options), notifier)
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    br = commands.add_parser("bridge", help="republish contract v2 batches as v1 JSON (a service)")
+    add_broker_options(br)
+    br.add_argument("--prefix", default="smartbench", help="the benches' topic prefix")
+    br.add_argument(
+        "--v1-prefix",
+        default="smartbench-v1",
+        help="where the v1 messages go (default: %(default)s)",
+    )
+    share = br.add_mutually_exclusive_group()
+    share.add_argument(
+        "--group",
+        default="bench-ops-bridge",
+        help="shared subscription group (default: %(default)s)",
+    )
+    share.add_argument(
+        "--no-share",
+        action="store_true",
+        help="a plain subscription instead (one bridge only; kept over a mosquitto restart)",
+    )
+    br.add_argument(
+        "--client-id",
+        default=f"bench-ops-bridge-{socket.gethostname()}",
+        help="stable per instance: its persistent session (default: bench-ops-bridge-HOSTNAME)",
+    )
+    br.add_argument(
+        "--session-expiry", type=int, default=86_400, help="seconds the broker keeps the session"
+    )
+    br.add_argument(
+        "--status-interval", type=float, default=60.0, help="seconds between summaries/status"
+    )
+    br.add_argument(
+        "--max-message-bytes", type=int, default=65_536, help="largest v1 telemetry message"
+    )
+    br.add_argument("--debug", action="store_true", help="log at DEBUG")
+    br.set_defaults(run=_run)
+
+
+def _run(opts: argparse.Namespace) -> int:
+    check_prefix("--prefix", opts.prefix)
+    check_prefix("--v1-prefix", opts.v1_prefix)
+    if opts.prefix == opts.v1_prefix:
+        raise UsageError("--prefix and --v1-prefix must differ")
+    for flag, word in (("--group", opts.group), ("--client-id", opts.client_id)):
+        if not TOPIC_LEVEL.fullmatch(word):
+            raise UsageError(f"{flag} {word!r}: one topic level, without + # or /")
+    if opts.session_expiry < 0 or opts.status_interval <= 0 or opts.max_message_bytes < 1024:
+        raise UsageError(
+            "--session-expiry >= 0, --status-interval > 0, --max-message-bytes >= 1024"
+        )
+    for flag, path in (
+        ("--tls-ca", opts.tls_ca),
+        ("--tls-cert", opts.tls_cert),
+        ("--tls-key", opts.tls_key),
+    ):
+        if path is not None and not os.access(path, os.R_OK):
+            raise UsageError(f"{flag} {path}: cannot read it")
+    password = read_password(opts)
+    options = BridgeOptions(
+        host=opts.host,
+        port=port_of(opts),
+        client_id=opts.client_id,
+        prefix=opts.prefix,
+        v1_prefix=opts.v1_prefix,
+        group=None if opts.no_share else opts.group,
+        tls_ca=opts.tls_ca,
+        tls_cert=opts.tls_cert,
+        tls_key=opts.tls_key,
+        username=opts.username,
+        password=password,
+        session_expiry_s=opts.session_expiry,
+        status_interval_s=opts.status_interval,
+        max_message_bytes=opts.max_message_bytes,
+    )
+    check_tls(options)
+    setup_logging(opts.debug)
+    if password:
+        register_secret(password)
+    return run_bridge(options)

@@ -5,7 +5,9 @@ the table is drawn again on every change (and every second, for the ages) until 
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import ssl
 import sys
 import threading
@@ -18,10 +20,18 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bench_agent.errors import UsageError
+from bench_agent.ops.broker_access import (
+    add_broker_options,
+    check_prefix,
+    check_tls,
+    new_client,
+    port_of,
+    read_password,
+)
 from bench_agent.ops.fleet import Fleet
 from bench_agent.ops.fleet_view import render_json, render_table
 
@@ -66,21 +76,8 @@ class FleetWatch:
 
     def client(self) -> paho.Client:
         o = self.options
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"bench-ops-fleet-{uuid.uuid4().hex[:12]}",
-            protocol=paho.MQTTv5,
-        )
+        client = new_client(o, f"bench-ops-fleet-{uuid.uuid4().hex[:12]}")
         client.suppress_exceptions = True  # a bug on one message must not end the thread
-        if o.tls_ca or o.tls_cert:
-            client.tls_set(
-                ca_certs=str(o.tls_ca) if o.tls_ca else None,
-                certfile=str(o.tls_cert) if o.tls_cert else None,
-                keyfile=str(o.tls_key) if o.tls_key else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        if o.username is not None:
-            client.username_pw_set(o.username, o.password)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -181,3 +178,42 @@ def _live(watch: FleetWatch, out: TextIO) -> NoReturn:
             out.write(CLEAR + screen + "\n")
             out.flush()
         time.sleep(0.2)
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fl = commands.add_parser("fleet", help="every bench at a glance, the worst first")
+    add_broker_options(fl)
+    fl.add_argument("--prefix", default="smartbench", help="the benches' topic prefix")
+    fl.add_argument("--v1-prefix", default="smartbench-v1", help="the bridge's v1 prefix")
+    fl.add_argument(
+        "--batch-s",
+        type=float,
+        default=300.0,
+        help="the benches' batch interval: STALE after two without a record (default: 300)",
+    )
+    fl.add_argument("--once", action="store_true", help="print once and exit")
+    fl.add_argument("--json", action="store_true", help="one JSON document (a list of benches)")
+    fl.set_defaults(run=_run)
+
+
+def _run(opts: argparse.Namespace) -> int:
+    check_prefix("--prefix", opts.prefix)
+    check_prefix("--v1-prefix", opts.v1_prefix)
+    if not (opts.batch_s > 0 and math.isfinite(opts.batch_s)):
+        raise UsageError("--batch-s must be a positive number of seconds")
+    options = FleetOptions(
+        host=opts.host,
+        port=port_of(opts),
+        prefix=opts.prefix,
+        v1_prefix=opts.v1_prefix,
+        batch_s=opts.batch_s,
+        once=opts.once,
+        as_json=opts.json,
+        tls_ca=opts.tls_ca,
+        tls_cert=opts.tls_cert,
+        tls_key=opts.tls_key,
+        username=opts.username,
+        password=read_password(opts),
+    )
+    check_tls(options)
+    return run_fleet(options)
