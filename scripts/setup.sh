@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # binding), so the installer run for real in the tests finds them all, as it
 # would after its own apt-get on a bench (its sandbox has no network);
 # iproute2 brings the sandbox's loopback up; strace is how bench/bench_sd_day.py
-# counts the agent's writes (make bench).
-debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev swig iproute2 strace)
+# counts the agent's writes (make bench); chromium (headless) is how the tests look at
+# bench-ops report's HTML as a person would (tests/chromium_support.py).
+debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev swig iproute2 strace chromium)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do
@@ -38,10 +39,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-# Reinstall only when the dependency list changed since the last install.
+# Reinstall only when the dependency list changed since the last install. The tests
+# cover the city's tools too, so the venv has the `ops` extra beside `dev`.
 stamp=.venv/.installed-pyproject
 if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,ops]'
     cp pyproject.toml "$stamp"
 fi
 
