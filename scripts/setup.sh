@@ -13,8 +13,10 @@ cd "$(dirname "$0")/.."
 # would after its own apt-get on a bench (its sandbox has no network);
 # iproute2 brings the sandbox's loopback up; strace is how bench/bench_sd_day.py
 # counts the agent's writes (make bench); chromium (headless) is how the tests look at
-# bench-ops report's HTML as a person would (tests/chromium_support.py).
-debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev swig iproute2 strace chromium)
+# bench-ops report's HTML as a person would (tests/chromium_support.py); postgresql:
+# the archive's tests start a real PostgreSQL server (initdb/pg_ctl in a temporary
+# directory).
+debian_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config gcc python3-venv python3-dev swig iproute2 strace chromium postgresql)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do
@@ -29,7 +31,8 @@ if ((${#missing[@]})); then
 fi
 
 # The Debian mosquitto package starts a system broker on port 1883; the agent's
-# tests never use it (each starts its own on a free port), so it is left alone.
+# tests never use it (each starts its own on a free port), so it is left alone; the
+# same for the cluster the postgresql package starts on port 5432.
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

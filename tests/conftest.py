@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.pg_support import PostgresServer
 from tests.support import AgentProcess, Broker, Recorder, sim_config
 
 
@@ -41,3 +42,23 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for agent in started:
         agent.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session (started on first use)."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty archive's --db: a SQLite file, or a fresh database on the session's
+    PostgreSQL (each test its own)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "archive.sqlite")
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()
