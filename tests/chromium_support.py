@@ -112,6 +112,7 @@ class NotSeen(AssertionError):
 
 def look_at(page: Path, workdir: Path, *, width: int = 1280, height: int = 4000) -> Seen:
     """Open `page` in headless Chromium at a `width` x `height` window; one start."""
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     copy = workdir / "page.html"
     html = page.read_text(encoding="utf-8")

@@ -200,7 +200,8 @@ def table(
         for row in rows
     )
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return Markup(f"<table>{cap}<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>")
+    thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""  # none: a list table
+    return Markup(f"<table>{cap}{thead}\n<tbody>\n{body}\n</tbody></table>")
 
 
 def figure(width_in: float = 9.0, height_in: float = 3.0) -> Figure:

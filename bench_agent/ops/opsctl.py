@@ -15,6 +15,8 @@ and run the bridge from contract v2 to the v1 JSON the city's consumers read.
     bench-ops fleet --host H [--port P] [TLS and password flags as above]
                    [--prefix smartbench] [--v1-prefix smartbench-v1]
                    [--batch-s 300] [--once] [--json]
+    bench-ops report (--db ARCHIVE | --messages FILE ...) [--since DAY] [--until DAY]
+                   [--bench ID|GLOB ...] [--tz Asia/Jakarta] --out report.html
 
 `keygen` writes `DIR/NAME.key` (the PKCS#8 PEM private key, mode 0600, never
 overwritten) and `DIR/NAME.pub` (the public key, base64 on one line): install
@@ -34,6 +36,10 @@ bridge"): it republishes every bench's v2 batches as v1 telemetry and events und
 and state and the newest record (`bench_agent/ops/fleet.py`, README "For city ops"):
 `--once` prints once the retained messages have come, `--json` one JSON document.
 
+`report` writes one self-contained HTML file of a period, for the fleet and each bench
+(`bench_agent/ops/report.py`): energy, state of charge, outputs off and why, sessions,
+hotspot, uptime and data completeness, with charts; it opens offline and prints well.
+
 Exit codes: 0 the bench replied ok (`bridge`: stopped by a signal); 1 it replied with
 an error; 2 no reply within `--timeout` seconds; 3 no connection to the broker; 64 a
 usage or key-file error; `bridge` only: 77 the broker refused a subscription or a
@@ -48,14 +54,14 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from bench_agent.errors import UsageError
-from bench_agent.ops import bridge_service, fleet_watch, keys, send
+from bench_agent.ops import bridge_service, fleet_watch, keys, report, send
 
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 
 # Every subcommand is a module with `register(commands)`: it adds its parser, its flags
 # and `set_defaults(run=handler)`; the handler takes the parsed options, returns the exit
 # code and raises UsageError for a bad flag. A new subcommand adds its module here.
-SUBCOMMANDS = (keys, send, bridge_service, fleet_watch)
+SUBCOMMANDS = (keys, send, bridge_service, fleet_watch, report)
 
 
 class _Parser(argparse.ArgumentParser):
