@@ -78,6 +78,7 @@ th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: le
   vertical-align: top; }
 th { background: var(--band); font-weight: 600; }
 td.num, th.num { text-align: right; }
+td:first-child { white-space: nowrap; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
 .bad { color: var(--bad); font-weight: 600; }
 .warn { color: var(--warn); }
