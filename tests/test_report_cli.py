@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -87,3 +88,27 @@ def test_a_bad_flag_a_missing_file_and_an_unwritable_out(tmp_path: Path) -> None
     done = report("--messages", str(DAY_A), "--out", str(tmp_path / "no" / "r.html"))
     assert done.returncode == 73 and "No such file" in done.stderr
     assert not Path(out).exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_report_from_the_archive_equals_the_one_from_the_messages(tmp_path: Path) -> None:
+    """The archive (SQLite, written through archive_store as `bench-ops archive` does)
+    gives the same report as the messages it was filled from; a missing archive is 66."""
+    from bench_agent.ops.archive_store import Row, open_store
+
+    with gzip.open(DAY_A, "rt") as text:
+        lines = [json.loads(line) for line in text]
+    rows = [Row.of("sim-bench-01", line.pop("kind"), line) for line in lines]
+    db = tmp_path / "archive.sqlite"
+    with open_store(db) as store:
+        store.insert([r for r in rows if r is not None], "2026-12-05T00:00:00.000Z")
+    period = ("--since", "2026-11-27", "--until", "2026-11-28")
+    from_db, from_messages = tmp_path / "db.html", tmp_path / "messages.html"
+    assert report("--db", str(db), *period, "--out", str(from_db)).returncode == 0
+    assert report("--messages", str(DAY_A), *period, "--out", str(from_messages)).returncode == 0
+
+    def tables(path: Path) -> list[str]:  # the figures, not the charts' random ids or "made"
+        return re.findall(r"<table>.*?</table>", path.read_text(), re.S)
+
+    assert tables(from_db) == tables(from_messages) and len(tables(from_db)) == 4
+    done = report("--db", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "x.html"))
+    assert done.returncode == 66 and "no archive there" in done.stderr

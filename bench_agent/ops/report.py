@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from bench_agent import __version__
 from bench_agent.errors import UsageError
 from bench_agent.ops import report_input
+from bench_agent.ops.archive_store import ArchiveError, open_store
 from bench_agent.ops.report_data import Observation, Period, fleet_figures
 from bench_agent.ops.report_page import render
 
@@ -84,20 +84,14 @@ def select(patterns: Sequence[str], observations: Iterable[Observation]) -> Iter
 
 def from_archive(url: str, period: Period, skipped: report_input.Skipped) -> list[Observation]:
     """The period's records and events, and the output switches just before it."""
-    # archive_store is being written beside this (bench-ops archive); imported by name
-    # until both are on one branch, then a plain import. Its ArchiveError is an OSError.
     try:
-        archive_store = importlib.import_module("bench_agent.ops.archive_store")
-    except ImportError:
-        raise InputError("this bench-ops has no archive reader; use --messages") from None
-    try:
-        with archive_store.open_store(url, create=False) as store:
+        with open_store(url, create=False) as store:
             before = store.events(
                 ["output_switched"], since=period.start - LOOKBACK, until=period.start
             )
             during = store.records(since=period.start, until=period.end)
             return list(report_input.from_stored([*before, *during], skipped))
-    except OSError as exc:
+    except ArchiveError as exc:
         raise InputError(str(exc)) from None
 
 
