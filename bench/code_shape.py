@@ -52,6 +52,8 @@ EDGE_MODULES = {
     "bench_agent.eventlog": "events read back from events.jsonl",
     "bench_agent.statefile": "JSON read from state files",
     "bench_agent.demo": "JSON read from the broker",
+    "bench_agent.ops.planner.report": "the plan's JSON document, read back to render it",
+    "bench_agent.ops.planner.charts": "the plan's JSON document, read back to draw it",
 }
 # Functions that read what came from outside (state files, the outbox's rows).
 READER = re.compile(r"^_?(from_dict|from_row|parse|read|load)")

@@ -55,13 +55,14 @@ from typing import NoReturn
 
 from bench_agent.errors import UsageError
 from bench_agent.ops import bridge_service, fleet_watch, keys, report, send
+from bench_agent.ops.planner import cli as plan
 
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 
 # Every subcommand is a module with `register(commands)`: it adds its parser, its flags
 # and `set_defaults(run=handler)`; the handler takes the parsed options, returns the exit
 # code and raises UsageError for a bad flag. A new subcommand adds its module here.
-SUBCOMMANDS = (keys, send, bridge_service, fleet_watch, report)
+SUBCOMMANDS = (keys, send, bridge_service, fleet_watch, report, plan)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -298,6 +298,9 @@ def _update_port(
         why = f"{name} {amps:.2f} A > {limits.trip_amps:.2f} A for {over} samples"
     else:
         over = fault.consecutive_over + 1 if amps > limits.trip_amps else 0
+        # Unchanged is the common case (a port below its limit): no new object for it.
+        if over == fault.consecutive_over:
+            return fault, None, []
         return replace(fault, consecutive_over=over), None, []
 
     trips = fault.trips + 1
