@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import queue
 import shutil
 import socket
@@ -427,6 +428,39 @@ def test_ops_view_reads_but_cannot_command(clients: dict[str, Client]) -> None:
     assert clients["ops.command"].publish(t("bench-a", "cmd"), "control").value == 0x00
     got = a.receive_until(t("bench-a", "cmd"))
     assert [payload for _, payload in got] == [b"control"]  # never the "reboot"
+
+
+def test_ops_command_sends_to_a_glob_of_benches_under_the_shipped_acl(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bench-ops send --bench 'bench-*'` as ops.command: the wildcard subscriptions it
+    makes for a glob (`+/status`, `+/cmd/reply`) are within ops.command's ACL, and each
+    bench (its own certificate, the real CommandProcessor) gets its command and answers."""
+    from bench_agent.ops.opsctl import main
+    from tests.ops_support import FakeControl, Responder, processor_for
+
+    assert main(["keygen", "--out", str(tmp_path), "--key-id", "ops-1"]) == 0
+    capsys.readouterr()
+    benches = []
+    try:
+        for name in ("bench-a", "bench-b"):
+            processor = processor_for(name, tmp_path / "ops-1.pub", tmp_path, FakeControl())
+            tls_client = Client(broker, name).client  # its certificate; Responder's callbacks
+            benches.append(Responder(broker.port, processor, client=tls_client))
+        argv = ["send", "--host", "127.0.0.1", "--port", str(broker.port)]
+        argv += ["--tls-ca", str(broker.pki / "ca.crt")]
+        argv += ["--tls-cert", str(broker.pki / "ops.command.crt")]
+        argv += ["--tls-key", str(broker.pki / "ops.command.key")]
+        argv += ["--key", str(tmp_path / "ops-1.key"), "--key-id", "ops-1"]
+        assert main([*argv, "--bench", "bench-*", "--timeout", "5", "--json", "ping"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert [(b["bench"], b["outcome"]) for b in doc["benches"]] == [
+            ("bench-a", "ok"),
+            ("bench-b", "ok"),
+        ]
+    finally:
+        for bench in benches:
+            bench.close()  # clears its retained status: the broker serves the module
 
 
 def test_a_stolen_certificate_cannot_knock_another_bench_off(broker: Broker) -> None:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import stat
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bench_agent.ops.keys import load_private_key
 from bench_agent.ops.opsctl import EXIT_USAGE, main
@@ -26,6 +23,7 @@ from bench_agent.ops.send import (
 )
 from bench_agent.remote.processor import CommandProcessor
 from bench_agent.remote.signing import load_trusted_keys
+from tests.ops_support import FakeControl, Responder
 from tests.support import Broker, free_port
 
 BENCH = "tgk-alun-01"
@@ -87,55 +85,6 @@ def test_usage_errors_exit_64_not_the_timeout_code(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------
 
 
-class FakeControl:
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-
-    def state(self) -> dict[str, Any]:
-        return {"v": 1}
-
-    def set_override(
-        self, output: str, state: bool | None, duration_s: float | None, source: str
-    ) -> str | None:
-        self.calls.append(("set_override", output, state, duration_s, source))
-        return None
-
-    def reset_fault(self, name: str | None) -> list[str]:
-        return []
-
-    def rebirth(self) -> None:
-        self.calls.append(("rebirth",))
-
-    def outputs(self) -> list[str]:
-        return ["usb1", "usb2", "wifi"]
-
-
-class Responder:
-    """A bench's command side in miniature: cmd in, CommandProcessor, cmd/reply out."""
-
-    def __init__(self, port: int, processor: CommandProcessor, prefix: str = "smartbench") -> None:
-        self.processor = processor
-        self.topic = f"{prefix}/{BENCH}/cmd"
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_a: c.subscribe(self.topic, qos=1)
-        self.client.on_subscribe = lambda *_a: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not subscribed.wait(10):
-            raise AssertionError("responder could not subscribe")
-
-    def _on_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        reply = self.processor.handle_mqtt(bytes(msg.payload), retained=bool(msg.retain))
-        if reply is not None:
-            client.publish(self.topic + "/reply", reply, qos=1)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 @dataclass
 class Setup:
     broker: Broker
@@ -180,7 +129,7 @@ def setup(broker: Broker, tmp_path: Path) -> Iterator[Setup]:
         wall_now=lambda: datetime.now(UTC),
         on_event=events.append,
     )
-    responder = Responder(broker.port, processor)
+    responder = Responder(broker.port, processor, status=None)
     try:
         yield Setup(broker, control, keys, events)
     finally:

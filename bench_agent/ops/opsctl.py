@@ -1,11 +1,13 @@
-"""`bench-ops`: city ops' tool to make signing keys, send signed commands to a bench,
-and run the bridge from contract v2 to the v1 JSON the city's consumers read.
+"""`bench-ops`: city ops' tool to make signing keys, send signed commands to one bench
+or many, see the fleet, and run the bridge from contract v2 to the v1 JSON the city's
+consumers read.
 
     bench-ops keygen --out DIR [--key-id NAME]
     bench-ops send --host H [--port P] [--tls-ca CA --tls-cert CERT --tls-key KEY]
                    [--username U --password-file F]
-                   --key PRIVATE.key --key-id NAME --bench ID [--prefix smartbench]
-                   [--timeout 10] [--ttl 120] ACTION [name=value ...]
+                   --key PRIVATE.key --key-id NAME --bench ID|ID,ID…|GLOB [--bench …]
+                   [--prefix smartbench] [--timeout 10] [--ttl 120]
+                   [--concurrency 20] [--json] ACTION [name=value ...]
     bench-ops bridge --host H [--port P] [--tls-ca CA --tls-cert CERT --tls-key KEY]
                    [--username U --password-file F]
                    [--prefix smartbench] [--v1-prefix smartbench-v1]
@@ -27,6 +29,12 @@ naming the bench), signs it, subscribes to `<prefix>/<bench>/cmd/reply`, then
 publishes on `<prefix>/<bench>/cmd` (QoS 1, not retained) and prints the reply
 with the same id as JSON. Argument values are numbers when they parse as one,
 else strings: `bench-ops send … usb.set port=usb1 state=off duration_s=1800`.
+With several benches (`--bench` repeated, or `a,b,c`) or a glob (`--bench 'tgk-*'`,
+matched against the benches with a retained status) it signs one command per bench
+(the bench id inside the signature), keeps at most `--concurrency` waiting for their
+reply over one connection, and prints a table of replies (bench, ok/error, the
+result or error, round-trip ms) and the benches that did not answer within
+`--timeout`; `--json` gives one document instead (`bench_agent/ops/send.py`).
 
 `bridge` runs until SIGTERM (see `bench_agent/ops/bridge.py` and the README's "The
 bridge"): it republishes every bench's v2 batches as v1 telemetry and events under
@@ -43,7 +51,10 @@ hotspot, uptime and data completeness, with charts; it opens offline and prints 
 Exit codes: 0 the bench replied ok (`bridge`: stopped by a signal); 1 it replied with
 an error; 2 no reply within `--timeout` seconds; 3 no connection to the broker; 64 a
 usage or key-file error; `bridge` only: 77 the broker refused a subscription or a
-republished message (its ACL), 70 the MQTT thread ended.
+republished message (its ACL), 70 the MQTT thread ended. `send` to several benches or
+a glob: 0 every bench replied ok; 1 every bench replied, some with an error; 2 some
+did not answer within `--timeout` (whatever the others said); 3 no connection,
+nothing sent; 64 also for a glob that matches no bench, nothing sent.
 """
 
 from __future__ import annotations

@@ -1,37 +1,54 @@
-"""`bench-ops send`: one signed command to a bench and its reply, over MQTT.
+"""`bench-ops send`: a signed command to one bench, or to many, and their replies, over MQTT.
 
-The command (a UUID4 id, issued now, expiring after `--ttl` seconds, naming the bench)
-is signed with ops' Ed25519 key; the tool subscribes to `<prefix>/<bench>/cmd/reply`
-first, then publishes on `<prefix>/<bench>/cmd` (QoS 1, not retained) and prints the
-reply with the same id as JSON."""
+    --bench tgk-alun-01                       one bench: its reply printed as JSON
+    --bench a --bench b,c   --bench 'tgk-*'   several, or a glob: a table of replies
+
+Each command (a UUID4 id, issued when it is sent, expiring `--ttl` seconds later, naming
+its bench: the bench id is inside what is signed, so bench B refuses bench A's command
+with `wrong_bench`, and a forged `bench` breaks the signature) is signed with ops'
+Ed25519 key. The tool subscribes first, then publishes on `<prefix>/<bench>/cmd` (QoS 1,
+not retained) and takes the reply with the same id from `<prefix>/<bench>/cmd/reply`.
+A glob is matched against the benches with a retained `<prefix>/<bench>/status`. At
+most `--concurrency` commands (default 20) wait for their reply at a time, over one
+MQTT connection; each bench has `--timeout` seconds from its publish. Details:
+`bulk_targets.py` (what `--bench` means), `bulk_send.py` (the network), `bulk_view.py`
+(the table, `--json`).
+
+Exit codes, one bench: 0 it replied ok; 1 it replied with an error; 2 no reply within
+`--timeout`; 3 no connection to the broker (or a subscription refused); 64 a usage or
+key-file error. Several benches or a glob, the same codes for the whole: 0 every bench
+replied ok; 1 every bench replied, one or more with an error; 2 one or more did not
+answer within `--timeout` (whatever the others replied; the table and `--json` say
+who); 3 no connection (nothing was sent); 64 a usage or key-file error, or a glob that
+matches no bench (nothing was sent).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import ssl
 import sys
-import threading
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.reasoncodes import ReasonCode
-
 from bench_agent.errors import UsageError
-from bench_agent.ops.broker_access import BrokerAccess, add_broker_options
+from bench_agent.ops.broker_access import BrokerAccess, add_broker_options, check_prefix
+from bench_agent.ops.bulk_send import BulkSender, NoConnection, Outcome, Run
+from bench_agent.ops.bulk_targets import parse_targets
+from bench_agent.ops.bulk_view import render_json, render_table, warn
 from bench_agent.ops.keys import load_private_key
-from bench_agent.remote.commands import ACTIONS, BENCH_PATTERN, KEY_ID_PATTERN
+from bench_agent.remote.commands import ACTIONS, KEY_ID_PATTERN
 from bench_agent.remote.signing import new_command, sign_command
 
 EXIT_OK = 0
 EXIT_ERROR_REPLY = 1
 EXIT_TIMEOUT = 2
 EXIT_NO_CONNECTION = 3
+DEFAULT_CONCURRENCY = 20
+MAX_CONCURRENCY = 1000
 
 
 def parse_args_pairs(pairs: Sequence[str]) -> dict[str, Any]:
@@ -58,116 +75,87 @@ def parse_args_pairs(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-class _Exchange:
-    """One command out, its reply in, over a fresh paho client (network thread)."""
-
-    def __init__(self, command: dict[str, Any], cmd_topic: str) -> None:
-        self.command = command
-        self.cmd_topic = cmd_topic
-        self.reply_topic = cmd_topic + "/reply"
-        self.payload = json.dumps(command, separators=(",", ":"), ensure_ascii=False).encode()
-        self.done = threading.Event()
-        self.reply: dict[str, Any] | None = None
-        self.failure: str | None = None
-
-    def on_connect(
-        self, client: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
-    ) -> None:
-        if reason.is_failure:
-            self.failure = f"broker refused the connection: {reason}"
-            self.done.set()
-            return
-        # Subscribe first: a fast bench could otherwise reply before we listen.
-        client.subscribe(self.reply_topic, qos=1)
-
-    def on_subscribe(
-        self, client: paho.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
-    ) -> None:
-        if any(r.is_failure for r in reasons):
-            self.failure = f"cannot subscribe to {self.reply_topic}: {reasons[0]}"
-            self.done.set()
-            return
-        client.publish(self.cmd_topic, self.payload, qos=1, retain=False)
-
-    def on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        try:
-            reply = json.loads(message.payload)
-        except ValueError:
-            return  # someone else's garbage on the reply topic
-        if isinstance(reply, dict) and reply.get("id") == self.command["id"]:
-            self.reply = reply
-            self.done.set()
-
-
-def send(
-    command: dict[str, Any],
-    *,
-    access: BrokerAccess,
-    cmd_topic: str,
-    timeout_s: float,
-) -> tuple[int, dict[str, Any] | None, str | None]:
-    """Publish `command`, wait for its reply: (exit code, reply or None, failure text)."""
-    exchange = _Exchange(command, cmd_topic)
-    client = access.client(f"bench-ops-{uuid.uuid4().hex[:12]}")
-    client.on_connect = exchange.on_connect
-    client.on_subscribe = exchange.on_subscribe
-    client.on_message = exchange.on_message
-    try:
-        client.connect(access.host, access.port, keepalive=30)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        return EXIT_NO_CONNECTION, None, f"cannot connect to {access.host}:{access.port}: {exc}"
-    client.loop_start()
-    try:
-        exchange.done.wait(timeout_s)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    if exchange.failure is not None:
-        return EXIT_NO_CONNECTION, None, exchange.failure
-    if exchange.reply is None:
-        return EXIT_TIMEOUT, None, f"no reply within {timeout_s:g} s"
-    return (EXIT_OK if exchange.reply.get("ok") is True else EXIT_ERROR_REPLY), exchange.reply, None
+def exit_code(run: Run) -> int:
+    """0 every bench replied ok; 2 one did not answer at all (whatever the others said);
+    1 every bench answered and one or more with an error. For one bench: its own code."""
+    kinds = {outcome.kind for outcome in run.outcomes}
+    if "no_answer" in kinds:
+        return EXIT_TIMEOUT
+    return EXIT_ERROR_REPLY if "error" in kinds else EXIT_OK
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sd = commands.add_parser("send", help="send a signed command and print the reply")
+    sd = commands.add_parser("send", help="send signed commands and print the replies")
     add_broker_options(sd)
     sd.add_argument("--key", type=Path, required=True, help="Ed25519 signing key (NAME.key)")
     sd.add_argument("--key-id", required=True, help="the name the benches know the key by")
-    sd.add_argument("--bench", required=True, help="bench id")
+    sd.add_argument(
+        "--bench",
+        required=True,
+        action="append",
+        help="bench id, several (repeat the flag, or a,b,c) or a glob ('tgk-*')",
+    )
     sd.add_argument("--prefix", default="smartbench", help="topic prefix (default: smartbench)")
-    sd.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
-    sd.add_argument("--ttl", type=float, default=120.0, help="seconds the command stays valid")
+    sd.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds each bench has to reply (default: 10)"
+    )
+    sd.add_argument("--ttl", type=float, default=120.0, help="seconds a command stays valid")
+    sd.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"commands awaiting their reply at a time (default: {DEFAULT_CONCURRENCY})",
+    )
+    sd.add_argument("--json", action="store_true", help="one JSON document of every reply")
     sd.add_argument("action", choices=ACTIONS)
     sd.add_argument("args", nargs="*", metavar="name=value")
     sd.set_defaults(run=_run)
 
 
 def _run(opts: argparse.Namespace) -> int:
-    if not BENCH_PATTERN.fullmatch(opts.bench):
-        raise UsageError(f"bench id {opts.bench!r}: must match [a-z0-9][a-z0-9-]{{0,62}}")
+    targets = parse_targets(opts.bench)
     if not KEY_ID_PATTERN.fullmatch(opts.key_id):
         raise UsageError(f"key id {opts.key_id!r}: 1-64 characters of A-Za-z0-9._-")
-    if not (opts.timeout > 0 and opts.ttl > 0):
+    if not all(math.isfinite(v) and v > 0 for v in (opts.timeout, opts.ttl)):
         raise UsageError("--timeout and --ttl must be positive")
+    if not 1 <= opts.concurrency <= MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency must be 1 to {MAX_CONCURRENCY}")
+    check_prefix("--prefix", opts.prefix)
     key = load_private_key(opts.key)
     access = BrokerAccess.from_options(opts)
-    command = new_command(
-        opts.action,
-        parse_args_pairs(opts.args),
-        bench=opts.bench,
-        now=datetime.now(UTC),
-        ttl_s=opts.ttl,
-    )
-    signed = sign_command(command, key, opts.key_id)
-    code, reply, failure = send(
-        signed,
-        access=access,
-        cmd_topic=f"{opts.prefix}/{opts.bench}/cmd",
+    args = parse_args_pairs(opts.args)
+
+    def make_command(bench: str) -> dict[str, Any]:
+        command = new_command(opts.action, args, bench=bench, now=datetime.now(UTC), ttl_s=opts.ttl)
+        return sign_command(command, key, opts.key_id)
+
+    sender = BulkSender(
+        access,
+        prefix=opts.prefix,
+        targets=targets,
+        make_command=make_command,
         timeout_s=opts.timeout,
+        concurrency=opts.concurrency,
     )
-    if reply is not None:
-        print(json.dumps(reply, indent=2, ensure_ascii=False))
-    if failure is not None:
-        print(f"bench-ops: {failure} (command {signed['id']})", file=sys.stderr)
-    return code
+    try:
+        run = sender.run()
+    except NoConnection as exc:
+        print(f"bench-ops: {exc}", file=sys.stderr)
+        return EXIT_NO_CONNECTION
+    warn(run)
+    if opts.json:
+        print(render_json(run, opts.action, opts.timeout, opts.concurrency))
+    elif targets.one_bench:
+        _print_one(run.outcomes[0], opts.timeout)
+    else:
+        print(render_table(run, opts.timeout))
+    return exit_code(run)
+
+
+def _print_one(outcome: Outcome, timeout_s: float) -> None:
+    """One bench named as it is: its reply as JSON, or why there is none on stderr."""
+    if outcome.reply is not None:
+        print(json.dumps(outcome.reply, indent=2, ensure_ascii=False))
+    else:
+        failure = f"no reply within {timeout_s:g} s"
+        print(f"bench-ops: {failure} (command {outcome.command_id})", file=sys.stderr)
