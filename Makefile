@@ -24,6 +24,7 @@ bench: setup  # the figures in the README; a few minutes
 	$(PY) bench/footprint.py 60
 	$(PY) bench/bench_drain.py
 	$(PY) bench/bench_bridge.py
+	$(PY) bench/bench_bulk_send.py
 	$(PY) bench/bench_outbox_disk.py
 	$(PY) bench/bench_vedirect.py
 	$(PY) bench/bench_unit_lifecycle.py

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from bench_agent.ops.bulk_targets import Targets, expand, parse_targets
 from bench_agent.ops.opsctl import EXIT_USAGE, main
 from bench_agent.ops.send import EXIT_ERROR_REPLY, EXIT_NO_CONNECTION, EXIT_OK, EXIT_TIMEOUT
 from tests.ops_support import CommandLog, FakeControl, Responder, processor_for, status_payload
-from tests.support import Broker, Recorder, free_port
+from tests.support import Broker, Recorder, free_port, wait_until
 
 BENCH_OPS = Path(sys.executable).parent / "bench-ops"
 
@@ -305,3 +306,25 @@ def test_concurrency_bounds_the_commands_awaiting_a_reply(
     )
     assert code == EXIT_OK and doc["counts"]["ok"] == 4
     assert fleet.log.most_at_once() == 2
+
+
+@pytest.mark.integration
+def test_a_broker_restart_mid_run_is_said_and_the_run_still_ends(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet.bench("tgk-a-01")
+    fleet.bench("tgk-b-02", delay_s=0.5)  # its reply is due while the broker is away
+    result: list[int] = []
+    argv = fleet.argv("tgk-a-01,tgk-b-02", timeout=2.5, extra=("--json", "ping"))
+    sender = threading.Thread(target=lambda: result.append(main(argv)))
+    sender.start()
+    wait_until(lambda: "tgk-b-02" in {b for _t, _k, b in fleet.log.entries}, 5, "a command")
+    fleet.broker.stop()
+    fleet.broker.start()
+    sender.join(10)
+    assert not sender.is_alive() and result[0] in (EXIT_OK, EXIT_TIMEOUT)
+    captured = capsys.readouterr()
+    assert "the connection to the broker dropped" in captured.err
+    doc = json.loads(captured.out)
+    assert doc["disconnects"] >= 1
+    assert {b["bench"]: b["outcome"] for b in doc["benches"]}["tgk-a-01"] == "ok"
