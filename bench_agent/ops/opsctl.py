@@ -1,6 +1,6 @@
 """`bench-ops`: city ops' tool to make signing keys, send signed commands to one bench
-or many, see the fleet, and run the bridge from contract v2 to the v1 JSON the city's
-consumers read.
+or many, see the fleet, write reports, and run the bridge from contract v2 to the v1
+JSON the city's consumers read.
 
     bench-ops keygen --out DIR [--key-id NAME]
     bench-ops send --host H [--port P] [--tls-ca CA --tls-cert CERT --tls-key KEY]
