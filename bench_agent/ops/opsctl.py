@@ -77,7 +77,11 @@ SUBCOMMANDS = (keys, send, bridge_service, fleet_watch, report, plan)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse would exit 2, send's "timeout" code
+    def error(self, message: str) -> NoReturn:
+        # argparse would exit 2, which is send's "timeout": exit 64 instead, but show
+        # the usage line as argparse does (and tests/test_shipped_command_lines.py
+        # tells a command line that does not parse by it).
+        self.print_usage(sys.stderr)
         raise UsageError(message)
 
 
