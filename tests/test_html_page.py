@@ -87,3 +87,16 @@ def test_two_charts_on_one_page_share_no_svg_id() -> None:
     for chart, own in zip(charts, ids, strict=True):  # every reference stays inside its chart
         refs = set(re.findall(r'(?:href="#|url\(#)([^")]+)', chart))
         assert refs and refs <= own
+
+
+def test_a_chart_with_an_ident_is_the_same_bytes_every_time() -> None:
+    """matplotlib salts clip-path ids with a random UUID unless told; chart() tells it."""
+
+    def drawn() -> h.Markup:
+        fig = h.figure(4, 2)
+        fig.subplots().bar(["a", "b"], [1, 2])
+        return h.chart(fig, alt="bars", ident="same")
+
+    first, again = drawn(), drawn()
+    assert first == again
+    assert 'id="same-' in first and "clip-path" in first

@@ -15,7 +15,10 @@ URIs, because:
 - no broken image: inline markup has nothing to decode or fetch, and glyphs are drawn as
   paths (matplotlib's default `svg.fonttype = "path"`), so the page needs no font either.
 Each chart's SVG ids (glyphs, clip paths) get a prefix of their own, so several charts
-on one page never share an id.
+on one page never share an id: a running number, or the `ident` the caller gives. The
+SVG is drawn with a fixed `svg.hashsalt` (matplotlib otherwise salts its clip-path ids
+with a random UUID), so a chart given an `ident` is the same bytes every time: a page
+made of such charts is reproducible (`bench-ops plan`: same seed, same report).
 
 Everything that takes text escapes it; what this module makes is `Markup`, which passes
 through unescaped. Figures are best made with `figure()` (a bare `Figure`, no pyplot,
@@ -35,7 +38,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # a server at the city has no display; never pick a GUI backend
 
-from matplotlib.figure import Figure  # after the backend is chosen
+from matplotlib.axes import Axes  # after the backend is chosen
+from matplotlib.figure import Figure
 
 _chart_numbers = itertools.count(1)
 # An id, and each reference to one, in matplotlib's SVG.
@@ -210,12 +214,25 @@ def figure(width_in: float = 9.0, height_in: float = 3.0) -> Figure:
     return Figure(figsize=(width_in, height_in), layout="constrained")
 
 
-def chart(fig: Figure, *, alt: str, caption: str = "") -> Markup:
+def plain_axes(ax: Axes, ylabel: str) -> None:
+    """The reports' look for one chart's axes: its y label, light horizontal grid lines
+    behind the data, no top or right frame."""
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", color="#e3e6ea", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def chart(fig: Figure, *, alt: str, caption: str = "", ident: str = "") -> Markup:
     """`fig` as inline SVG in a `<figure class="chart">`, then closed. `alt` says what the
-    chart shows, for screen readers and for a reader of the HTML."""
+    chart shows, for screen readers and for a reader of the HTML. `ident` (letters,
+    digits, '-'; unique on the page) names the chart's SVG ids instead of a running
+    number, which makes the markup the same bytes for the same figure."""
     buffer = io.StringIO()
     try:
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
+        with matplotlib.rc_context({"svg.hashsalt": "bench-agent"}):
+            fig.savefig(buffer, format="svg", metadata={"Date": None})
     finally:
         _close(fig)
     svg = buffer.getvalue()
@@ -225,7 +242,7 @@ def chart(fig: Figure, *, alt: str, caption: str = "") -> Markup:
     # down on a narrow window or paper via max-width with the viewBox keeping its shape.
     svg = svg.replace("<svg ", f'<svg role="img" aria-label="{escape(alt)}" ', 1)
     # matplotlib names glyphs by font and glyph ("DejaVuSans-31"): the same in every chart.
-    prefix = f"c{next(_chart_numbers)}-"
+    prefix = f"{anchor_id(ident)}-" if ident else f"c{next(_chart_numbers)}-"
     svg = _SVG_IDS.sub(lambda m: m.group(1) + prefix + m.group(2), svg)
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return Markup(f'<figure class="chart">\n{svg}{cap}</figure>')

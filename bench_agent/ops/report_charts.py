@@ -35,14 +35,6 @@ OTHER_REASONS = ("#af7aa1", "#59a14f", "#edc948", "#ff9da7")
 SOC_LINE = "#1e6b35"
 
 
-def _style(ax: Axes, ylabel: str) -> None:
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", color="#e3e6ea", linewidth=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-
-
 def _day_labels(days: Sequence[date]) -> list[str]:
     return [d.strftime("%d %b") for d in days]
 
@@ -74,7 +66,7 @@ def energy_per_day(days: Sequence[DayFigures], *, title: str = "") -> html_page.
         )
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     _days_axis(ax, [d.day for d in days])
-    _style(ax, "Wh")
+    html_page.plain_axes(ax, "Wh")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     if title:
         ax.set_title(title, fontsize=10, loc="left")
@@ -98,7 +90,7 @@ def fleet_energy_per_day(fleet: FleetFigures) -> html_page.Markup:
     ax.bar([i - width / 2 for i in x], harvested, width, color=HARVEST, label="harvested")
     ax.bar([i + width / 2 for i in x], delivered, width, color=LOADS[0], label="delivered")
     _days_axis(ax, fleet.days)
-    _style(ax, "Wh, all benches")
+    html_page.plain_axes(ax, "Wh, all benches")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     return html_page.chart(
         fig,
@@ -144,7 +136,7 @@ def state_of_charge(points: Sequence[SocPoint]) -> html_page.Markup:
     locator = AutoDateLocator(tz=tz, maxticks=12)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=tz))  # type: ignore[no-untyped-call]
-    _style(ax, "state of charge, %")
+    html_page.plain_axes(ax, "state of charge, %")
     lowest = min((p.low for p in points), default=None)
     return html_page.chart(
         fig,

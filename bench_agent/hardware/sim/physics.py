@@ -44,6 +44,20 @@ DEFAULT_ARRIVALS_PER_HOUR: Final = (
 )  # fmt: skip
 
 
+def clear_sky_w_m2(sun_deg: float) -> float:
+    """Global horizontal irradiance under a clear tropical sky at a sun elevation
+    (degrees): direct beam after the air mass (Kasten-Young 1989, Meinel 1976) plus ~10 %
+    diffuse. The planner's clear sky too (ops/planner/sun.py)."""
+    if sun_deg <= 0.0:
+        return 0.0
+    zenith = 90.0 - sun_deg
+    air_mass = 1.0 / (
+        math.cos(math.radians(zenith)) + 0.50572 * math.pow(96.07995 - zenith, -1.6364)
+    )
+    direct = SOLAR_CONSTANT_W_M2 * math.pow(0.7, math.pow(air_mass, 0.678))
+    return 1.1 * direct * math.sin(math.radians(sun_deg))
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelTruth:
     """What an ideal INA219 on one channel would read now."""
@@ -265,19 +279,6 @@ class BenchModel:
             2 * math.pi * (hour - 14.5) / 24.0
         )
 
-    @staticmethod
-    def _clear_sky_w_m2(sun_deg: float) -> float:
-        """Global horizontal irradiance under a clear tropical sky: direct beam after the
-        air mass (Kasten-Young 1989, Meinel 1976) plus ~10 % diffuse."""
-        if sun_deg <= 0.0:
-            return 0.0
-        zenith = 90.0 - sun_deg
-        air_mass = 1.0 / (
-            math.cos(math.radians(zenith)) + 0.50572 * math.pow(96.07995 - zenith, -1.6364)
-        )
-        direct = SOLAR_CONSTANT_W_M2 * math.pow(0.7, math.pow(air_mass, 0.678))
-        return 1.1 * direct * math.sin(math.radians(sun_deg))
-
     def _new_phone(self, rng: random.Random, amps: float | None, leave_at_s: float) -> _Phone:
         # Always four draws, so the stream stays aligned whatever is passed in.
         cc = 1.0 + 1.1 * rng.random()
@@ -343,7 +344,7 @@ class BenchModel:
         self._sun_deg = elevation(self._observer, mid)
         # Kasten & Czeplak (1980): thin cloud barely matters, overcast leaves ~25 %.
         cloud_factor = 1.0 - 0.75 * math.pow(self.cloud_cover, 3.4)
-        irradiance = self._clear_sky_w_m2(self._sun_deg) * cloud_factor
+        irradiance = clear_sky_w_m2(self._sun_deg) * cloud_factor
         self._irradiance = irradiance
         g = irradiance / 1000.0
         cell_c = self._ambient_c + 0.025 * irradiance  # ~NOCT: +20 °C at 800 W/m²

@@ -1,39 +1,30 @@
-"""The report's charts, drawn with matplotlib's Agg backend (no display) into PNG
-bytes. Deterministic: the same numbers give the same bytes (no date in the PNG)."""
+"""The plan's charts: matplotlib figures made with the shared page builder
+(`ops/html_page.py`: bare figures, no pyplot), embedded by `html_page.chart` as inline
+SVG with a fixed id per chart, so the same numbers give the same bytes."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from bench_agent.ops import html_page
 from bench_agent.ops.planner.summary import month_label
 
 _COLOURS = {"wifi": "#d95f02", "usb": "#1b9e77"}
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _labels(report: dict[str, Any]) -> list[str]:
     return [month_label(m["month"]) for m in report["runs"][0]["months"]]
 
 
-def dark_evenings(report: dict[str, Any]) -> bytes:
+def dark_evenings(report: dict[str, Any]) -> Figure:
     """Dark evenings per month and load class: the seeds' mean, with their range."""
     labels = _labels(report)
     classes = report["load_classes"]
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig = html_page.figure(9.0, 3.2)
+    ax = fig.subplots()
     width = 0.8 / max(len(classes), 1)
     for i, name in enumerate(classes):
         months = report["spread"][name]["months"]
@@ -43,16 +34,15 @@ def dark_evenings(report: dict[str, Any]) -> bytes:
         ax.bar(x, mean, width, yerr=err, capsize=2, label=report["labels"][name],
                color=_COLOURS.get(name))  # fmt: skip
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("dark evenings")
-    ax.set_title("Evenings each load went dark (mean of seeds, bars: range)", fontsize=10)
+    html_page.plain_axes(ax, "dark evenings")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def dark_hours(report: dict[str, Any]) -> bytes:
+def dark_hours(report: dict[str, Any]) -> Figure:
     """When the evenings went dark: local hour, over all seeds."""
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig = html_page.figure(9.0, 2.8)
+    ax = fig.subplots()
     classes = report["load_classes"]
     width = 0.8 / max(len(classes), 1)
     for i, name in enumerate(classes):
@@ -64,17 +54,17 @@ def dark_hours(report: dict[str, Any]) -> bytes:
         ax.bar(x, counts, width, label=report["labels"][name], color=_COLOURS.get(name))
     ax.set_xticks(range(0, 24, 2))
     ax.set_xlabel("local hour the load went dark (dark evenings, all seeds)")
-    ax.set_ylabel("evenings")
+    html_page.plain_axes(ax, "evenings")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def energy(report: dict[str, Any]) -> bytes:
+def energy(report: dict[str, Any]) -> Figure:
     """Energy per month, first seed: harvested, delivered by load, wasted (full)."""
     labels = _labels(report)
     months = report["runs"][0]["months"]
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig = html_page.figure(9.0, 3.2)
+    ax = fig.subplots()
     x = range(len(months))
     kwh = [[m["energy_wh"]["delivered"][k] / 1000 for m in months] for k in ("pi", "wifi", "usb")]
     bottom = [0.0] * len(months)
@@ -91,20 +81,19 @@ def energy(report: dict[str, Any]) -> bytes:
         label="wasted (battery full)",
     )
     ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("kWh")
-    ax.set_title(f"Energy per month (seed {report['seeds'][0]})", fontsize=10)
+    html_page.plain_axes(ax, "kWh")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def soc_envelope(report: dict[str, Any]) -> bytes:
+def soc_envelope(report: dict[str, Any]) -> Figure:
     """State of charge per month, first seed: lowest, mean daily low and high, highest."""
     labels = _labels(report)
     months = report["runs"][0]["months"]
     x = list(range(len(months)))
     soc = [m["soc_pct"] for m in months]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig = html_page.figure(9.0, 3.0)
+    ax = fig.subplots()
     ax.fill_between(x, [s["min"] for s in soc], [s["max"] for s in soc], alpha=0.2, label="min-max")
     ax.plot(x, [s["mean_daily_min"] for s in soc], "b-o", ms=3, label="mean daily low")
     ax.plot(x, [s["mean_daily_max"] for s in soc], "g-o", ms=3, label="mean daily high")
@@ -118,21 +107,21 @@ def soc_envelope(report: dict[str, Any]) -> bytes:
         )
     ax.set_ylim(0, 100)
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("state of charge, %")
+    html_page.plain_axes(ax, "state of charge, %")
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def sweep_map(sweep: dict[str, Any]) -> bytes:
-    """Dark evenings per year over panel × battery; the cheapest cell meeting the target."""
+def sweep_map(sweep: dict[str, Any]) -> Figure:
+    """Dark evenings per period over panel × battery; the cheapest cell meeting the target."""
     panels, batteries = sweep["panels_w"], sweep["batteries_ah"]
     grid = [[0.0] * len(panels) for _ in batteries]
     for cell in sweep["cells"]:
         grid[batteries.index(cell["battery_ah"])][panels.index(cell["panel_w"])] = cell[
             "dark_evenings"
         ]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = html_page.figure(6.5, 4.0)
+    ax = fig.subplots()
     image = ax.imshow(grid, origin="lower", cmap="magma_r", aspect="auto")
     top = max(max(r) for r in grid)
     for i, row in enumerate(grid):
@@ -147,7 +136,5 @@ def sweep_map(sweep: dict[str, Any]) -> bytes:
     ax.set_yticks(range(len(batteries)), [f"{b:g}" for b in batteries])
     ax.set_xlabel("panel, Wp")
     ax.set_ylabel("battery, Ah")
-    ax.set_title(f"Dark evenings ({sweep['load']}) per period", fontsize=10)
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    return _png(fig)
+    return fig

@@ -3,8 +3,8 @@
 Fast on purpose: a year is 525,600 minutes. The sun's declination and the equation
 of time are taken once a day (Spencer 1971, good to ~0.1° and ~30 s: plenty for a
 horizontal panel), the elevation once a minute. The clear sky is the simulated
-bench's (hardware/sim/physics.py): the direct beam after the air mass (Kasten-Young
-1989, Meinel 1976) plus ~10 % diffuse, under a clear tropical sky.
+bench's own function (hardware/sim/physics.py `clear_sky_w_m2`): the direct beam
+after the air mass (Kasten-Young 1989, Meinel 1976) plus ~10 % diffuse.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import math
 from datetime import date, timedelta
 from typing import Final
 
-SOLAR_CONSTANT_W_M2: Final = 1353.0
+from bench_agent.hardware.sim.physics import clear_sky_w_m2
+
 MINUTES_PER_DAY: Final = 1440
 
 
@@ -37,18 +38,6 @@ def _declination_and_eot(day: date) -> tuple[float, float]:
         - 0.040849 * math.sin(2 * g)
     )
     return decl, eot
-
-
-def clear_sky_w_m2(sun_deg: float) -> float:
-    """Global horizontal irradiance under a clear sky at a sun elevation (degrees)."""
-    if sun_deg <= 0.0:
-        return 0.0
-    zenith = 90.0 - sun_deg
-    air_mass = 1.0 / (
-        math.cos(math.radians(zenith)) + 0.50572 * math.pow(96.07995 - zenith, -1.6364)
-    )
-    direct = SOLAR_CONSTANT_W_M2 * math.pow(0.7, math.pow(air_mass, 0.678))
-    return 1.1 * direct * math.sin(math.radians(sun_deg))
 
 
 def clear_sky_day(
