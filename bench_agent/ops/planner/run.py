@@ -49,6 +49,7 @@ class DayRecord:
     day: date
     clear_sky_index: float
     available_wh: float = 0.0  # what the panel could have given
+    available_wh_by_hour: list[float] = field(default_factory=lambda: [0.0] * 24)
     harvested_wh: float = 0.0  # what the charge controller put on the 12 V bus
     wasted_wh: float = 0.0  # not taken because the battery was full (absorption/float)
     delivered_wh: dict[str, float] = field(default_factory=dict)  # "usb", "wifi", "pi"
@@ -194,6 +195,7 @@ class _LoopState:
         wp, eff, coeff = bench.panel_watts_peak, p.panel_efficiency, p.panel_temp_coeff_per_c
         conv, ap_w_on, pi_w_on = p.converter_efficiency, usage.hotspot_watts, usage.pi_watts
         stay_s, lo_a, hi_a = usage.mean_stay_s, usage.phone_min_amps, usage.phone_max_amps
+        by_hour = rec.available_wh_by_hour
         for minute in range(1440):
             now = midnight + timedelta(minutes=minute)
             mono = (minute_abs + minute) * STEP_S
@@ -228,6 +230,7 @@ class _LoopState:
             charging.integrate(STEP_S, panel_w)
             hours = STEP_S / 3600.0
             rec.available_wh += p_avail * hours
+            by_hour[minute // 60] += p_avail * hours
             rec.harvested_wh += panel_w * p.charger_efficiency * hours
             if charging.charge_state in ("absorption", "float"):
                 rec.wasted_wh += (p_avail - panel_w) * hours
