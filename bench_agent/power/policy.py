@@ -95,6 +95,8 @@ from bench_agent.power.policy_config import (
     TemperatureLimits,
 )
 from bench_agent.power.policy_state import (
+    CALM,
+    NO_FAULT,
     Decision,
     Override,
     PolicyEvent,
@@ -186,7 +188,7 @@ def _update_voltage(
     """The voltage safety net of one class of load: its new state and why."""
     restore = b.restore_above_volts
     if off_below is None or restore is None:
-        return VoltageWatch(), ""
+        return CALM, ""
     if reading is None:
         verb = "kept off" if watch.shed else "kept on"
         return watch, f"battery voltage unknown; {verb} (off below {off_below:.2f} V)"
@@ -201,12 +203,12 @@ def _update_voltage(
         # Shedding is the safe side: noise around the level must not keep restarting
         # the delay, so only a clear recovery does (restoring, below, is strict).
         noise = volts <= off_below + VOLTS_NOISE
-        return (watch if noise else VoltageWatch()), text
+        return (watch if noise else CALM), text
     high_since = None
     if volts >= restore:
         high_since = mono_s if watch.high_since_mono_s is None else watch.high_since_mono_s
         if mono_s - high_since >= delay and soc_allows:
-            return VoltageWatch(), f"{text} ≥ {restore:.2f} V for {mono_s - high_since:.0f} s"
+            return CALM, f"{text} ≥ {restore:.2f} V for {mono_s - high_since:.0f} s"
     back_on = f"back on at {restore:.2f} V and above {on_above_pct:.1f}%"
     return VoltageWatch(True, None, high_since), f"{text}, {back_on}"
 
@@ -391,7 +393,7 @@ def decide(
     for port, limits in cfg.ports.items():
         amps = _known(inputs.port_amps.get(port))
         fault, held, port_events = _update_port(port, limits, amps, inputs.mono_s, state.port(port))
-        if fault != PortFault():
+        if fault != NO_FAULT:
             faults[port] = fault
         if held is not None:
             forced[port] = held
@@ -485,7 +487,7 @@ def reset_fault(state: PolicyState, port: str | None) -> PolicyState:
     events: list[PolicyEvent] = []
     for name in targets:
         fault = ports.pop(name, None)
-        if fault is None or fault == PortFault():
+        if fault is None or fault == NO_FAULT:
             continue
         was = "latched" if fault.latched else f"{fault.trips} trip(s)"
         events.append(PolicyEvent(EventType.FAULT_RESET, name, f"{name} fault reset (was {was})"))

@@ -4,6 +4,7 @@ file and key)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Mapping
@@ -294,9 +295,15 @@ class Schedule:
 
     def describe(self) -> str:
         """The windows as text, e.g. "06:00-09:00, 22:00-02:00"."""
-        if not self.windows:
-            return "always"
-        return ", ".join(f"{s:%H:%M}-{e:%H:%M}" for s, e in self.windows)
+        return _describe(self.windows)
+
+
+@functools.lru_cache(maxsize=64)
+def _describe(windows: tuple[tuple[time, time], ...]) -> str:
+    """Schedule.describe, made once per set of windows (the policy asks every second)."""
+    if not windows:
+        return "always"
+    return ", ".join(f"{s:%H:%M}-{e:%H:%M}" for s, e in windows)
 
 
 @dataclass(frozen=True, slots=True)
