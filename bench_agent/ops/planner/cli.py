@@ -159,7 +159,7 @@ def _plan(opts: argparse.Namespace) -> int:
         opts.out.write_text(to_html(report), encoding="utf-8")
     if opts.json:
         sys.stdout.write(to_json(report))
-    elif opts.out is None:
+    else:
         for line in summary_lines(report):
             print(line)
     return 0
