@@ -54,6 +54,9 @@ EDGE_MODULES = {
     "bench_agent.demo": "JSON read from the broker",
     "bench_agent.ops.planner.report": "the plan's JSON document, read back to render it",
     "bench_agent.ops.planner.charts": "the plan's JSON document, read back to draw it",
+    "bench_agent.ops.archive_store": "rows as the database drivers return them",
+    "bench_agent.ops.archive_postgres": "rows and parameters of psycopg",
+    "bench_agent.ops.archive_gaps": "rows as the database drivers return them",
 }
 # Functions that read what came from outside (state files, the outbox's rows).
 READER = re.compile(r"^_?(from_dict|from_row|parse|read|load)")

@@ -93,7 +93,8 @@ def test_a_bad_flag_a_missing_file_and_an_unwritable_out(tmp_path: Path) -> None
 def test_the_report_from_the_archive_equals_the_one_from_the_messages(tmp_path: Path) -> None:
     """The archive (SQLite, written through archive_store as `bench-ops archive` does)
     gives the same report as the messages it was filled from; a missing archive is 66."""
-    from bench_agent.ops.archive_store import Row, open_store
+    from bench_agent.ops.archive_db import open_store
+    from bench_agent.ops.archive_store import Row
 
     with gzip.open(DAY_A, "rt") as text:
         lines = [json.loads(line) for line in text]

@@ -5,7 +5,7 @@ workers on several machines). Same schema, same SQL, same tests on both.
 
 `bench-ops archive` writes it (`insert`); `bench-ops gaps` and `bench-ops report` read
 it through the typed readers below (`records`, `events`, `benches`, and the gap
-queries in `archive_gaps`). Open one with `open_store(url)`.
+queries in `archive_gaps`). Open one with `archive_db.open_store(url)`.
 
 The table (schema version 1, `bench_archive_meta.schema_version`):
 
@@ -427,26 +427,3 @@ class SqliteStore(ArchiveStore):
 
     def seconds_between(self, earlier: str, later: str) -> str:
         return f"((julianday({later}) - julianday({earlier})) * 86400.0)"
-
-
-def open_store(url: str | Path, *, create: bool = True) -> ArchiveStore:
-    """The archive at `url`: `postgresql://…` (or `postgres://…`) for PostgreSQL, else a
-    SQLite file (a path, or `sqlite:///path`). The schema is made when missing unless
-    `create` is false. ArchiveError when it cannot be opened."""
-    text = str(url)
-    if text.startswith(("postgresql://", "postgres://")):
-        from bench_agent.ops.archive_postgres import PostgresStore  # noqa: PLC0415 - psycopg only when asked
-
-        store: ArchiveStore = PostgresStore(text)
-    else:
-        path = Path(text.removeprefix("sqlite://")) if text.startswith("sqlite://") else Path(text)
-        if not create and not path.exists():
-            raise ArchiveError(f"{path}: no archive there")
-        store = SqliteStore(text, path)
-    if create:
-        try:
-            store.create_schema()
-        except BaseException:
-            store.close()
-            raise
-    return store

@@ -1,6 +1,6 @@
 """`bench-ops`: city ops' tool to make signing keys, send signed commands to one bench
-or many, see the fleet, write reports, and run the bridge from contract v2 to the v1
-JSON the city's consumers read.
+or many, see the fleet, archive every record and find what is missing, write reports,
+and run the bridge from contract v2 to the v1 JSON the city's consumers read.
 
     bench-ops keygen --out DIR [--key-id NAME]
     bench-ops send --host H [--port P] [--tls-ca CA --tls-cert CERT --tls-key KEY]
@@ -17,6 +17,14 @@ JSON the city's consumers read.
     bench-ops fleet --host H [--port P] [TLS and password flags as above]
                    [--prefix smartbench] [--v1-prefix smartbench-v1]
                    [--batch-s 300] [--once] [--json]
+    bench-ops archive --host H [--port P] [TLS and password flags as above]
+                   [--db bench-archive.sqlite | --db postgresql://USER@HOST/DB]
+                   [--prefix smartbench] [--group bench-ops-archive | --no-share]
+                   [--client-id ID] [--session-expiry 604800] [--batch-records 1000]
+                   [--max-rate 5000] [--retention-days DAYS] [--retention-every 3600]
+                   [--status-interval 60] [--debug]
+    bench-ops gaps [--db bench-archive.sqlite] [--since WHEN] [--bench ID]
+                   [--min-silence 900] [--json]
     bench-ops report (--db ARCHIVE | --messages FILE ...) [--since DAY] [--until DAY]
                    [--bench ID|GLOB ...] [--tz Asia/Jakarta] --out report.html
 
@@ -44,6 +52,15 @@ bridge"): it republishes every bench's v2 batches as v1 telemetry and events und
 and state and the newest record (`bench_agent/ops/fleet.py`, README "For city ops"):
 `--once` prints once the retained messages have come, `--json` one JSON document.
 
+`archive` runs until SIGTERM (`bench_agent/ops/archive.py`, README "For city ops"): it
+stores every record and event once per (bench, seq_epoch, seq) in `--db` (a SQLite
+file, or postgresql://…), acknowledging each message only after its rows are committed;
+exit 75 when the database fails (a restart retries; nothing unacknowledged is lost).
+
+`gaps` reads the archive (`bench_agent/ops/archive_gaps.py`): per bench and seq epoch
+the seqs never stored (those the bench reported dropping kept apart), the silences,
+restarts and clock corrections; `--json` for scripts.
+
 `report` writes one self-contained HTML file of a period, for the fleet and each bench
 (`bench_agent/ops/report.py`): energy, state of charge, outputs off and why, sessions,
 hotspot, uptime and data completeness, with charts; it opens offline and prints well.
@@ -65,7 +82,15 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from bench_agent.errors import UsageError
-from bench_agent.ops import bridge_service, fleet_watch, keys, report, send
+from bench_agent.ops import (
+    archive_service,
+    bridge_service,
+    fleet_watch,
+    gaps,
+    keys,
+    report,
+    send,
+)
 from bench_agent.ops.planner import cli as plan
 
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
@@ -73,7 +98,7 @@ EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 # Every subcommand is a module with `register(commands)`: it adds its parser, its flags
 # and `set_defaults(run=handler)`; the handler takes the parsed options, returns the exit
 # code and raises UsageError for a bad flag. A new subcommand adds its module here.
-SUBCOMMANDS = (keys, send, bridge_service, fleet_watch, report, plan)
+SUBCOMMANDS = (keys, send, bridge_service, fleet_watch, archive_service, gaps, report, plan)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -32,7 +32,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from bench_agent import __version__
 from bench_agent.errors import UsageError
 from bench_agent.ops import report_input
-from bench_agent.ops.archive_store import ArchiveError, open_store
+from bench_agent.ops.archive_db import open_store
+from bench_agent.ops.archive_store import ArchiveError
 from bench_agent.ops.report_data import Observation, Period, fleet_figures
 from bench_agent.ops.report_page import render
 
