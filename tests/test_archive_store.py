@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from bench_agent.ops.archive_db import open_store
 from bench_agent.ops.archive_store import (
     SCHEMA_VERSION,
     ArchiveError,
     BadRecord,
     Row,
-    open_store,
 )
 from tests.bridge_support import captured_records
 from tests.support import free_port
