@@ -7,9 +7,10 @@ the lowest and the highest stored one should be there. Each hole is classified:
   drops the oldest records when full, or those older than its age limit), and said so:
   an `outbox_dropped` event (`records`: how many this time, `total`: ever, for this
   store) comes once the link is back, after the records it dropped. The dropped ones
-  are the oldest waiting, just before the backlog the bench then sends; so the `n` new
-  drops an event reports are attributed to the `n` missing seqs nearest below it not
-  already attributed to an earlier report.
+  are the oldest waiting, just below the backlog the bench then sends; so the `n` new
+  drops an event reports are taken from the top of the holes below it, those just
+  under a backlog (`historical` records) first, then the nearest (`classify`). The
+  counts are exact; the place of each drop is inferred.
 - `lost`: missing and not explained by the bench: lost on the way (or still on its way:
   a backlog not yet delivered shows as lost until it comes).
 - `before_first`: below the lowest stored seq of the epoch (the archive started after
@@ -146,16 +147,26 @@ class GapReport:
 
 
 def classify(
-    first_seq: int, holes: list[tuple[int, int]], drops: list[tuple[int, int]]
+    first_seq: int, holes: list[tuple[int, int, bool]], drops: list[tuple[int, int]]
 ) -> list[SeqRange]:
-    """The missing seqs of one epoch, by cause. `holes`: (first, last) inside the stored
-    span, sorted; `drops`: (event seq, newly dropped count) in seq order. Pure."""
-    open_ranges = [[1, first_seq - 1]] if first_seq > 1 else []
-    open_ranges += [[a, b] for a, b in holes]
+    """The missing seqs of one epoch, by cause. Pure.
+
+    `holes`: (first, last, backlog_after) inside the stored span, sorted; backlog_after:
+    the record just above the hole came from the bench's backlog (`historical`).
+    `drops`: (event seq, newly dropped count) of the bench's `outbox_dropped` events, in
+    seq order. The bench drops the oldest records waiting in its outbox, so what it
+    dropped lies just below the backlog it sent once the link came back, and below the
+    event: each event's count is taken from the top of the holes below it, those
+    followed by a backlog first, nearest first. The counts are exact; where a loss on
+    the way touches a drop in one hole, which of its seqs were which is a guess."""
+    pieces: list[list[int]] = [[1, first_seq - 1, 0]] if first_seq > 1 else []
+    pieces += [[a, b, int(backlog)] for a, b, backlog in holes]
     attributed: list[tuple[int, int]] = []
     for event_seq, count in drops:
         left = count
-        for piece in reversed(open_ranges):
+        candidates = [p for p in pieces if p[0] < event_seq]
+        candidates.sort(key=lambda p: (-p[2], -p[0]))  # after a backlog first, then nearest
+        for piece in candidates:
             if left <= 0:
                 break
             top = min(piece[1], event_seq - 1)
@@ -164,15 +175,16 @@ def classify(
             take = min(left, top - piece[0] + 1)
             attributed.append((top - take + 1, top))
             left -= take
-        open_ranges = _minus(open_ranges, attributed)
+        pieces = _minus(pieces, attributed)
     out = [SeqRange(a, b, "dropped_by_bench") for a, b in attributed]
-    out += [SeqRange(a, b, "before_first" if b < first_seq else "lost") for a, b in open_ranges]
+    out += [SeqRange(a, b, "before_first" if b < first_seq else "lost") for a, b, _ in pieces]
     return sorted(out, key=lambda r: r.first)
 
 
 def _minus(ranges: list[list[int]], taken: list[tuple[int, int]]) -> list[list[int]]:
+    """`ranges` ([first, last, flag]) less the seqs of `taken`; each piece keeps its flag."""
     out: list[list[int]] = []
-    for first, last in ranges:
+    for first, last, flag in ranges:
         pieces = [[first, last]]
         for a, b in taken:
             next_pieces = []
@@ -185,7 +197,7 @@ def _minus(ranges: list[list[int]], taken: list[tuple[int, int]]) -> list[list[i
                 if b < q:
                     next_pieces.append([b + 1, q])
             pieces = next_pieces
-        out += pieces
+        out += [[p, q, flag] for p, q in pieces]
     return out
 
 
@@ -201,7 +213,9 @@ def gap_report(
     since_ts = as_ts(since)
     epochs = _epochs(store, since_ts, bench)
     holes = _by_epoch(
-        _windowed(store, "seq, LAG(seq) OVER w AS prev", "seq > prev + 1", since_ts, bench)
+        _windowed(
+            store, "seq, LAG(seq) OVER w AS prev, historical", "seq > prev + 1", since_ts, bench
+        )
     )
     restarts = _by_epoch(
         _windowed(store, "seq, boot_id, LAG(boot_id) OVER w AS prev",
@@ -225,7 +239,7 @@ def gap_report(
     report: list[EpochGaps] = []
     for e in epochs:
         key = (e.bench, e.seq_epoch)
-        hole_list = [(int(row[4]) + 1, int(row[3]) - 1) for row in holes.get(key, [])]
+        hole_list = [(int(r[4]) + 1, int(r[3]) - 1, bool(r[5])) for r in holes.get(key, [])]
         ranges = classify(e.first_seq, hole_list, sorted(drops.get(key, [])))
         if since_ts is not None:
             ranges = [r for r in ranges if r.cause != "before_first"]
@@ -281,7 +295,7 @@ def _epochs(store: ArchiveStore, since_ts: str | None, bench: str | None) -> lis
         " SUM(CASE WHEN time_quality = 'unsynced' THEN 1 ELSE 0 END),"
         " SUM(CASE WHEN time_quality = 'corrected' THEN 1 ELSE 0 END)"
         f" FROM {TABLE}{where} GROUP BY bench, seq_epoch{having}"
-        " ORDER BY bench, MIN(received_at), seq_epoch",
+        " ORDER BY bench, MIN(received_at), MIN(ts), seq_epoch",
         params,
     )
     return [
