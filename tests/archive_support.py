@@ -1,0 +1,249 @@
+"""Real parts for the archive's tests: `bench-ops archive` as a process (the installed
+console script), what the benches put on the wire (decoded by the product's own v2
+decoder), a lossy relay that removes chosen records on their way, and a gate that
+takes a bench's broker away."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench_agent.link import contract_v2
+from tests.bridge_support import BENCH_OPS
+from tests.support import wait_until
+
+Key = tuple[str, str, int]  # (bench, seq_epoch, seq)
+
+
+class ArchiveProcess:
+    """`bench-ops archive` as a real process; `kill()` is kill -9; always reaped."""
+
+    def __init__(
+        self,
+        port: int,
+        workdir: Path,
+        db: str,
+        client_id: str = "archive-a",
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.client_id = client_id
+        self.log_path = workdir / f"{client_id}.log"
+        self.starts = (
+            self.log_path.read_text().count("subscribed:") if self.log_path.exists() else 0
+        )
+        command = [
+            str(BENCH_OPS), "archive", "--host", "127.0.0.1", "--port", str(port),
+            "--client-id", client_id, "--db", db, "--status-interval", "1", *extra,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_subscribed(self, timeout_s: float = 20) -> None:
+        wait_until(
+            lambda: self.log.count("subscribed:") > self.starts or self.proc.poll() is not None,
+            timeout_s,
+            f"{self.client_id} subscribed",
+        )
+        assert self.proc.poll() is None, self.log
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout_s: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"archive did not stop on SIGTERM:\n{self.log}") from None
+        return int(self.proc.returncode)
+
+
+def batch_keys(bench: str, payload: bytes) -> list[Key]:
+    batch = contract_v2.decode(payload)
+    return [(bench, r["seq_epoch"], r["seq"]) for _, r in batch.records if "seq" in r]
+
+
+class _Client:
+    """A paho MQTT 5 client connected to the test's broker (persistent when named)."""
+
+    def __init__(self, port: int, on_message: Callable[[paho.MQTTMessage], None]) -> None:
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"test-{uuid.uuid4().hex[:10]}",
+            protocol=paho.MQTTv5,
+        )
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.on_message = lambda _c, _u, msg: on_message(msg)
+        self.port = port
+
+    def start(self, topic: str) -> None:
+        self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise AssertionError(f"could not subscribe to {topic}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Wire(_Client):
+    """Every record the benches put on `<prefix>/+/v2`, by key."""
+
+    def __init__(self, port: int, prefix: str = "smartbench") -> None:
+        super().__init__(port, self._on)
+        self._lock = threading.Lock()
+        self._keys: set[Key] = set()
+        self.start(f"{prefix}/+/v2")
+
+    def _on(self, msg: paho.MQTTMessage) -> None:
+        bench = msg.topic.split("/")[-2]
+        with self._lock:
+            self._keys.update(batch_keys(bench, bytes(msg.payload)))
+
+    def keys(self) -> set[Key]:
+        with self._lock:
+            return set(self._keys)
+
+
+class LossyRelay(_Client):
+    """Between the benches (`raw/<bench>/v2`) and the archive (`smartbench/<bench>/v2`):
+    each batch decoded, the records `drop(bench, record)` picks removed, the rest
+    encoded again with the product's encoder and passed on. `seen` and `dropped` are
+    the keys of what came and of what it removed."""
+
+    def __init__(self, port: int, drop: Callable[[str, dict[str, Any]], bool]) -> None:
+        super().__init__(port, self._on)
+        self.drop = drop
+        self._lock = threading.Lock()
+        self.seen: set[Key] = set()
+        self.dropped: set[Key] = set()
+        self.start("raw/+/v2")
+
+    def _on(self, msg: paho.MQTTMessage) -> None:
+        bench = msg.topic.split("/")[1]
+        batch = contract_v2.decode(bytes(msg.payload))
+        kept = []
+        with self._lock:
+            for kind, record in batch.records:
+                key = (bench, str(record["seq_epoch"]), int(record["seq"]))  # type: ignore[call-overload]
+                self.seen.add(key)
+                if self.drop(bench, record):
+                    self.dropped.add(key)
+                else:
+                    kept.append((kind, record))
+        if kept:
+            payload = contract_v2.encode(bench, kept, batch.dictionary_id)
+            self.client.publish(f"smartbench/{bench}/v2", payload, qos=1)
+
+    def keys(self) -> tuple[set[Key], set[Key]]:
+        with self._lock:
+            return set(self.seen), set(self.dropped)
+
+
+class Gate:
+    """A TCP forwarder in front of the broker for one bench: `close()` cuts its
+    connections and refuses new ones (the broker is away for it); `open()` lets it in."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.is_open = threading.Event()
+        self.is_open.set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not self.is_open.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._forward, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _forward(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.is_open.clear()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def open(self) -> None:
+        self.is_open.set()
+
+    def shut_down(self) -> None:
+        self._closing.set()
+        self._thread.join(5)
+        self._listener.close()
+        self.close()
+
+
+def gaps_json(db: str, *extra: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [str(BENCH_OPS), "gaps", "--db", db, "--json", *extra],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
