@@ -37,13 +37,16 @@ class ArchiveProcess:
         db: str,
         client_id: str = "archive-a",
         extra: Sequence[str] = (),
+        *,
+        argv: Sequence[str] | None = None,
     ) -> None:
+        """`argv`: a whole command line instead (a unit's ExecStart)."""
         self.client_id = client_id
         self.log_path = workdir / f"{client_id}.log"
         self.starts = (
             self.log_path.read_text().count("subscribed:") if self.log_path.exists() else 0
         )
-        command = [
+        command = list(argv) if argv is not None else [
             str(BENCH_OPS), "archive", "--host", "127.0.0.1", "--port", str(port),
             "--client-id", client_id, "--db", db, "--status-interval", "1", *extra,
         ]  # fmt: skip

@@ -90,7 +90,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     persist.mkdir()
     _pki(pki, "ca")
     _pki(pki, "broker", "localhost", "127.0.0.1")
-    for name in ("bench-a", "bench-b", "ops.view", "ops.command", "ops.bridge"):
+    for name in ("bench-a", "bench-b", "ops.view", "ops.command", "ops.bridge", "ops.archive"):
         _pki(pki, "client", name)
     # Same CN as a real bench, but from a CA the broker does not trust.
     _pki(stranger, "ca")
@@ -416,6 +416,37 @@ def test_the_bridge_reads_v2_batches_shared_and_writes_only_under_the_v1_prefix(
             assert bridge.publish(t("bench-a", leaf), "forged").value == 0x87
         assert a.publish("smartbench-v1/bench-a/telemetry", "forged").value == 0x87
         assert a.publish(t("bench-b", "v2"), "forged").value == 0x87
+    finally:
+        for c in started:
+            c.stop()
+
+
+def test_the_archive_reads_every_benchs_records_shared_and_writes_nothing(
+    broker: Broker,
+) -> None:
+    """ops.archive (`bench-ops archive`): a bench's v2 batch, contract-1 telemetry and
+    event reach it through shared subscriptions; it cannot read commands, nor write."""
+    started = [Client(broker, name).start() for name in ("bench-a", "ops.archive")]
+    a, archive = started
+    try:
+        for c in started:
+            assert c.connected.wait(WAIT_S)
+        for leaf in ("v2", "telemetry", "event"):
+            assert archive.subscribe(f"$share/bench-ops-archive/{PREFIX}/+/{leaf}").value < 0x80
+        for leaf in ("v2", "telemetry", "event"):
+            assert a.publish(t("bench-a", leaf), leaf).value == 0x00
+            assert archive.receive_until(t("bench-a", leaf)) == [
+                (t("bench-a", leaf), leaf.encode())
+            ]
+        # Granted (mosquitto checks reads per message), but nothing but records comes.
+        assert archive.subscribe(f"{PREFIX}/+/cmd/reply").value < 0x80
+        assert archive.subscribe(f"{PREFIX}/+/state").value < 0x80
+        assert a.publish(t("bench-a", "cmd/reply"), "reply").value == 0x00
+        assert a.publish(t("bench-a", "state"), "state").value == 0x00
+        assert a.publish(t("bench-a", "v2"), "marker").value == 0x00
+        assert archive.receive_until(t("bench-a", "v2")) == [(t("bench-a", "v2"), b"marker")]
+        for topic in (t("bench-a", "v2"), t("bench-a", "cmd"), "smartbench-v1/bench-a/event"):
+            assert archive.publish(topic, "forged").value == 0x87
     finally:
         for c in started:
             c.stop()

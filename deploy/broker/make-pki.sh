@@ -8,7 +8,7 @@
 #   make-pki.sh DIR client NAME              NAME.key/.crt with CN=NAME: a bench
 #                                            id ([a-z0-9][a-z0-9-]{0,62}) or an ops
 #                                            identity: ops.view, ops.command,
-#                                            ops.bridge (or ops.view-X, ...)
+#                                            ops.bridge, ops.archive (or ops.view-X, ...)
 #   make-pki.sh DIR revoke NAME              withdraw NAME's certificate: DIR/crl.pem
 #                                            is rewritten; copy it to the broker and
 #                                            restart mosquitto
@@ -118,10 +118,10 @@ subjectKeyIdentifier=hash"
         # The CN becomes the MQTT username (and client id) and a bench's is
         # substituted into the ACL patterns: a bench id (no '/', '+', '#', no
         # dot), or an ops identity, whose dot no bench id can have.
-        if [[ $name =~ ^ops\.(view|command|bridge)(-[a-z0-9][a-z0-9-]{0,30})?$ ]]; then
+        if [[ $name =~ ^ops\.(view|command|bridge|archive)(-[a-z0-9][a-z0-9-]{0,30})?$ ]]; then
             :
         elif [[ $name == ops.* ]]; then
-            die "'$name' is not an ops identity (ops.view, ops.command, ops.bridge, or one of them -X)"
+            die "'$name' is not an ops identity (ops.view, ops.command, ops.bridge, ops.archive, or one of them -X)"
         else
             [[ $name =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || die "'$name' is not a bench id ([a-z0-9][a-z0-9-]{0,62})"
             [[ $name != ops ]] || die "'ops' is reserved: city operations use ops.view and ops.command"
