@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 DURATION ?=
 
-.PHONY: setup demo test lint typecheck bench bench-wire lock rehearse-pi clean-rehearsal clean
+.PHONY: setup demo test lint typecheck bench bench-wire bench-archive lock rehearse-pi clean-rehearsal clean
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +31,9 @@ bench: setup  # the figures in the README; a few minutes
 	$(PY) bench/bench_encoding.py
 	$(PY) bench/bench_link_cost.py
 	$(PY) bench/bench_sd_day.py 60
+
+bench-archive: setup  # 1,000 benches back after a 6-hour outage, into the archive: ~10 minutes
+	$(PY) bench/bench_fleet_archive.py --json .cache/bench-fleet-archive.json
 
 bench-wire: setup  # contract 1 and 2 side by side in real time: 35 minutes
 	$(PY) bench/bench_wire_hour.py 35

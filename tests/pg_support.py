@@ -47,7 +47,10 @@ class PostgresServer:
     """initdb + pg_ctl start in `workdir` (or a private directory the server's user can
     reach); `stop()` stops it and removes its files."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+        """`durable`: fsync and synchronous commits as in production (for benchmarks);
+        off by default: a test server's data lives for one session."""
+        self.durable = durable
         self.bin = bindir()
         self.port = free_port()
         self.user: str | None = None  # run as this user (we are root), else as ourselves
@@ -84,13 +87,13 @@ class PostgresServer:
                 "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync",
             ]
         )  # fmt: skip
-        # Loopback only, no Unix socket (tmp paths outgrow its 107-byte limit); durability
-        # off: a test server's data lives for one session.
+        # Loopback only, no Unix socket (tmp paths outgrow its 107-byte limit).
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=200"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
              "-o", options, "-w", "-t", "60", "start"]

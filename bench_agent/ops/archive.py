@@ -169,6 +169,8 @@ class Archive:
         reason: ReasonCode,
         _properties: Properties | None,
     ) -> None:
+        with self._lock:
+            self._acks.connected()  # nothing that came on the lost connection is acked now
         if not self.stop_event.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 
@@ -235,10 +237,13 @@ class Archive:
             counters.transactions += 1
             counters.stored += added
             counters.duplicates += len(rows) - added
+        # Under the lock, so that a connection lost meanwhile (`_on_disconnect`) either
+        # comes before (these are then never acknowledged: delivered again) or after
+        # (the acks are queued on the old connection, which paho drops): never an old
+        # packet id acknowledged on a new connection. paho's ack() takes no lock.
         with self._lock:
-            acks = [ack for m in messages for ack in self._acks.done(m.incoming)]
-        for ack in acks:
-            self.client.ack(ack.mid, ack.qos)
+            for ack in [a for m in messages for a in self._acks.done(m.incoming)]:
+                self.client.ack(ack.mid, ack.qos)
 
     def _decode(self, message: _Message) -> Rows | None:
         topic = parse_topic(message.topic, self.options.prefix)
