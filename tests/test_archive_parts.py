@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -179,3 +180,28 @@ def test_a_database_it_cannot_open_and_bad_flags(tmp_path: Path) -> None:
     ):
         bad = subprocess.run([*base, *flags], capture_output=True, text=True, check=False)
         assert bad.returncode == 64 and bad.stderr.count("\n") == 1, (flags, bad.stderr)
+
+
+def test_without_matplotlib_archive_and_gaps_still_run_and_report_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    """The archive's unit venv may hold only what the archive needs: bench-ops must
+    start there (matplotlib is imported by report and plan only)."""
+    script = (
+        "import sys; sys.modules['matplotlib'] = None\n"  # as if not installed
+        "from bench_agent.ops.opsctl import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+
+    def bench_ops(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, *argv], capture_output=True, text=True, check=False
+        )
+
+    db = tmp_path / "a.sqlite"
+    open_store(db).close()
+    assert bench_ops("gaps", "--db", str(db)).returncode == 0
+    done = bench_ops("report", "--db", str(db), "--out", str(tmp_path / "r.html"))
+    assert done.returncode == 69, done.stderr
+    assert "needs matplotlib" in done.stderr and "bench-agent[ops]" in done.stderr
+    assert "archive" in bench_ops("--help").stdout

@@ -233,7 +233,8 @@ def test_under_systemd_it_is_confined_and_a_kill_9_is_restarted_with_nothing_los
         return {int(s) for s in out.split()}
 
     try:
-        box.systemctl("start", "bench-ops-archive.service")  # Type=notify: READY=1 came
+        started = box.systemctl("start", "bench-ops-archive.service", check=False)
+        assert started.returncode == 0, journal()  # Type=notify: READY=1 came
         state = _state(box)
         assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
         pid = state["MainPID"]

@@ -67,8 +67,9 @@ hotspot, uptime and data completeness, with charts; it opens offline and prints 
 
 Exit codes: 0 the bench replied ok (`bridge`: stopped by a signal); 1 it replied with
 an error; 2 no reply within `--timeout` seconds; 3 no connection to the broker; 64 a
-usage or key-file error; `bridge` only: 77 the broker refused a subscription or a
-republished message (its ACL), 70 the MQTT thread ended. `send` to several benches or
+usage or key-file error; 69 `report` or `plan` where matplotlib is not installed;
+`bridge` only: 77 the broker refused a subscription or a republished message (its
+ACL), 70 the MQTT thread ended. `send` to several benches or
 a glob: 0 every bench replied ok; 1 every bench replied, some with an error; 2 some
 did not answer within `--timeout` (whatever the others said); 3 no connection,
 nothing sent; 64 also for a glob that matches no bench, nothing sent.
@@ -77,28 +78,51 @@ nothing sent; 64 also for a glob that matches no bench, nothing sent.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from bench_agent.errors import UsageError
-from bench_agent.ops import (
-    archive_service,
-    bridge_service,
-    fleet_watch,
-    gaps,
-    keys,
-    report,
-    send,
-)
-from bench_agent.ops.planner import cli as plan
+from bench_agent.ops import archive_service, bridge_service, fleet_watch, gaps, keys, send
 
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a subcommand whose libraries are not installed
 
 # Every subcommand is a module with `register(commands)`: it adds its parser, its flags
 # and `set_defaults(run=handler)`; the handler takes the parsed options, returns the exit
 # code and raises UsageError for a bad flag. A new subcommand adds its module here.
-SUBCOMMANDS = (keys, send, bridge_service, fleet_watch, archive_service, gaps, report, plan)
+SUBCOMMANDS = (keys, send, bridge_service, fleet_watch, archive_service, gaps)
+# Subcommands that need the ops extra's heavier libraries (matplotlib), imported only
+# when present: a machine that runs only the bridge or the archive (its unit's venv)
+# starts without them, and `bench-ops report` there says what to install.
+OPTIONAL_SUBCOMMANDS = {"report": "bench_agent.ops.report", "plan": "bench_agent.ops.planner.cli"}
+
+
+def _register_optional(
+    commands: argparse._SubParsersAction[_Parser], name: str, module: str
+) -> None:
+    try:
+        importlib.import_module(module).register(commands)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] == "bench_agent":
+            raise  # our own module missing is a bug, not an optional library
+        missing = exc.name
+        # Takes any arguments (no prefix character: nothing is an option to it).
+        stub = commands.add_parser(
+            name, help=f"(needs {missing}: the ops extra)", prefix_chars="\0", add_help=False
+        )
+        stub.add_argument("args", nargs="*")
+
+        def unavailable(_opts: argparse.Namespace) -> int:
+            print(
+                f"bench-ops {name}: needs {missing}, not installed here:"
+                " pip install 'bench-agent[ops]'",
+                file=sys.stderr,
+            )
+            return EXIT_UNAVAILABLE
+
+        stub.set_defaults(run=unavailable)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.register(commands)
+    for name, optional in OPTIONAL_SUBCOMMANDS.items():
+        _register_optional(commands, name, optional)
     return parser
 
 
