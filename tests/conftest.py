@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.deploy_support import city_sandbox
 from tests.pg_support import PostgresServer
 from tests.support import AgentProcess, Broker, Recorder, sim_config
+from tests.systemd_sandbox import SystemdSandbox
 
 
 @pytest.fixture
@@ -62,3 +64,11 @@ def archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "archive.sqlite")
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.new_database()
+
+
+@pytest.fixture(scope="session")
+def city_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SystemdSandbox, int]]:
+    """One sandbox for the city's units (the bridge's, the archive's): see
+    deploy_support.city_sandbox."""
+    with city_sandbox(tmp_path_factory.mktemp("city-units")) as made:
+        yield made

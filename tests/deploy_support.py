@@ -282,3 +282,58 @@ def installed_not_started(workdir: Path) -> Iterator[InstalledBench]:
             yield installed
         finally:
             installed.close()
+
+
+@contextlib.contextmanager
+def city_sandbox(workdir: Path) -> Iterator[tuple[SystemdSandbox, int]]:
+    """A sandbox set up as the README's city machine (the `bench-ops` user, the venv of
+    `/opt/bench-ops` from the lock and a clean copy of the package, `/etc/bench-ops`)
+    with a mosquitto that systemd runs on a free port: (the sandbox, that port). The
+    bridge's and the archive's unit tests each install their unit in it; one per
+    session (conftest `city_box`), as installing the venv is most of its cost."""
+    missing = wheelhouse_missing()
+    if missing:
+        pytest.fail(missing)
+    with SystemdSandbox(workdir) as box:
+        port = int(
+            box.run(
+                ["python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0));"
+                 " print(s.getsockname()[1])"]
+            ).stdout
+        )  # fmt: skip
+        conf = box.path("/etc/bench-sandbox/mosquitto.conf")
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        box.run(["systemd-run", f"--unit={BROKER_UNIT}", "mosquitto", "-c",
+                 str(conf.relative_to(box.path("/")))])  # fmt: skip
+        box.sh(
+            "useradd --system --user-group --no-create-home --home-dir /nonexistent"
+            " --shell /usr/sbin/nologin bench-ops"
+        )
+        package = "/root/bench-ops-src"
+        box.run(["mkdir", "-p", package])
+        for name in ("pyproject.toml", "README.md", "bench_agent"):
+            box.run(["cp", "-a", str(REPO / name), package])
+        box.run(
+            ["find", package, "-name", "__pycache__", "-prune", "-exec", "rm", "-rf", "{}", "+"]
+        )
+        pip = "/opt/bench-ops/venv/bin/python -m pip install -q --disable-pip-version-check"
+        box.sh(
+            f"python3 -m venv /opt/bench-ops/venv && {' '.join(installer_environment()[1:])}"
+            f" {pip} --use-pep517 --require-hashes -r {REPO}/deploy/requirements.lock &&"
+            f" {pip} --no-deps --no-build-isolation {package}",
+            timeout_s=600,
+        )
+        assert WHEELHOUSE.is_dir()
+        box.run(["install", "-d", "-m", "0750", "-g", "bench-ops", "/etc/bench-ops"])
+        yield box, port
+
+
+def install_unit(box: SystemdSandbox, unit: Path, conf: str, flags: str) -> None:
+    """`unit` byte for byte in /etc/systemd/system, its flags file `conf` (0640
+    root:bench-ops, one `NAME=flags` line), and systemd told."""
+    box.path(conf).write_text(f"{flags}\n")
+    box.run(["chgrp", "bench-ops", conf])
+    box.run(["chmod", "0640", conf])
+    box.path(f"/etc/systemd/system/{unit.name}").write_bytes(unit.read_bytes())
+    box.systemctl("daemon-reload")

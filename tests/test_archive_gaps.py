@@ -16,6 +16,7 @@ from bench_agent.ops.archive_db import open_store
 from bench_agent.ops.archive_gaps import SeqRange, classify, gap_report
 from bench_agent.ops.archive_store import Row
 from bench_agent.ops.gaps import parse_since
+from bench_agent.ops.opsctl import main
 from tests.bridge_support import BENCH_OPS, captured_records
 
 RECEIVED = "2026-11-28T00:00:00.000Z"
@@ -158,7 +159,9 @@ def test_since_keeps_what_ends_after_it_and_the_seq_arithmetic_of_the_whole_epoc
     assert [e.bench for e in one.epochs] == ["other-bench"] and one.epochs[0].ranges == ()
 
 
-def test_the_console_script_table_and_json(tmp_path: Any) -> None:
+def test_the_console_script_table_and_json(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = tmp_path / "a.sqlite"
     with open_store(db) as store:
         store.insert(_rows(edited_day()), RECEIVED)
@@ -177,16 +180,10 @@ def test_the_console_script_table_and_json(tmp_path: Any) -> None:
     # 100-102 went on the 26th: before --since; 700 after.
     assert doc["totals"]["lost"] == 1 and doc["since"] == "2026-11-27T00:00:00.000Z"
     # A missing archive, a bad flag: one line each, their exit codes.
-    gone = subprocess.run(
-        [str(BENCH_OPS), "gaps", "--db", str(tmp_path / "none.sqlite")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert gone.returncode == 75 and gone.stderr.count("\n") == 1, gone.stderr
-    bad = subprocess.run(
-        [str(BENCH_OPS), "gaps", "--db", str(db), "--since", "last week"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert bad.returncode == 64 and "--since" in bad.stderr
+    assert main(["gaps", "--db", str(tmp_path / "none.sqlite")]) == 75
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["gaps", "--db", str(db), "--since", "last week"]) == 64
+    assert "--since" in capsys.readouterr().err
 
 
 def test_parse_since() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ import pytest
 from bench_agent.ops.archive_db import open_store
 from tests.archive_support import ArchiveProcess
 from tests.bridge_support import BENCH_OPS, batches, captured_records
-from tests.deploy_support import WHEELHOUSE, installer_environment, wheelhouse_missing
+from tests.deploy_support import install_unit
 from tests.support import REPO, wait_until
 from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
 from tests.test_broker_acl import Client, _pki, _running_broker
@@ -151,54 +151,14 @@ def test_the_units_command_line_with_the_shipped_flags_archives_through_the_ship
 
 
 @pytest.fixture(scope="module")
-def archive_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SystemdSandbox, int]]:
-    """A sandbox with the archive installed as the README says (a user, a venv from the
-    lock and a clean copy of the package, the unit byte for byte, its flags file) and
-    a mosquitto that systemd runs."""
-    missing = wheelhouse_missing()
-    if missing:
-        pytest.fail(missing)
-    workdir = tmp_path_factory.mktemp("archive-unit")
-    with SystemdSandbox(workdir) as box:
-        port = int(
-            box.run(
-                ["python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0));"
-                 " print(s.getsockname()[1])"]
-            ).stdout
-        )  # fmt: skip
-        conf = box.path("/etc/bench-sandbox/mosquitto.conf")
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        box.run(["systemd-run", "--unit=test-broker.service", "mosquitto", "-c",
-                 str(conf.relative_to(box.path("/")))])  # fmt: skip
-        box.sh(
-            "useradd --system --user-group --no-create-home --home-dir /nonexistent"
-            " --shell /usr/sbin/nologin bench-ops"
-        )
-        package = "/root/bench-ops-src"
-        box.run(["mkdir", "-p", package])
-        for name in ("pyproject.toml", "README.md", "bench_agent"):
-            box.run(["cp", "-a", str(REPO / name), package])
-        box.run(
-            ["find", package, "-name", "__pycache__", "-prune", "-exec", "rm", "-rf", "{}", "+"]
-        )
-        pip = "/opt/bench-ops/venv/bin/python -m pip install -q --disable-pip-version-check"
-        box.sh(
-            f"python3 -m venv /opt/bench-ops/venv && {' '.join(installer_environment()[1:])}"
-            f" {pip} --use-pep517 --require-hashes -r {REPO}/deploy/requirements.lock &&"
-            f" {pip} --no-deps --no-build-isolation {package}",
-            timeout_s=600,
-        )
-        assert WHEELHOUSE.is_dir()
-        box.run(["install", "-d", "-m", "0750", "-g", "bench-ops", "/etc/bench-ops"])
-        flags = f"--host 127.0.0.1 --port {port} --client-id sandbox-archive --no-share"
-        flags += f" --status-interval 1 --max-rate 2000 --db {STATE_DIR}/archive.sqlite"
-        box.path(INSTALLED_CONF).write_text(f"ARCHIVE_ARGS={flags}\n")
-        box.run(["chgrp", "bench-ops", INSTALLED_CONF])
-        box.run(["chmod", "0640", INSTALLED_CONF])
-        box.path("/etc/systemd/system/bench-ops-archive.service").write_bytes(UNIT.read_bytes())
-        box.systemctl("daemon-reload")
-        yield box, port
+def archive_box(city_box: tuple[SystemdSandbox, int]) -> tuple[SystemdSandbox, int]:
+    """The city sandbox (the README's install steps, a mosquitto) with the archive's
+    unit byte for byte and its flags file."""
+    box, port = city_box
+    flags = f"--host 127.0.0.1 --port {port} --client-id sandbox-archive --no-share"
+    flags += f" --status-interval 1 --max-rate 2000 --db {STATE_DIR}/archive.sqlite"
+    install_unit(box, UNIT, INSTALLED_CONF, f"ARCHIVE_ARGS={flags}")
+    return box, port
 
 
 def _state(box: SystemdSandbox) -> dict[str, str]:
