@@ -156,3 +156,19 @@ def test_a_sqlite_archive_is_a_plain_file_other_tools_read(tmp_path: Path) -> No
         (body,) = conn.execute("SELECT body FROM bench_records WHERE seq = 4").fetchone()
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert json.loads(body)["battery"]["soc_pct"] == 52.0 and mode == "wal"
+
+
+def test_the_readers_stream_and_other_queries_may_run_meanwhile(archive_url: str) -> None:
+    """More rows than one fetch (2,000), read while other queries run between them (a
+    report reading events for each record it reads)."""
+    with open_store(archive_url) as store:
+        store.insert(day_rows("bench-a") + day_rows("bench-b"), RECEIVED)
+        seen = 0
+        for n, record in enumerate(store.records()):
+            seen += 1
+            if n % 500 == 0:
+                assert store.count() == 2 * 1456
+                assert len(list(store.events(["tamper"], bench=record.bench))) == 2
+        assert seen == 2 * 1456
+        first = next(store.records(kind="event"))  # left unfinished
+        assert first.kind == "event" and store.benches() == ["bench-a", "bench-b"]

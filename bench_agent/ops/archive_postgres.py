@@ -5,12 +5,13 @@ a SQLite archive needs no driver."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 
-from bench_agent.ops.archive_store import ArchiveError, ArchiveStore
+from bench_agent.ops.archive_store import STREAM_CHUNK, ArchiveError, ArchiveStore
 
 
 def _redacted(url: str) -> str:
@@ -29,6 +30,7 @@ class PostgresStore(ArchiveStore):
 
     def __init__(self, url: str) -> None:
         super().__init__(_redacted(url))
+        self._cursors = itertools.count()
         try:
             self._conn = psycopg.connect(url, connect_timeout=10, application_name="bench-ops")
         except psycopg.Error as exc:
@@ -48,6 +50,21 @@ class PostgresStore(ArchiveStore):
             with self._conn.cursor() as cur:
                 cur.executemany(sql, rows)  # pipelined by psycopg 3
                 return int(cur.rowcount)
+        except psycopg.Error as exc:
+            self._rollback()
+            raise ArchiveError(f"{self.url}: {exc}".strip()) from None
+
+    def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        # A server-side cursor WITH HOLD, committed at once: the server keeps the result
+        # and we fetch it a chunk at a time, while other queries on this connection
+        # (whose transactions end) may run between two chunks.
+        try:
+            name = f"bench_ops_read_{next(self._cursors)}"
+            with self._conn.cursor(name=name, withhold=True) as cur:
+                cur.itersize = STREAM_CHUNK
+                cur.execute(sql, params)
+                self._conn.commit()
+                yield from cur
         except psycopg.Error as exc:
             self._rollback()
             raise ArchiveError(f"{self.url}: {exc}".strip()) from None

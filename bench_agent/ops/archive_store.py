@@ -58,6 +58,7 @@ SCHEMA_VERSION: Final = 1
 TABLE: Final = "bench_records"
 META: Final = "bench_archive_meta"
 SQLITE_BUSY_TIMEOUT_S: Final = 30.0
+STREAM_CHUNK: Final = 2_000  # rows fetched at a time by the readers
 
 Kind = Literal["telemetry", "event"]
 KINDS: Final = ("telemetry", "event")
@@ -224,6 +225,11 @@ class ArchiveStore:
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         raise NotImplementedError
 
+    def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """The rows of a SELECT a chunk at a time (a month of a fleet does not fit in
+        memory at once); the read transaction ends when it is exhausted or closed."""
+        raise NotImplementedError
+
     def _commit(self) -> None:
         raise NotImplementedError
 
@@ -371,8 +377,8 @@ class ArchiveStore:
 
     def _select(self, where: list[str], params: list[Any], order: str) -> Iterator[StoredRecord]:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self.query(f"SELECT {_COLUMNS} FROM {TABLE}{clause} ORDER BY {order}", params)
-        for row in rows:
+        sql = self.sql(f"SELECT {_COLUMNS} FROM {TABLE}{clause} ORDER BY {order}")
+        for row in self._stream(sql, params):
             yield StoredRecord.from_row(row)
 
 
@@ -410,6 +416,14 @@ class SqliteStore(ArchiveStore):
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         try:
             return int(self._conn.executemany(sql, rows).rowcount)
+        except sqlite3.Error as exc:
+            raise ArchiveError(f"{self.path}: {exc}") from None
+
+    def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        try:
+            cursor = self._conn.execute(sql, params)
+            while rows := cursor.fetchmany(STREAM_CHUNK):
+                yield from rows
         except sqlite3.Error as exc:
             raise ArchiveError(f"{self.path}: {exc}") from None
 
