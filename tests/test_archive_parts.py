@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from bench_agent.link import contract_v2
@@ -23,6 +24,7 @@ from bench_agent.ops.bridge_payloads import Unreadable
 from bench_agent.ops.opsctl import main
 from tests.archive_support import ArchiveProcess
 from tests.bridge_support import BENCH, BENCH_OPS, Publisher, batches, captured_records
+from tests.pg_support import PostgresServer
 from tests.support import AgentProcess, Broker, sim_config, wait_until
 
 V1_TELEMETRY = {"v": 1, "bench": BENCH, "records": [r for k, r in captured_records()[3:6]]}
@@ -208,3 +210,43 @@ def test_without_matplotlib_archive_and_gaps_still_run_and_report_says_what_is_m
     assert done.returncode == 69, done.stderr
     assert "needs matplotlib" in done.stderr and "bench-agent[ops]" in done.stderr
     assert "archive" in bench_ops("--help").stdout
+
+
+@pytest.mark.integration
+def test_a_database_outage_exits_75_and_a_restart_loses_nothing(
+    tmp_path: Path, broker: Broker, workers: list[Any], postgres_server: PostgresServer
+) -> None:
+    """PostgreSQL drops the worker's connection mid-stream (what a database restart or
+    failover does): the worker exits 75 without acknowledging what it had not
+    committed, and the same worker started again stores every record."""
+    db = postgres_server.new_database()
+    pace = ["--max-rate", "200", "--batch-records", "40"]  # 1,000 records in ~5 s
+    worker = ArchiveProcess(broker.port, tmp_path, db, extra=pace)
+    workers.append(worker)
+    worker.wait_subscribed()
+    publisher = Publisher(broker.port)
+    workers.append(publisher)
+    payloads = batches(captured_records()[:1000], size=20)
+
+    def stored() -> int:
+        with open_store(db) as store:
+            return store.count()
+
+    for payload in payloads:
+        publisher.publish(payload)
+    wait_until(lambda: stored() >= 100, 20, "some records stored")
+    name = db.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND application_name = 'bench-ops'",
+            [name],
+        )
+    assert worker.proc.wait(20) == 75, worker.log
+    assert "the archive's database failed" in worker.log
+    assert stored() < 1000
+    again = ArchiveProcess(broker.port, tmp_path, db, extra=["--max-rate", "0"])
+    workers.append(again)
+    wait_until(lambda: stored() == 1000, 30, "every record after the restart")
+    with open_store(db) as store:
+        assert [s for _, _, s in store.stored_keys()] == list(range(1, 1001))
