@@ -127,11 +127,10 @@ def _register_optional(
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        # argparse would exit 2, which is send's "timeout": exit 64 instead, but show
-        # the usage line as argparse does (and tests/test_shipped_command_lines.py
-        # tells a command line that does not parse by it).
-        self.print_usage(sys.stderr)
-        raise UsageError(message)
+        # argparse would exit 2, which is send's "timeout": exit 64 instead, on one
+        # line that says where the usage is (tests/test_shipped_command_lines.py tells
+        # a command line that does not parse by its "usage:").
+        raise UsageError(f"{message} (usage: {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
