@@ -53,8 +53,9 @@ def history_messages(
                 **{p: {"wh": rec.delivered_wh["usb"] / len(ports) / 24} for p in ports},
             }
             outputs = {p: True for p in ports} | {"wifi": not dark}
+            stamp = iso_utc(end - timedelta(seconds=1))  # the hour's own day
             record = {
-                "seq": seq, "seq_epoch": EPOCH, "ts": iso_utc(end - timedelta(seconds=1)), "time_quality": "synced",
+                "seq": seq, "seq_epoch": EPOCH, "ts": stamp, "time_quality": "synced",
                 "boot_id": "b", "interval_s": 3600.0, "channels": channels, "outputs": outputs,
             }  # fmt: skip
             yield {"v": 1, "bench": bench, "records": [record]}

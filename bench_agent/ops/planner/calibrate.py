@@ -19,9 +19,10 @@ drew less than people asked, whatever the demand.
   no shedding matches the bench's: USB by the phones' arrival rates (every hour alike),
   Wi-Fi by the hotspot's watts.
 Neither is linear (a full battery curtails the harvest, a busy port turns phones away),
-so the factors are found by iteration: run, move each factor (by bench / model, then by
-a secant through the last two runs), run again, until every ratio is within
-`TOLERANCE` or after `MAX_RUNS` runs; what is left is shown (`after`). A month's clear-sky index cannot pass 1.
+so each factor is searched for (see `_Search`): run, move the factors, run again,
+until every ratio is within `TOLERANCE` or after `MAX_RUNS` runs; the loads first,
+as they set how much of the sun a full battery takes. What is left is shown (the
+check after calibration). A month's clear-sky index cannot pass 1.
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ class _Search:
     (more sun, more harvest; more phones or watts, more energy) but not linear: a full
     battery curtails the harvest, a busy port turns phones away. Until the target is
     bracketed the knob moves by bench / model, squared on the next run, and so on (at
-    most ×2 or ÷2 a run); then by regula falsi inside the bracket (Illinois: a side kept twice is halved)."""
+    most ×2 or ÷2 a run); then by regula falsi inside the bracket (Illinois: the end
+    kept twice is weighed down)."""
 
     below: tuple[float, float] | None = None  # (factor, model) with model < target
     above: tuple[float, float] | None = None
@@ -212,7 +214,7 @@ class _Search:
         if self.below is None or self.above is None:
             # Each run on the same side doubles the stride (a flat stretch is crossed).
             self.strides += 1
-            step = factor * (target / now) ** (2 ** (self.strides - 1))
+            step = factor * float((target / now) ** (2 ** (self.strides - 1)))
             return min(FACTOR_RANGE[1], max(FACTOR_RANGE[0], factor / 2, min(step, factor * 2)))
         (f0, m0), (f1, m1) = self.below, self.above
         if self.kept == side:  # the other end did not move last time: weigh it down

@@ -5,7 +5,11 @@
                    [--months 11-3] [--year 2027] [--seed N] [--seeds K] [--evening 18:00-22:00]
                    [--sweep [--panels 50,100,...] [--batteries 25,50,...]
                     [--target-dark-evenings 3] [--target-load wifi]]
+                   [--history ARCHIVE|FILE.jsonl[.gz] ... [--bench ID] [--calibrate]]
                    [--out report.html] [--json]
+
+`--history` checks the model against what a real bench reported (calibrate.py), and
+with `--calibrate` scales the climate's clearness and the usage's demand to match it.
 
 Bad inputs (the bench's TOML, the usage or climate file, a what-if flag) are one
 line on stderr and exit 78, as `bench-agent config check`.
@@ -17,12 +21,30 @@ import argparse
 import sys
 from datetime import date
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from bench_agent.config import BENCH_ID_PATTERN, Config
 from bench_agent.config_loader import load_config
 from bench_agent.errors import EXIT_CONFIG, ConfigError
 from bench_agent.json_value import JsonObject
+from bench_agent.ops.planner.calibrate import (
+    calibrate,
+    compare,
+    describe,
+    model_days,
+    scaled_bench,
+    scaled_climate,
+)
 from bench_agent.ops.planner.climate import DEFAULT_CLIMATE, Climate, load_climate
-from bench_agent.ops.planner.model import CLI, DEFAULT_USAGE, Bench, load_usage, plan_bench
+from bench_agent.ops.planner.history import FULL_DAY, read_history
+from bench_agent.ops.planner.model import (
+    CLI,
+    DEFAULT_USAGE,
+    Bench,
+    Usage,
+    load_usage,
+    plan_bench,
+)
 from bench_agent.ops.planner.report import summary_lines, to_html, to_json
 from bench_agent.ops.planner.run import DayRecord, simulate
 from bench_agent.ops.planner.summary import spread, summarize_run
@@ -51,6 +73,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--target-dark-evenings", type=float, help="sweep: the most acceptable")
     p.add_argument("--target-load", default="wifi", help="sweep: the load class counted")
     p.add_argument("--sweep-seeds", type=int, default=1, help="sweep: seeds per cell")
+    p.add_argument(
+        "--history", nargs="+", action="extend", metavar="ARCHIVE|FILE",
+        help="a bench's history: the archive (SQLite file or postgresql://…) or v1 messages",
+    )  # fmt: skip
+    p.add_argument("--bench", help="the bench in --history (default: the config's bench id)")
+    p.add_argument("--calibrate", action="store_true", help="scale the model to --history")
     p.add_argument("--out", type=Path, help="write the HTML report here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=_plan)
@@ -104,6 +132,11 @@ def build_report(opts: argparse.Namespace) -> JsonObject:
     cfg = load_config(opts.config)
     usage = load_usage(opts.usage)
     climate = load_climate(opts.climate)
+    history: JsonObject | None = None
+    if opts.history:
+        usage, climate, history = _check_history(opts, cfg, usage, climate)
+    elif opts.calibrate or opts.bench:
+        raise ConfigError(CLI, "--calibrate" if opts.calibrate else "--bench", "needs --history")
     bench = plan_bench(
         cfg, usage, panel_w=opts.panel_w, battery_ah=opts.battery_ah,
         usb_ports=opts.usb_ports, wifi_hours=opts.wifi_hours,
@@ -134,6 +167,8 @@ def build_report(opts: argparse.Namespace) -> JsonObject:
         "runs": [summarize_run(run, classes) for run in runs],
         "spread": spread(runs, classes),
     }  # fmt: skip
+    if history is not None:
+        report["history"] = history
     if opts.sweep:
         if opts.target_load not in classes:
             raise ConfigError(CLI, "--target-load", f"one of {', '.join(classes)}")
@@ -147,6 +182,34 @@ def build_report(opts: argparse.Namespace) -> JsonObject:
             resistance_ohm_ah=CHEMISTRIES[bench.chemistry].resistance_ohm_ah,
         )  # fmt: skip
     return report
+
+
+def _check_history(
+    opts: argparse.Namespace, cfg: Config, usage: Usage, climate: Climate
+) -> tuple[Usage, Climate, JsonObject]:
+    """The model against the bench's history, on the bench as configured (no what-if:
+    the panel is the usage profile's, the fitted one); calibrated when asked: the usage
+    and climate the plan then runs with."""
+    bench_id = opts.bench or cfg.bench.id
+    if not BENCH_ID_PATTERN.fullmatch(bench_id):
+        raise ConfigError(CLI, "--bench", f"{bench_id!r} is not a bench id")
+    fitted = plan_bench(cfg, usage)
+    history = read_history(opts.history, bench_id, fitted.ports, ZoneInfo(cfg.bench.timezone))
+    seeds = tuple(range(opts.seed, opts.seed + opts.seeds))
+    out: JsonObject = {
+        "bench": history.bench, "config_bench": cfg.bench.id, "source": history.source,
+        "full_day_pct": round(FULL_DAY * 100), "days_with_records": history.days_with_records,
+        "days_used": len(history.days), "seeds": list(seeds), "calibrated": None,
+    }  # fmt: skip
+    if not opts.calibrate:
+        out["check"] = compare(history, model_days(fitted, climate, history, seeds))
+        return usage, climate, out
+    factors, before, after, runs = calibrate(fitted, climate, history, seeds)
+    out["check"] = before
+    out["calibrated"] = {"runs": runs, **describe(factors, climate, fitted, history),
+                         "check": after}  # fmt: skip
+    scaled = scaled_bench(fitted, factors.demand).usage
+    return scaled, scaled_climate(climate, factors.clearness), out
 
 
 def _plan(opts: argparse.Namespace) -> int:

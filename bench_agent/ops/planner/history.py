@@ -65,9 +65,7 @@ class History:
         return sorted({(d.day.year, d.day.month) for d in self.days})
 
 
-def read_history(
-    sources: Sequence[str], bench: str, ports: Sequence[str], tz: ZoneInfo
-) -> History:
+def read_history(sources: Sequence[str], bench: str, ports: Sequence[str], tz: ZoneInfo) -> History:
     """The full days of `bench` in an archive (a URL or SQLite file) or in files of v1
     messages. ConfigError (one line) when unreadable, or no full day of that bench."""
     label = ", ".join(_shown(s) for s in sources)

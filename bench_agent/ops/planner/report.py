@@ -26,6 +26,17 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"{report['labels'][name]}: {d['mean']:g} dark evenings "
             f"(seeds {d['min']}-{d['max']}), {s['hours_lost']['mean']:g} h of service lost"
         )
+    history = report.get("history")
+    if history is not None:
+        for m in history["check"]["months"]:
+            r = m["solar_wh_per_day"]["model_over_bench"]
+            lines.append(
+                f"model vs {history['bench']}, {month_label(m['month'])} ({m['days']} full days):"
+                f" solar model/bench {r if r is not None else 'n/a'}"
+            )
+        cal = history["calibrated"]
+        if cal is not None:
+            lines.append("calibrated: " + "; ".join(_calibrated(cal)))
     sweep = report.get("sweep")
     if sweep is not None:
         best = sweep["cheapest"]
@@ -109,6 +120,8 @@ def to_html(report: dict[str, Any]) -> str:
         ),
         h.section("Month by month (first seed)", h.table(head, rows, numeric=range(1, len(head)))),
     ]  # fmt: skip
+    if report.get("history") is not None:
+        parts.append(_history_section(report["history"], labels))
     sweep = report.get("sweep")
     if sweep is not None:
         best = sweep["cheapest"]
@@ -136,3 +149,64 @@ def to_html(report: dict[str, Any]) -> str:
             )
         )
     return h.page(f"Bench plan: {inp['bench']}", *parts)
+
+
+def _calibrated(cal: dict[str, Any]) -> list[str]:
+    """What calibration changed, a phrase each."""
+    out = [
+        f"clearness {c['month']} ×{c['factor']:g} (clear-sky index {c['clear_sky_index'][0]:g}"
+        f" → {c['clear_sky_index'][1]:g})"
+        for c in cal["clearness"]
+    ]
+    for load, d in cal["demand"].items():
+        values = next(v for k, v in d.items() if k not in ("input", "factor"))
+        out.append(f"{load} demand ({d['input']}) ×{d['factor']:g}: {values[0]:g} → {values[1]:g}")
+    return out or ["nothing could be compared"]
+
+
+def _check_table(check: dict[str, Any], labels: dict[str, str]) -> h.Cell:
+    loads = [k for k in ("usb", "wifi") if k in check["no_shed"]]
+
+    def trio(pair: dict[str, Any]) -> list[Any]:
+        return [pair["bench"], pair["model"], pair["model_over_bench"]]
+
+    rows = []
+    for m in check["months"]:
+        row = [month_label(m["month"]), m["days"], m["shed_days"], *trio(m["solar_wh_per_day"])]
+        for load in loads:
+            row += trio(m["delivered_wh_per_day"][load])
+        rows.append(row)
+    calm = check["no_shed"]
+    rows.append(
+        ["days with no shedding", calm["days"], 0, None, None, None]
+        + [x for load in loads for x in trio(calm[load])]
+    )
+    head = ["month", "full days", "shed days", "solar Wh/day: bench", "model", "model/bench"]
+    for load in loads:
+        name = labels.get(load, load)
+        head += [f"{name} Wh/day: bench", "model", "model/bench"]
+    return h.table(head, rows, numeric=range(1, len(head)))
+
+
+def _history_section(history: dict[str, Any], labels: dict[str, str]) -> h.Cell:
+    intro = (
+        f"Bench {history['bench']}'s history ({history['source']}): {history['days_used']} full"
+        f" days used of {history['days_with_records']} with records (a full day: records cover"
+        f" {history['full_day_pct']} % of it), against the planner on the same dates and the"
+        f" configuration of {history['config_bench']} with the usage profile's panel, seeds"
+        f" {history['seeds']}. Solar: the panel's side of the charge controller. A model/bench"
+        " above 1: the planner expects more than the bench saw."
+    )
+    parts: list[h.Cell] = [h.paragraph(intro, note=True), _check_table(history["check"], labels)]
+    cal = history["calibrated"]
+    if cal is not None:
+        parts += [
+            h.paragraph(
+                f"Calibrated ({cal['runs']} runs; this plan uses them): "
+                + "; ".join(_calibrated(cal))
+                + "."
+            ),
+            h.heading("After calibration"),
+            _check_table(cal["check"], labels),
+        ]
+    return h.section("Model vs this bench", *parts)
