@@ -51,7 +51,7 @@ def _opts(**changes: object) -> argparse.Namespace:
         battery_ah=25.0, usb_ports=4, wifi_hours="06:00-22:00", months="2", year=2027,
         seed=3, seeds=1, evening="18:00-22:00", sweep=False, panels="50,100",
         batteries="25,50", target_dark_evenings=None, target_load="wifi", sweep_seeds=1,
-        out=None, json=True,
+        out=None, json=True, history=None, bench=None, calibrate=False,
     )  # fmt: skip
     base.update(changes)
     return argparse.Namespace(**base)

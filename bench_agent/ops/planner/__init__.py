@@ -10,5 +10,6 @@ Modules: `climate` (the monthly climate file), `sun` (sun and clear sky),
 `weather` (the seeded draw), `model` (the bench and its what-ifs, the usage
 profile), `run` (the minute loop), `summary` (what a run means), `sweep`,
 `pvgis` (PVGIS's off-grid method, the cross-check), `report` (HTML and charts),
-`cli` (the subcommand).
+`history` (a real bench's days, as `bench-ops report` counts them), `calibrate` (the
+model against them, and scaled to them), `cli` (the subcommand).
 """
