@@ -27,6 +27,7 @@ import time
 import tomllib
 from collections import deque
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from bench_agent.local.render import format_status
 REPO = Path(__file__).resolve().parent.parent
 SIM_CONFIG = REPO / "config" / "sim-bench.toml"
 V1_PREFIX = "smartbench-v1"  # where the bridge republishes, what ops' tools read
+STARTUP_WAIT_S = 30.0  # the broker's subscription, then the bridge online (a loaded machine)
 
 
 def _free_port() -> int:
@@ -79,6 +81,11 @@ class OpsView:
         self.events: deque[dict[str, Any]] = deque(maxlen=8)
         self.counts = {"telemetry": 0, "event": 0, "bytes": 0, "batches": 0, "batch_bytes": 0}
         self.changed = threading.Event()
+        self.subscribed = threading.Event()
+        self.bridge_online = threading.Event()
+
+    def on_subscribe(self, *_args: Any) -> None:
+        self.subscribed.set()
 
     def on_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
         prefix, leaf = msg.topic.split("/", 1)[0], msg.topic.split("/", 2)[-1]
@@ -92,6 +99,10 @@ class OpsView:
         try:
             payload = json.loads(msg.payload)
         except ValueError:
+            return
+        if msg.topic.endswith("/" + BRIDGE_ID):  # the bridge's own status
+            if isinstance(payload, dict) and payload.get("online") is True:
+                self.bridge_online.set()
             return
         with self.lock:
             if leaf in ("telemetry", "event"):
@@ -206,34 +217,40 @@ class TechnicianView:
         return "\n".join([rule, *self._lines, "", hint])
 
 
-Started = tuple[int, subprocess.Popen[bytes], subprocess.Popen[bytes], Any, subprocess.Popen[bytes]]
+BRIDGE_ID = "demo-bridge"  # the bridge's client id; its status topic ends with it
 
 
-def _start(workdir: Path) -> Started:
-    """A private mosquitto on a free loopback port, then the bridge and the agent
-    pointed at it (the bridge first: its subscription must exist before batches)."""
+def _start_broker(workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """A private mosquitto on a free loopback port."""
     port = _free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
     broker = subprocess.Popen(
         ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    bridge = subprocess.Popen(
+    return port, broker
+
+
+def _start_bridge(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable, "-m", "bench_agent.ops.opsctl", "bridge",
             "--host", "127.0.0.1", "--port", str(port), "--no-share",
-            "--v1-prefix", V1_PREFIX, "--client-id", "demo-bridge", "--status-interval", "10",
+            "--v1-prefix", V1_PREFIX, "--client-id", BRIDGE_ID, "--status-interval", "10",
         ],
         stdout=(workdir / "bridge.log").open("wb"),
         stderr=subprocess.STDOUT,
     )  # fmt: skip
+
+
+def _start_agent(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Any]:
     agent_log = (workdir / "agent.log").open("wb")
     agent = subprocess.Popen(
         [sys.executable, "-m", "bench_agent", "-c", str(_demo_config(workdir, port)), "run"],
         stdout=agent_log,
         stderr=subprocess.STDOUT,
     )
-    return port, broker, agent, agent_log, bridge
+    return agent, agent_log
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -267,49 +284,85 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     interactive = sys.stdout.isatty() and args.duration is None
-    with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
-        workdir = Path(tmp)
-        port, broker, agent, agent_log, bridge = _start(workdir)
-        view = OpsView()
-        technician = TechnicianView(workdir / "control.sock")
-        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-        client.on_message = view.on_message
-        client.on_connect = lambda c, *_a: c.subscribe(
-            [(f"{V1_PREFIX}/#", 1), ("smartbench/+/v2", 1)]
-        )
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_a: stop.set())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_a: stop.set())
+    with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp, ExitStack() as stack:
+        running: Running | None = None
         try:
-            _connect(client, port)
-            client.loop_start()
-            end = None if args.duration is None else time.monotonic() + args.duration
-            while not stop.is_set() and (end is None or time.monotonic() < end):
-                for name, proc in (("agent", agent), ("bridge", bridge)):
-                    if proc.poll() is not None:
-                        print(
-                            f"demo: the {name} exited ({proc.returncode}); its log:",
-                            file=sys.stderr,
-                        )
-                        print((workdir / f"{name}.log").read_text()[-3000:], file=sys.stderr)
-                        return 1
-                ops_changed = view.changed.wait(0.5)
-                view.changed.clear()
-                if (technician.refresh(time.monotonic()) or ops_changed) and interactive:
-                    screen = view.render() + "\n\n" + technician.render()
-                    sys.stdout.write("\x1b[H\x1b[2J" + screen + "\n")
-                    sys.stdout.flush()
-            if not interactive:
-                technician.refresh(float("inf"))
-                print(view.render() + "\n\n" + technician.render())
+            running = _start_all(Path(tmp), stack)
+            if running is None or not _show(running, stop, args.duration, interactive):
+                return 1
         except KeyboardInterrupt:
-            pass
-        finally:
-            client.loop_stop()
-            for proc in (agent, bridge, broker):  # the agent first: its "offline" goes out
-                _stop(proc)
-            agent_log.close()
-        print(f"demo: stopped (agent exit status {agent.returncode})")
-        return 0 if agent.returncode == 0 else 1
+            if running is None:
+                return 130
+        stack.close()  # the agent first: its "offline" goes out, then the bridge, the broker
+        print(f"demo: stopped (agent exit status {running.returncode})")
+        return 0 if running.returncode == 0 else 1
+
+
+class Running:
+    """What `_start_all` started, for the loop that shows it."""
+
+    def __init__(self, workdir: Path, view: OpsView, processes: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.view = view
+        self.technician = TechnicianView(workdir / "control.sock")
+        self.processes: dict[str, subprocess.Popen[bytes]] = processes
+
+    @property
+    def returncode(self) -> int | None:
+        return self.processes["agent"].returncode
+
+
+def _start_all(workdir: Path, stack: ExitStack) -> Running | None:
+    """The broker, what ops see, the bridge, the agent: in this order, each waited for
+    (events are not retained, and a batch no one is subscribed to is gone). Each is
+    stopped by `stack`, the last started first."""
+    port, broker = _start_broker(workdir)
+    stack.callback(_stop, broker)
+    view = OpsView()
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.on_message = view.on_message
+    client.on_subscribe = view.on_subscribe
+    client.on_connect = lambda c, *_a: c.subscribe([(f"{V1_PREFIX}/#", 1), ("smartbench/+/v2", 1)])
+    _connect(client, port)
+    client.loop_start()
+    stack.callback(client.loop_stop)
+    if not view.subscribed.wait(STARTUP_WAIT_S):
+        print("demo: no subscription at the broker", file=sys.stderr)
+        return None
+    bridge = _start_bridge(workdir, port)
+    stack.callback(_stop, bridge)
+    if not view.bridge_online.wait(STARTUP_WAIT_S):
+        print("demo: the bridge did not come online; its log:", file=sys.stderr)
+        print((workdir / "bridge.log").read_text()[-3000:], file=sys.stderr)
+        return None
+    agent, agent_log = _start_agent(workdir, port)
+    stack.callback(agent_log.close)
+    stack.callback(_stop, agent)
+    return Running(workdir, view, {"agent": agent, "bridge": bridge})
+
+
+def _show(running: Running, stop: threading.Event, duration: float | None, live: bool) -> bool:
+    """Until `stop` or `duration`: the screen redrawn when something changed (`live`),
+    else printed once at the end. False if the agent or the bridge exited."""
+    view, technician = running.view, running.technician
+    end = None if duration is None else time.monotonic() + duration
+    while not stop.is_set() and (end is None or time.monotonic() < end):
+        for name, proc in running.processes.items():
+            if proc.poll() is not None:
+                print(f"demo: the {name} exited ({proc.returncode}); its log:", file=sys.stderr)
+                print((running.workdir / f"{name}.log").read_text()[-3000:], file=sys.stderr)
+                return False
+        ops_changed = view.changed.wait(0.5)
+        view.changed.clear()
+        if (technician.refresh(time.monotonic()) or ops_changed) and live:
+            sys.stdout.write("\x1b[H\x1b[2J" + view.render() + "\n\n" + technician.render() + "\n")
+            sys.stdout.flush()
+    if not live:
+        technician.refresh(float("inf"))
+        print(view.render() + "\n\n" + technician.render())
+    return True
 
 
 if __name__ == "__main__":
