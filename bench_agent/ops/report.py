@@ -1,5 +1,5 @@
 """`bench-ops report`: one self-contained HTML file for a period, for the fleet and each
-bench (README, "For city ops: bench-ops report").
+bench (README, "For city ops", "Reports").
 
     bench-ops report --db ARCHIVE [--since DAY] [--until DAY] [--bench ID|GLOB ...]
                      [--tz Asia/Jakarta] --out report.html
