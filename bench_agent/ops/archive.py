@@ -35,7 +35,6 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -46,7 +45,13 @@ from bench_agent.ops.archive_store import ArchiveStore, Row
 from bench_agent.ops.bridge_acks import AckBook, Incoming
 from bench_agent.ops.bridge_ledger import LOG_EVERY_S
 from bench_agent.ops.bridge_payloads import INTERNAL_ERROR, Unreadable, parse_topic
-from bench_agent.ops.broker_access import BrokerAccess
+from bench_agent.ops.broker_access import (
+    BrokerAccess,
+    connect_persistent,
+    network_thread_alive,
+    persistent_client,
+    refusals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +117,7 @@ class Archive:
         self.client = self._make_client()
 
     def _make_client(self) -> paho.Client:
-        client = self.options.access.client(self.options.client_id)
-        client.manual_ack_set(True)
-        client.enable_logger(logging.getLogger("bench_agent.paho"))
-        client.suppress_exceptions = True  # a bug in a callback must not end the network thread
-        client.max_inflight_messages_set(RECEIVE_MAXIMUM)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = persistent_client(self.options.access, self.options.client_id, RECEIVE_MAXIMUM)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -126,18 +126,13 @@ class Archive:
 
     def start(self) -> None:
         """Connect in paho's network thread (retried until the broker answers)."""
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho 2.2
-        properties.SessionExpiryInterval = self.options.session_expiry_s
-        properties.ReceiveMaximum = RECEIVE_MAXIMUM
-        access = self.options.access
-        self.client.connect_async(
-            access.host,
-            access.port,
-            keepalive=self.options.keepalive_s,
-            clean_start=False,
-            properties=properties,
+        connect_persistent(
+            self.client,
+            self.options.access,
+            session_expiry_s=self.options.session_expiry_s,
+            receive_maximum=RECEIVE_MAXIMUM,
+            keepalive_s=self.options.keepalive_s,
         )
-        self.client.loop_start()
 
     # -- paho's thread ---------------------------------------------------------------------
 
@@ -182,7 +177,7 @@ class Archive:
         reasons: list[ReasonCode],
         _properties: Properties | None,
     ) -> None:
-        refused = [str(r) for r in reasons if r.is_failure]
+        refused = refusals(reasons)
         if refused:
             self.fail(f"the broker refused a subscription ({', '.join(refused)})")
         else:
@@ -312,8 +307,7 @@ class Archive:
         self.client.loop_stop()
 
     def network_thread_alive(self) -> bool:
-        thread = getattr(self.client, "_thread", None)  # paho's, set by loop_start()
-        return isinstance(thread, threading.Thread) and thread.is_alive()
+        return network_thread_alive(self.client)
 
 
 def _rough_records(message: _Message) -> int:

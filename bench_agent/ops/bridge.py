@@ -37,10 +37,8 @@ import threading
 import time
 from copy import deepcopy
 from dataclasses import dataclass
-from pathlib import Path
 
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -64,7 +62,13 @@ from bench_agent.ops.bridge_payloads import (
     summary_line,
     v1_payloads,
 )
-from bench_agent.ops.broker_access import new_client
+from bench_agent.ops.broker_access import (
+    BrokerAccess,
+    connect_persistent,
+    network_thread_alive,
+    persistent_client,
+    refusals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +80,11 @@ RECEIVE_MAXIMUM = 100  # messages in flight at once, each way
 
 @dataclass(frozen=True)
 class BridgeOptions:
-    host: str
-    port: int
+    access: BrokerAccess
     client_id: str
     prefix: str = "smartbench"
     v1_prefix: str = "smartbench-v1"
     group: str | None = "bench-ops-bridge"  # None: a plain subscription (one bridge only)
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    username: str | None = None
-    password: str | None = None
     session_expiry_s: int = 86_400  # rides over a restart, a reboot, a broker upgrade
     status_interval_s: float = 60.0  # the summary line and the retained status
     max_message_bytes: int = 65_536  # a v1 telemetry message (the bench's own default)
@@ -117,12 +115,7 @@ class Bridge:
 
     def _make_client(self) -> paho.Client:
         o = self.options
-        client = new_client(o, o.client_id)
-        client.manual_ack_set(True)
-        client.enable_logger(logging.getLogger("bench_agent.paho"))  # WARNING unless --debug
-        client.suppress_exceptions = True  # a bug in a callback must not end the network thread
-        client.max_inflight_messages_set(RECEIVE_MAXIMUM)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = persistent_client(o.access, o.client_id, RECEIVE_MAXIMUM)
         offline = status_payload(
             o.client_id, online=False, ts=iso_utc(time.time()), version=__version__,
             reason="connection_lost",
@@ -137,17 +130,13 @@ class Bridge:
 
     def start(self) -> None:
         """Connect in paho's network thread (retried until the broker answers)."""
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho 2.2
-        properties.SessionExpiryInterval = self.options.session_expiry_s
-        properties.ReceiveMaximum = RECEIVE_MAXIMUM
-        self.client.connect_async(
-            self.options.host,
-            self.options.port,
-            keepalive=self.options.keepalive_s,
-            clean_start=False,
-            properties=properties,
+        connect_persistent(
+            self.client,
+            self.options.access,
+            session_expiry_s=self.options.session_expiry_s,
+            receive_maximum=RECEIVE_MAXIMUM,
+            keepalive_s=self.options.keepalive_s,
         )
-        self.client.loop_start()
 
     def _on_connect(
         self,
@@ -168,7 +157,8 @@ class Bridge:
                 self._max_bytes = min(self.options.max_message_bytes, limit - PACKET_HEADROOM)
         log.info(
             "connected to %s:%d as %s (session present: %s)",
-            self.options.host, self.options.port, self.options.client_id, flags.session_present,
+            self.options.access.host, self.options.access.port, self.options.client_id,
+            flags.session_present,
         )  # fmt: skip
         # Retained state and status: every bridge mirrors them (not shared), so the mirror
         # always ends on the newest whichever bridge publishes last; no-local, so a v1
@@ -203,7 +193,7 @@ class Bridge:
         reasons: list[ReasonCode],
         _properties: Properties | None,
     ) -> None:
-        refused = [str(r) for r in reasons if r.is_failure]
+        refused = refusals(reasons)
         if refused:
             self._fail(f"the broker refused a subscription ({', '.join(refused)})")
 
@@ -387,5 +377,4 @@ class Bridge:
         self.client.loop_stop()
 
     def network_thread_alive(self) -> bool:
-        thread = getattr(self.client, "_thread", None)  # paho's, set by loop_start()
-        return isinstance(thread, threading.Thread) and thread.is_alive()
+        return network_thread_alive(self.client)

@@ -21,11 +21,9 @@ from bench_agent.logsetup import register_secret, setup_logging
 from bench_agent.ops.bridge import EXIT_REFUSED, Bridge, BridgeOptions
 from bench_agent.ops.broker_access import (
     TOPIC_LEVEL,
+    BrokerAccess,
     add_broker_options,
     check_prefix,
-    check_tls,
-    port_of,
-    read_password,
 )
 from bench_agent.systemd import Notifier
 
@@ -136,25 +134,18 @@ def _run(opts: argparse.Namespace) -> int:
     ):
         if path is not None and not os.access(path, os.R_OK):
             raise UsageError(f"{flag} {path}: cannot read it")
-    password = read_password(opts)
+    access = BrokerAccess.from_options(opts)
     options = BridgeOptions(
-        host=opts.host,
-        port=port_of(opts),
+        access=access,
         client_id=opts.client_id,
         prefix=opts.prefix,
         v1_prefix=opts.v1_prefix,
         group=None if opts.no_share else opts.group,
-        tls_ca=opts.tls_ca,
-        tls_cert=opts.tls_cert,
-        tls_key=opts.tls_key,
-        username=opts.username,
-        password=password,
         session_expiry_s=opts.session_expiry,
         status_interval_s=opts.status_interval,
         max_message_bytes=opts.max_message_bytes,
     )
-    check_tls(options)
     setup_logging(opts.debug)
-    if password:
-        register_secret(password)
+    if access.password:
+        register_secret(access.password)
     return run_bridge(options)

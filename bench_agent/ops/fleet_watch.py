@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import NoReturn, TextIO
 
 import paho.mqtt.client as paho
@@ -24,14 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bench_agent.errors import UsageError
-from bench_agent.ops.broker_access import (
-    add_broker_options,
-    check_prefix,
-    check_tls,
-    new_client,
-    port_of,
-    read_password,
-)
+from bench_agent.ops.broker_access import BrokerAccess, add_broker_options, check_prefix, refusals
 from bench_agent.ops.fleet import Fleet
 from bench_agent.ops.fleet_view import render_json, render_table
 
@@ -47,18 +39,12 @@ CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen (as demo.py)
 
 @dataclass(frozen=True)
 class FleetOptions:
-    host: str
-    port: int
+    access: BrokerAccess
     prefix: str = "smartbench"
     v1_prefix: str = "smartbench-v1"
     batch_s: float = 300.0
     once: bool = False
     as_json: bool = False
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    username: str | None = None
-    password: str | None = None
 
 
 class FleetWatch:
@@ -75,8 +61,7 @@ class FleetWatch:
         self.last_new_bench = now()
 
     def client(self) -> paho.Client:
-        o = self.options
-        client = new_client(o, f"bench-ops-fleet-{uuid.uuid4().hex[:12]}")
+        client = self.options.access.client(f"bench-ops-fleet-{uuid.uuid4().hex[:12]}")
         client.suppress_exceptions = True  # a bug on one message must not end the thread
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -105,7 +90,7 @@ class FleetWatch:
         reasons: list[ReasonCode],
         _properties: Properties | None,
     ) -> None:
-        refused = [str(r) for r in reasons if r.is_failure]
+        refused = refusals(reasons)
         if refused:
             log.warning("the broker refused a subscription: %s", ", ".join(refused))
         with self.lock:
@@ -142,10 +127,11 @@ def run_fleet(options: FleetOptions, out: TextIO = sys.stdout) -> int:
     """Connect, subscribe, print (once, or on every change until Ctrl-C)."""
     watch = FleetWatch(options)
     client = watch.client()
+    host, port = options.access.host, options.access.port
     try:
-        client.connect(options.host, options.port, keepalive=30)
+        client.connect(host, port, keepalive=30)
     except (OSError, ssl.SSLError, ValueError) as exc:
-        print(f"bench-ops: cannot connect to {options.host}:{options.port}: {exc}", file=sys.stderr)
+        print(f"bench-ops: cannot connect to {host}:{port}: {exc}", file=sys.stderr)
         return EXIT_NO_CONNECTION
     client.loop_start()
     try:
@@ -202,18 +188,11 @@ def _run(opts: argparse.Namespace) -> int:
     if not (opts.batch_s > 0 and math.isfinite(opts.batch_s)):
         raise UsageError("--batch-s must be a positive number of seconds")
     options = FleetOptions(
-        host=opts.host,
-        port=port_of(opts),
+        access=BrokerAccess.from_options(opts),
         prefix=opts.prefix,
         v1_prefix=opts.v1_prefix,
         batch_s=opts.batch_s,
         once=opts.once,
         as_json=opts.json,
-        tls_ca=opts.tls_ca,
-        tls_cert=opts.tls_cert,
-        tls_key=opts.tls_key,
-        username=opts.username,
-        password=read_password(opts),
     )
-    check_tls(options)
     return run_fleet(options)
