@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import threading
@@ -22,13 +20,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench_agent.link import contract_v2
 from tests.bridge_support import BENCH_OPS
-from tests.support import wait_until
+from tests.support import LoggedProcess, wait_until
 
 Key = tuple[str, str, int]  # (bench, seq_epoch, seq)
 
 
-class ArchiveProcess:
-    """`bench-ops archive` as a real process; `kill()` is kill -9; always reaped."""
+class ArchiveProcess(LoggedProcess):
+    """`bench-ops archive` as a real process."""
+
+    name = "archive"
 
     def __init__(
         self,
@@ -42,25 +42,13 @@ class ArchiveProcess:
     ) -> None:
         """`argv`: a whole command line instead (a unit's ExecStart)."""
         self.client_id = client_id
-        self.log_path = workdir / f"{client_id}.log"
-        self.starts = (
-            self.log_path.read_text().count("subscribed:") if self.log_path.exists() else 0
-        )
+        log_path = workdir / f"{client_id}.log"
+        self.starts = log_path.read_text().count("subscribed:") if log_path.exists() else 0
         command = list(argv) if argv is not None else [
             str(BENCH_OPS), "archive", "--host", "127.0.0.1", "--port", str(port),
             "--client-id", client_id, "--db", db, "--status-interval", "1", *extra,
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(command, log_path)
 
     def wait_subscribed(self, timeout_s: float = 20) -> None:
         wait_until(
@@ -69,21 +57,6 @@ class ArchiveProcess:
             f"{self.client_id} subscribed",
         )
         assert self.proc.poll() is None, self.log
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-    def stop(self, timeout_s: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise AssertionError(f"archive did not stop on SIGTERM:\n{self.log}") from None
-        return int(self.proc.returncode)
 
 
 def batch_keys(bench: str, payload: bytes) -> list[Key]:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 from collections import Counter
@@ -22,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench_agent.link import contract_v2
 from tests.outbox_support import DurableRecorder, validate
-from tests.support import REPO, wait_until
+from tests.support import REPO, LoggedProcess, wait_until
 
 BENCH_OPS = Path(sys.executable).parent / "bench-ops"  # the console script, as installed
 RECORDS = REPO / "bench" / "data" / "records-day-a.jsonl.gz"  # a simulated day, kind in each
@@ -51,8 +48,10 @@ def batches(records: Sequence[Record], bench: str = BENCH, size: int = 5) -> lis
     return [contract_v2.encode(bench, records[i : i + size]) for i in range(0, len(records), size)]
 
 
-class BridgeProcess:
-    """`bench-ops bridge` as a real process; `kill()` is kill -9; always reaped."""
+class BridgeProcess(LoggedProcess):
+    """`bench-ops bridge` as a real process."""
+
+    name = "bridge"
 
     def __init__(
         self,
@@ -63,40 +62,11 @@ class BridgeProcess:
         argv: Sequence[str] | None = None,
     ) -> None:
         self.client_id = client_id
-        self.log_path = workdir / f"{client_id}.log"
         command = list(argv) if argv is not None else [
             str(BENCH_OPS), "bridge", "--host", "127.0.0.1", "--port", str(port),
             "--client-id", client_id, "--status-interval", "1", *extra,
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-    def stop(self, timeout_s: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise AssertionError(f"bridge did not stop on SIGTERM:\n{self.log}") from None
-        return int(self.proc.returncode)
+        super().__init__(command, workdir / f"{client_id}.log")
 
 
 class V1Consumer(DurableRecorder):

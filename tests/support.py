@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,32 +269,42 @@ def sim_config(workdir: Path, broker_port: int, changes: Mapping[str, Any] | Non
     return path
 
 
-class AgentProcess:
-    """`bench-agent run` as a real process; always reaped by `stop()`/`kill()`."""
+# The simulated bench sped up: a telemetry record every 25 ms of real time, a v2 batch
+# every 300 simulated s (125 ms), quick reconnects.
+FAST_AGENT: dict[str, Any] = {
+    "sim": {"speed": 2400},
+    "sampling": {"sample_interval_s": 30, "publish_interval_s": 60},
+    "mqtt": {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "telemetry_batch_s": 300},
+}
+
+
+class LoggedProcess:
+    """A real process, its stdout and stderr appended to `log_path`; `kill()` is kill -9;
+    always reaped by `stop()`/`kill()`. `name` says which in a failed stop."""
+
+    name = "process"
 
     def __init__(
-        self, config: Path, workdir: Path, extra_env: Mapping[str, str] | None = None
+        self, command: Sequence[str], log_path: Path, extra_env: Mapping[str, str] | None = None
     ) -> None:
-        self.config = config
-        self.log_path = workdir / "agent.log"
+        self.log_path = log_path
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench_agent", "-c", str(config), "run"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
+                list(command), stdout=log, stderr=subprocess.STDOUT, env=env
             )
 
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
-    def wait(self, timeout_s: float) -> int:
-        return self.proc.wait(timeout_s)
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
     def stop(self, timeout_s: float = 10) -> int:
         if self.proc.poll() is None:
@@ -302,15 +312,28 @@ class AgentProcess:
             try:
                 return self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"agent did not stop on SIGTERM:\n{self.log}") from None
+                self.kill()
+                raise AssertionError(f"{self.name} did not stop on SIGTERM:\n{self.log}") from None
         return int(self.proc.returncode)
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+
+class AgentProcess(LoggedProcess):
+    """`bench-agent run` as a real process."""
+
+    name = "agent"
+
+    def __init__(
+        self, config: Path, workdir: Path, extra_env: Mapping[str, str] | None = None
+    ) -> None:
+        self.config = config
+        command = [sys.executable, "-m", "bench_agent", "-c", str(config), "run"]
+        super().__init__(command, workdir / "agent.log", extra_env)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        return self.proc.wait(timeout_s)
 
 
 def technician_status(socket_path: Path) -> dict[str, Any] | None:

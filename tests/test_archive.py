@@ -20,16 +20,9 @@ import pytest
 
 from bench_agent.ops.archive_db import open_store
 from tests.archive_support import ArchiveProcess, Gate, Key, LossyRelay, Wire, gaps_json
-from tests.support import AgentProcess, Broker, sim_config, wait_until
+from tests.support import FAST_AGENT, AgentProcess, Broker, sim_config, wait_until
 
 pytestmark = pytest.mark.integration
-
-# The simulated bench sped up: a telemetry record every 25 ms of real time.
-FAST_AGENT: dict[str, Any] = {
-    "sim": {"speed": 2400},
-    "sampling": {"sample_interval_s": 30, "publish_interval_s": 60},
-    "mqtt": {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "telemetry_batch_s": 300},
-}
 
 
 class Parts:

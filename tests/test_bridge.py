@@ -30,16 +30,9 @@ from tests.bridge_support import (
     captured_records,
 )
 from tests.outbox_support import DurableBroker, DurableRecorder
-from tests.support import AgentProcess, Broker, Recorder, sim_config, wait_until
+from tests.support import FAST_AGENT, AgentProcess, Broker, Recorder, sim_config, wait_until
 
 pytestmark = pytest.mark.integration
-
-# The simulated bench sped up: a record every 25 ms of real time, a batch of ~5.
-FAST_AGENT: dict[str, Any] = {
-    "sim": {"speed": 2400},
-    "sampling": {"sample_interval_s": 30, "publish_interval_s": 60},
-    "mqtt": {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "telemetry_batch_s": 300},
-}
 
 
 class Parts:

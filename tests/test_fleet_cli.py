@@ -21,16 +21,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench_agent import __version__
 from tests.bridge_support import BENCH_OPS, PREFIX, V1_PREFIX, BridgeProcess
-from tests.support import AgentProcess, Broker, Recorder, sim_config, wait_until
+from tests.support import FAST_AGENT, AgentProcess, Broker, Recorder, sim_config, wait_until
 
 pytestmark = pytest.mark.integration
 
-# A record every 25 ms of real time, a v2 batch every 300 simulated s = 125 ms.
-FAST_AGENT: dict[str, Any] = {
-    "sim": {"speed": 2400},
-    "sampling": {"sample_interval_s": 30, "publish_interval_s": 60},
-    "mqtt": {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "telemetry_batch_s": 300},
-}
 BENCHES = ("sim-bench-01", "sim-bench-02", "sim-bench-03")
 # In real seconds here: STALE after 0.8 s without a record (six batches of a live bench);
 # --once listens for at least 1 s, so a bench that sends nothing is stale by then.
