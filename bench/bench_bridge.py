@@ -30,7 +30,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt import __version__ as PAHO_VERSION
 from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import machine  # noqa: E402
 from bench_agent.link import contract_v2  # noqa: E402
 from bench_agent.ops.bridge_payloads import read_batch  # noqa: E402
 from bench_agent.ops.bridge_payloads import v1_payloads as bridge_v1  # noqa: E402
@@ -284,23 +283,6 @@ def latency(samples: int, workdir: Path) -> dict[str, Any]:
         broker.stop()
     out["added"] = {k: round(out["bridged"][k] - out["direct"][k], 2) for k in out["direct"]}
     return out
-
-
-def machine() -> dict[str, Any]:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.partition(":")[2].strip()
-            break
-    first = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, check=False)
-    return {
-        "arch": platform.machine(),
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "paho_mqtt": PAHO_VERSION,
-        "mosquitto": (first.stdout.splitlines() or ["?"])[0].removeprefix("mosquitto version "),
-    }
 
 
 def run(batches: int, rounds: int, samples: int, directory: Path) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,11 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from paho.mqtt import __version__ as PAHO_VERSION
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import machine  # noqa: E402
 from bench_agent.ops.opsctl import main as bench_ops  # noqa: E402
 from tests.ops_support import FakeControl, Responder, processor_for  # noqa: E402
 from tests.support import Broker  # noqa: E402
@@ -42,23 +39,6 @@ from tests.support import Broker  # noqa: E402
 BENCH_OPS = Path(sys.executable).parent / "bench-ops"
 # (reply delay in s, concurrency): instant replies at the default, then a link's delay.
 SCENARIOS = ((0.0, 20), (0.3, 20), (0.3, 100))
-
-
-def machine() -> dict[str, Any]:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    mosquitto = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, check=False)
-    return {
-        "arch": platform.machine(),
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "paho_mqtt": PAHO_VERSION,
-        "mosquitto": (mosquitto.stdout.splitlines() or ["?"])[0].removeprefix("mosquitto version "),
-    }
 
 
 def percentile(values: list[float], q: float) -> float:
