@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import time
-from types import FrameType
 
 from bench_agent.clock import next_due
 from bench_agent.errors import UsageError
@@ -25,24 +23,18 @@ from bench_agent.ops.broker_access import (
     add_broker_options,
     check_prefix,
 )
+from bench_agent.ops.service import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, stop_on_signals
 from bench_agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 70  # EX_SOFTWARE: paho's network thread ended
 EXIT_DATABASE = 75  # EX_TEMPFAIL: the database failed; a restart retries
-EXIT_REFUSED = 77  # EX_NOPERM: the broker refused a subscription (its ACL)
 DEFAULT_DB = "bench-archive.sqlite"
 
 
 def run(archive: Archive, notifier: Notifier, *, install_signals: bool = True) -> int:
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        archive.stop_event.set()
-
     if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
+        stop_on_signals(archive.stop_event)
     o = archive.options
     log.info("archive %s: %s -> %s", o.client_id, ", ".join(o.filters()), archive.store.url)
     archive.start()

@@ -69,10 +69,10 @@ from bench_agent.ops.broker_access import (
     persistent_client,
     refusals,
 )
+from bench_agent.ops.service import EXIT_REFUSED
 
 log = logging.getLogger(__name__)
 
-EXIT_REFUSED = 77  # EX_NOPERM: the broker refused a subscription or a republish (its ACL)
 # Room left in the broker's Maximum Packet Size for the topic, properties and header.
 PACKET_HEADROOM = 1024
 RECEIVE_MAXIMUM = 100  # messages in flight at once, each way

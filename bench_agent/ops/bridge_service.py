@@ -9,37 +9,29 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
-from types import FrameType
 
 from bench_agent.clock import next_due
 from bench_agent.errors import UsageError
 from bench_agent.logsetup import register_secret, setup_logging
-from bench_agent.ops.bridge import EXIT_REFUSED, Bridge, BridgeOptions
+from bench_agent.ops.bridge import Bridge, BridgeOptions
 from bench_agent.ops.broker_access import (
     TOPIC_LEVEL,
     BrokerAccess,
     add_broker_options,
     check_prefix,
 )
+from bench_agent.ops.service import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, stop_on_signals
 from bench_agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 70  # EX_SOFTWARE: paho's network thread ended
-
 
 def run(bridge: Bridge, notifier: Notifier, *, install_signals: bool = True) -> int:
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        bridge.stop_event.set()
-
     if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
+        stop_on_signals(bridge.stop_event)
     o = bridge.options
     log.info(
         "bridge %s: %s -> %s/+/{telemetry,event}, state and status mirrored",
