@@ -9,9 +9,11 @@ included), so that headers can be added for small exchanges where they dominate.
 reconnects); `freeze()` lets nothing more through either way while the sockets
 stay open (a bench that lost power, as the broker sees it: silence, no FIN; what
 either side sends is read and dropped, so a side that closes is still seen);
-`close()` also stops listening.
+`refuse()` cuts every connection and closes new ones at once (the server is away for
+the client) until `admit()`; `close()` also stops listening.
 
-Standard library only; used by bench/bench_link_cost.py and tests/test_link_cost.py.
+Standard library only; used by bench/bench_link_cost.py, tests/test_link_cost.py and
+tests/test_archive.py.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class ByteProxy:
         self._connections: list[_Connection] = []
         self._closing = threading.Event()
         self._frozen = threading.Event()
+        self._refusing = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="byte-proxy", daemon=True)
         self._thread.start()
 
@@ -183,6 +186,14 @@ class ByteProxy:
         """From now on nothing passes, either way; the connections stay open."""
         self._frozen.set()
 
+    def refuse(self) -> None:
+        """Cut every connection and close new ones at once, until `admit()`."""
+        self._refusing.set()
+        self.cut()
+
+    def admit(self) -> None:
+        self._refusing.clear()
+
     def close(self) -> None:
         self._closing.set()
         self._thread.join(5)
@@ -199,6 +210,9 @@ class ByteProxy:
                 continue
             except OSError:
                 return  # closed
+            if self._refusing.is_set():
+                client.close()
+                continue
             client.settimeout(None)
             try:
                 upstream = socket.create_connection(self.target, timeout=5)

@@ -1,13 +1,10 @@
 """Real parts for the archive's tests: `bench-ops archive` as a process (the installed
 console script), what the benches put on the wire (decoded by the product's own v2
-decoder), a lossy relay that removes chosen records on their way, and a gate that
-takes a bench's broker away."""
+decoder) and a lossy relay that removes chosen records on their way."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
 import threading
 import uuid
@@ -142,77 +139,6 @@ class LossyRelay(_Client):
     def keys(self) -> tuple[set[Key], set[Key]]:
         with self._lock:
             return set(self.seen), set(self.dropped)
-
-
-class Gate:
-    """A TCP forwarder in front of the broker for one bench: `close()` cuts its
-    connections and refuses new ones (the broker is away for it); `open()` lets it in."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.is_open = threading.Event()
-        self.is_open.set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port = int(self._listener.getsockname()[1])
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not self.is_open.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._forward, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _forward(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.is_open.clear()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def open(self) -> None:
-        self.is_open.set()
-
-    def shut_down(self) -> None:
-        self._closing.set()
-        self._thread.join(5)
-        self._listener.close()
-        self.close()
 
 
 def gaps_json(db: str, *extra: str) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from bench.byte_proxy import ByteProxy
 from bench_agent.ops.archive_db import open_store
-from tests.archive_support import ArchiveProcess, Gate, Key, LossyRelay, Wire, gaps_json
+from tests.archive_support import ArchiveProcess, Key, LossyRelay, Wire, gaps_json
 from tests.support import FAST_AGENT, AgentProcess, Broker, sim_config, wait_until
 
 pytestmark = pytest.mark.integration
@@ -143,8 +144,8 @@ def test_gaps_names_exactly_what_a_lossy_relay_and_the_bench_itself_removed(
         parts.port, lambda bench, r: bench == "bench-lossy" and int(r["seq"]) % 7 == 3
     )
     parts.closers.append(relay)
-    gate = Gate(parts.port)
-    parts.closers.append(type("Closer", (), {"close": lambda _s: gate.shut_down()})())
+    gate = ByteProxy(parts.port)  # bench-drops' way to its broker, taken away below
+    parts.closers.append(gate)
     slow = {
         "sim": {"speed": 600},
         "mqtt": {"topic_prefix": "raw", "telemetry_batch_s": 60},
@@ -158,9 +159,9 @@ def test_gaps_names_exactly_what_a_lossy_relay_and_the_bench_itself_removed(
         "both benches through the relay",
     )
     time.sleep(1.0)
-    gate.close()  # bench-drops' broker is away for 3 s (3 times its records' age limit)
+    gate.refuse()  # bench-drops' broker is away for 3 s (3 times its records' age limit)
     time.sleep(3.0)
-    gate.open()
+    gate.admit()
     wait_until(lambda: any(_dropped_report(parts, "bench-drops")), 30, "bench-drops' drop report")
     time.sleep(0.5)
     for agent in parts.agents.values():
