@@ -597,6 +597,9 @@ def test_trusted_keys_load_from_base64_and_pem(tmp_path: Path) -> None:
         ),
         ("bad name!.pub", public_key_text(KEY.public_key()), "file name"),
     ],
+    # KEY is made at import: ids from the file names only, the same in every process
+    # (pytest-xdist's workers must collect identical test ids).
+    ids=["short", "junk", "private", "bad-name"],
 )
 def test_an_unusable_key_file_is_a_one_line_config_error(
     tmp_path: Path, name: str, content: str, problem: str
