@@ -6,7 +6,7 @@ import hashlib
 import json
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -299,9 +299,30 @@ def test_signed_remote_command_switches_a_port_and_bad_ones_change_nothing(
         validate("state" if message.topic.endswith("/state") else "event", message.json())
 
 
+@pytest.fixture
+def durable(tmp_path: Path) -> Iterator[tuple[DurableBroker, DurableRecorder]]:
+    """A broker that keeps ops' session across its restart, and that session subscribed
+    (as the bridge's is): what the bench sends the moment it is back is queued for ops
+    whether the agent or the recorder reconnects first."""
+    broker = DurableBroker(tmp_path)
+    broker.start()
+    try:
+        recorder = DurableRecorder(broker.port)
+        try:
+            yield broker, recorder
+        finally:
+            recorder.close()
+    finally:
+        broker.stop()
+
+
 def test_power_cycles_the_access_point_when_the_broker_stays_unreachable(
-    broker: Broker, recorder: Recorder, start_agent: Callable[..., AgentProcess]
+    durable: tuple[DurableBroker, DurableRecorder], start_agent: Callable[..., AgentProcess]
 ) -> None:
+    # The recovery's events wait in the outbox and go, in one batch on contract 2, the
+    # moment the agent reconnects: a session that did not outlive the broker's restart
+    # (a plain Recorder) missed them whenever the agent's reconnect came first.
+    broker, recorder = durable
     uplink = {
         "enabled": True,
         "output": "wifi",
