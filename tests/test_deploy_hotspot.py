@@ -31,7 +31,13 @@ from tests.deploy_support import (
 )
 from tests.systemd_sandbox import SystemdSandbox
 
-pytestmark = NEEDS_SANDBOX
+pytestmark = [
+    *NEEDS_SANDBOX,
+    # The tests share the module's one installed bench (`bench`, module scope) with
+    # its system bus and polkitd. Under pytest-xdist the module stays on one worker
+    # (`--dist loadgroup`) so the installer runs once, not once per worker.
+    pytest.mark.xdist_group("sandbox-hotspot"),
+]
 
 PROFILE = "Bench Hotspot"  # a space: nothing goes through a shell
 NM_STATE = "/etc/bench-sandbox/nm-state"

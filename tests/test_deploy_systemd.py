@@ -27,7 +27,14 @@ from tests.deploy_support import (
 )
 from tests.support import REPO
 
-pytestmark = NEEDS_SANDBOX
+pytestmark = [
+    *NEEDS_SANDBOX,
+    # Every test here drives the one installed bench of the `bench` fixture (module
+    # scope). Under pytest-xdist the module stays on one worker (`--dist loadgroup`):
+    # split, each worker would boot its own sandbox and run the installer again
+    # (a venv, systemd-python built with gcc: ~5 s of CPU per copy on 2 cores).
+    pytest.mark.xdist_group("sandbox-systemd-unit"),
+]
 
 RESTART_SEC = 10  # the unit's RestartSec=
 WATCHDOG_SEC = 30  # the unit's WatchdogSec=
