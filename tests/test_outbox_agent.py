@@ -166,6 +166,11 @@ def as_sent(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("historical", "v", "bench")}
 
 
+def runs_logged(log: Path) -> int:
+    """How many agents said they run in `log` (one log for a test's agents, appended)."""
+    return log.read_text(errors="replace").count(" running (sim backend)") if log.exists() else 0
+
+
 # -- the outbox file ----------------------------------------------------------------------
 
 
@@ -331,8 +336,18 @@ def test_kill_9_at_random_moments_with_a_flapping_broker_loses_and_reuses_nothin
     committed: dict[int, dict[str, Any]] = {}
     broker_up = True
     for cycle in range(20):
+        before = runs_logged(tmp_path / "agent.log")
         agent = start_agent(broker.port, FAST)
-        time.sleep(rng.uniform(0.05, 1.0))  # sometimes before it even opened the outbox
+        # A random moment of the agent's life, counted from its start (interpreter,
+        # imports, the outbox opened: 0.2 s on a quiet machine, 1-2 s when the suite's
+        # workers keep both cores busy), not from the fork: from the fork, a busy machine
+        # put nearly every kill before the outbox opened, and the run committed too few
+        # records to mean anything.
+        if rng.random() < 0.15:
+            time.sleep(rng.uniform(0.05, 0.2))  # sometimes before it even opened the outbox
+        else:
+            wait_until(lambda n=before: runs_logged(tmp_path / "agent.log") > n, 30, "running")
+            time.sleep(rng.uniform(0.0, 0.8))
         if rng.random() < 0.6:  # the broker goes away or comes back
             if broker_up:
                 broker.stop()
