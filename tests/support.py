@@ -288,6 +288,8 @@ class LoggedProcess:
         self, command: Sequence[str], log_path: Path, extra_env: Mapping[str, str] | None = None
     ) -> None:
         self.log_path = log_path
+        # Where this process's lines start: a test's agents append to one log.
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -328,6 +330,17 @@ class AgentProcess(LoggedProcess):
         self.config = config
         command = [sys.executable, "-m", "bench_agent", "-c", str(config), "run"]
         super().__init__(command, workdir / "agent.log", extra_env)
+
+    def running(self) -> bool:
+        """Whether it said it runs (config read, outbox open, its loop next). Its start
+        (interpreter, imports) takes 0.2 s on a quiet machine and 1-2 s when every core
+        is busy: a test that lets it work for a while counts from here, not from the fork."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return b" running (" in log.read()
+
+    def wait_running(self, timeout_s: float = 30) -> None:
+        wait_until(self.running, timeout_s, "the agent running")
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -119,6 +119,7 @@ def test_starts_without_a_broker_and_connects_when_it_appears(
     session.close()
     broker.stop()  # nothing listening now
     agent = start_agent(broker.port)
+    agent.wait_running()  # its start takes 1-2 s of the sleep below on a busy machine
     time.sleep(2 * PUBLISH_REAL_S)  # records are made (and stored) while offline
     assert agent.proc.poll() is None
     broker.start()
