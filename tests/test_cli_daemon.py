@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -265,10 +266,18 @@ def test_status_watch_refreshes_until_ctrl_c(daemon: Path) -> None:
     watch = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
     )
+    lines: list[str] = []  # each refresh is flushed: read as they come
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout or []), daemon=True)
+    reader.start()
     try:
-        time.sleep(2.0)  # a few refreshes
+        # A few refreshes, counted from the first one rather than from the fork: the
+        # CLI's start takes 0.2 s on a quiet machine, 1-2 s when every core is busy.
+        wait_until(lambda: "".join(lines).count("sim-bench-01") >= 1, 30, "the first refresh")
+        time.sleep(1.5)
         watch.send_signal(signal.SIGINT)
-        out, err = watch.communicate(timeout=10)
+        watch.wait(timeout=10)
+        reader.join(10)
+        out, err = "".join(lines), (watch.stderr.read() if watch.stderr else "")
     finally:
         if watch.poll() is None:
             watch.kill()
