@@ -166,6 +166,9 @@ def _state(box: SystemdSandbox) -> dict[str, str]:
 
 
 @pytest.mark.integration
+# The city sandbox is one per session (tests/conftest.py): under pytest-xdist this test
+# and the other unit's share a worker, so it is set up once, not once per worker.
+@pytest.mark.xdist_group("city-sandbox")
 @pytest.mark.skipif(
     unavailable_reason() is not None, reason=f"no systemd sandbox: {unavailable_reason()}"
 )
