@@ -9,49 +9,33 @@ of its main process restarted with nothing lost.
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from bench_agent.ops.archive_db import open_store
 from tests.archive_support import ArchiveProcess
-from tests.bridge_support import BENCH_OPS, batches, captured_records
+from tests.bridge_support import batches, captured_records
 from tests.deploy_support import install_unit
+from tests.ops_unit_support import (
+    INSTALLED_EXEC,
+    check_exposure_and_verify,
+    environment_file,
+    exec_start,
+)
 from tests.support import REPO, wait_until
 from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
 from tests.test_broker_acl import Client, _pki, _running_broker
-from tests.test_deploy_bridge import PUBLISHER, environment_file
-from tests.test_deploy_unit import directives, exposure, needs_analyze, unexplained_directives
+from tests.test_deploy_bridge import PUBLISHER
+from tests.test_deploy_unit import directives, needs_analyze, unexplained_directives
 
 UNIT = REPO / "deploy" / "bench-ops-archive.service"
 CONF = REPO / "deploy" / "bench-ops-archive.conf"
-INSTALLED_EXEC = "/opt/bench-ops/venv/bin/bench-ops"
 INSTALLED_CONF = "/etc/bench-ops/archive.conf"
 STATE_DIR = "/var/lib/bench-ops-archive"
 MAX_EXPOSURE = 1.1  # as the bridge: what remains is the network it needs
 RESTART_SEC = 5
-
-
-def exec_start(env: Mapping[str, str]) -> list[str]:
-    """The unit's ExecStart as systemd runs it ($VAR unquoted: the words of its value),
-    with this venv's console script for the installed one."""
-    lines = [
-        line.removeprefix("ExecStart=")
-        for line in UNIT.read_text().splitlines()
-        if line.startswith("ExecStart=")
-    ]
-    assert len(lines) == 1, lines
-    argv: list[str] = []
-    for word in shlex.split(lines[0]):
-        if re.fullmatch(r"\$[A-Za-z_][A-Za-z0-9_]*", word):
-            argv += env.get(word[1:], "").split()
-        else:
-            argv.append(word)
-    assert argv[0] == INSTALLED_EXEC
-    return [str(BENCH_OPS), *argv[1:]]
 
 
 # -- the file ------------------------------------------------------------------------
@@ -59,22 +43,7 @@ def exec_start(env: Mapping[str, str]) -> list[str]:
 
 @needs_analyze
 def test_exposure_and_verify(tmp_path: Path) -> None:
-    assert exposure(UNIT) <= MAX_EXPOSURE
-    weak = tmp_path / UNIT.name
-    text = UNIT.read_text()
-    for key in ("ProtectSystem=strict", "SystemCallFilter=@system-service", "PrivateUsers=yes"):
-        text = text.replace(f"\n{key}\n", "\n")
-    weak.write_text(text)
-    assert exposure(weak) > MAX_EXPOSURE
-    copy = tmp_path / "copy" / UNIT.name
-    copy.parent.mkdir()
-    copy.write_text(
-        UNIT.read_text().replace(f"ExecStart={INSTALLED_EXEC}", f"ExecStart={BENCH_OPS}")
-    )
-    r = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
-    )
-    assert (r.returncode, r.stderr.strip()) == (0, "")
+    check_exposure_and_verify(UNIT, MAX_EXPOSURE, tmp_path)
 
 
 def test_key_directives_and_every_one_explained() -> None:
@@ -121,7 +90,7 @@ def test_the_units_command_line_with_the_shipped_flags_archives_through_the_ship
             "--host mqtt.example.go.id --port 8883", f"--host localhost --port {broker.port}"
         )
         args = args.replace("/etc/bench-ops/", f"{pki}/").replace(f"{STATE_DIR}/", f"{tmp_path}/")
-        argv = exec_start({"ARCHIVE_ARGS": args + " --status-interval 1"})
+        argv = exec_start(UNIT, {"ARCHIVE_ARGS": args + " --status-interval 1"})
         bench = Client(broker, "bench-a").start()
         archive = ArchiveProcess(broker.port, tmp_path, str(db), "ops.archive", argv=argv)
         try:

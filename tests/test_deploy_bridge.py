@@ -9,58 +9,31 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import textwrap
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bridge_support import BENCH_OPS, BridgeProcess, batches, captured_records
+from tests.bridge_support import BridgeProcess, batches, captured_records
 from tests.deploy_support import install_unit
+from tests.ops_unit_support import (
+    INSTALLED_EXEC,
+    check_exposure_and_verify,
+    environment_file,
+    exec_start,
+)
 from tests.support import REPO, wait_until
 from tests.systemd_sandbox import SystemdSandbox, unavailable_reason
 from tests.test_broker_acl import Client, _pki, _running_broker
-from tests.test_deploy_unit import directives, exposure, needs_analyze, unexplained_directives
+from tests.test_deploy_unit import directives, needs_analyze, unexplained_directives
 
 UNIT = REPO / "deploy" / "bench-ops-bridge.service"
 CONF = REPO / "deploy" / "bench-ops-bridge.conf"
-INSTALLED_EXEC = "/opt/bench-ops/venv/bin/bench-ops"
 INSTALLED_CONF = "/etc/bench-ops/bridge.conf"
 MAX_EXPOSURE = 1.1  # what remains is the network it needs (and ProtectClock's rtc read)
 RESTART_SEC = 5  # the unit's RestartSec=
-
-
-def environment_file(text: str) -> dict[str, str]:
-    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (comments, blank lines)."""
-    env = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line and not line.startswith(("#", ";")):
-            key, _, value = line.partition("=")
-            env[key.strip()] = value.strip()
-    return env
-
-
-def exec_start(env: Mapping[str, str]) -> list[str]:
-    """The unit's ExecStart as systemd runs it: an unquoted `$VAR` becomes the words of
-    its value; the installed console script is this venv's."""
-    lines = [
-        line.removeprefix("ExecStart=")
-        for line in UNIT.read_text().splitlines()
-        if line.startswith("ExecStart=")
-    ]
-    assert len(lines) == 1, lines
-    argv: list[str] = []
-    for word in shlex.split(lines[0]):
-        if re.fullmatch(r"\$[A-Za-z_][A-Za-z0-9_]*", word):
-            argv += env.get(word[1:], "").split()
-        else:
-            argv.append(word)
-    assert argv[0] == INSTALLED_EXEC
-    return [str(BENCH_OPS), *argv[1:]]
 
 
 # -- the file ------------------------------------------------------------------------
@@ -68,22 +41,7 @@ def exec_start(env: Mapping[str, str]) -> list[str]:
 
 @needs_analyze
 def test_exposure_and_verify(tmp_path: Path) -> None:
-    assert exposure(UNIT) <= MAX_EXPOSURE
-    weak = tmp_path / UNIT.name
-    text = UNIT.read_text()
-    for key in ("ProtectSystem=strict", "SystemCallFilter=@system-service", "PrivateUsers=yes"):
-        text = text.replace(f"\n{key}\n", "\n")
-    weak.write_text(text)
-    assert exposure(weak) > MAX_EXPOSURE
-    copy = tmp_path / "copy" / UNIT.name
-    copy.parent.mkdir()
-    copy.write_text(
-        UNIT.read_text().replace(f"ExecStart={INSTALLED_EXEC}", f"ExecStart={BENCH_OPS}")
-    )
-    r = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
-    )
-    assert (r.returncode, r.stderr.strip()) == (0, "")
+    check_exposure_and_verify(UNIT, MAX_EXPOSURE, tmp_path)
 
 
 def test_key_directives_and_every_one_explained() -> None:
@@ -127,7 +85,7 @@ def test_the_units_command_line_with_the_shipped_flags_bridges_through_the_shipp
             "--host mqtt.example.go.id --port 8883", f"--host localhost --port {broker.port}"
         )
         args = args.replace("/etc/bench-ops/", f"{pki}/") + " --status-interval 1"
-        argv = exec_start({"BRIDGE_ARGS": args})
+        argv = exec_start(UNIT, {"BRIDGE_ARGS": args})
         view = Client(broker, "ops.view").start()
         bench = Client(broker, "bench-a").start()
         bridge = BridgeProcess(broker.port, tmp_path, "ops.bridge", argv=argv)
