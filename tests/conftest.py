@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,17 @@ from tests.deploy_support import city_sandbox
 from tests.pg_support import PostgresServer
 from tests.support import AgentProcess, Broker, Recorder, sim_config
 from tests.systemd_sandbox import SystemdSandbox
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background by a script (`make test &` in a non-interactive
+    shell) inherits SIGINT ignored, as POSIX has it, and so does every process its tests
+    start: the tests that check Ctrl-C ends a CLI cleanly (`status --watch`, `bench-ops
+    fleet`) then wait in vain. Take back Python's usual handler, as a run from a
+    terminal has it; the processes started from here get SIGINT's default again."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # Why a test of an xdist_group mark cannot run as asked (see the hook below).
 UNGROUPED = pytest.StashKey[str]()
