@@ -7,10 +7,12 @@ from __future__ import annotations
 import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,6 +139,48 @@ time.sleep(60)
         proc.wait()
         recorder.client.disconnect()
         recorder.client.loop_stop()
+
+
+def test_only_the_network_thread_writes_the_socket(
+    link_parts: tuple[MqttLink, Events, MqttConfig],
+) -> None:
+    """publish() from the agent's thread only queues: two threads writing one TLS
+    connection corrupt its records and the broker drops the bench."""
+    link, events, _ = link_parts
+    events.next(Connected)
+    client = link._client
+    assert client is not None
+    writers: list[str] = []
+    loop_write = client.loop_write
+
+    def recorded_loop_write() -> Any:
+        writers.append(threading.current_thread().name)
+        return loop_write()
+
+    client.loop_write = recorded_loop_write  # type: ignore[method-assign]
+    mids = {link.publish("smartbench/t/telemetry", b"x" * 200) for _ in range(30)}
+    assert None not in mids
+    acked: set[int | None] = set()
+    while acked != mids:
+        event = events.next(Acked)
+        assert isinstance(event, Acked)
+        acked.add(event.mid)
+    assert writers and set(writers) == {"mqtt"}, set(writers)
+
+
+def test_close_says_goodbye_so_the_will_is_not_sent(
+    link_parts: tuple[MqttLink, Events, MqttConfig], broker: Broker
+) -> None:
+    link, events, _ = link_parts
+    events.next(Connected)
+    recorder = Recorder(broker.port, "smartbench/t/#")
+    try:
+        link.close()
+        assert not link.alive() or link._thread is None
+        time.sleep(1.5)  # mosquitto sends a Will at once when a socket closes unannounced
+        assert recorder.on("status") == []
+    finally:
+        recorder.close()
 
 
 def test_a_missing_tls_file_is_the_benchs_own_setup_fault(tmp_path: Path, broker: Broker) -> None:

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # paho's loop wakes at least this often to run keepalive checks; a publish from
 # another thread wakes it at once through paho's own socket pair.
 _LOOP_TIMEOUT_S = 1.0
+_FLUSH_S = 2.0  # after close(): at most this long to write what is queued (DISCONNECT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,11 @@ class LinkFactory(Protocol):
     ) -> Link: ...
 
 
+def _write_is_the_loops_job(_client: paho.Client, _userdata: Any, _sock: object) -> None:
+    """paho's "this client wants to write" hook: nothing to do, the network thread's
+    `loop()` selects for writing whenever paho has something queued."""
+
+
 class MqttLink:
     """A self-healing MQTT session. Build, then `start()`; `close()` is idempotent.
     `reuse_tls_sessions=False`: every connection a full TLS handshake (bench/'s "before")."""
@@ -170,6 +176,7 @@ class MqttLink:
         self._setup_problem: str | None = None  # what stops the bench's side of the link
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
+        self._closing = False  # close() was called: the session ends after its DISCONNECT
         self._generation = 0
         self._connected = False
         self.reconnects = 0  # connections after the first
@@ -184,12 +191,14 @@ class MqttLink:
         self._thread.start()
 
     def close(self, timeout_s: float = 3.0) -> None:
-        """Disconnect cleanly (no Last Will) and stop the network thread."""
-        self._stop.set()
+        """Disconnect cleanly (no Last Will) and stop the network thread: DISCONNECT is
+        queued here and written by the network thread, which then ends."""
         with self._lock:
+            self._closing = True
             client = self._client
         if client is not None:
             client.disconnect()
+        self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
@@ -263,7 +272,7 @@ class MqttLink:
             except Exception as exc:  # a bug or a paho surprise must not end the uplink
                 log.exception("mqtt: unexpected error in the network thread")
                 self._note_failure(f"unexpected error: {type(exc).__name__}: {exc}")
-            if self._stop.is_set():
+            if self._stop.is_set() or self._closing:
                 break
             delay = self._backoff_s(attempt)
             attempt += 1
@@ -296,13 +305,22 @@ class MqttLink:
             return attempt
         with self._lock:
             self._client = client
-        while not self._stop.is_set():
+            closing = self._closing
+        if closing:  # close() came while connecting: say goodbye, or the Will goes out
+            client.disconnect()
+        flush_until: float | None = None
+        while True:
+            if self._stop.is_set():
+                # Stopped: on until what is queued (the DISCONNECT) is written, briefly.
+                flush_until = flush_until or time.monotonic() + _FLUSH_S
+                if not client.want_write() or time.monotonic() > flush_until:
+                    break
             rc = client.loop(timeout=_LOOP_TIMEOUT_S)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         if self._connected:
             attempt = 0  # a session that came up resets the backoff
-        self._lost(client, "stopped" if self._stop.is_set() else "connection lost")
+        self._lost(client, "stopped" if self._closing else "connection lost")
         return attempt
 
     def _setup_failed(self, detail: str | None) -> None:
@@ -334,7 +352,7 @@ class MqttLink:
             self._connected = False
             self._client = None
             self._aliases = None
-        if not self._stop.is_set():  # on close(), disconnect() was already sent
+        if not self._closing:  # on close(), DISCONNECT was already queued and sent
             with contextlib.suppress(OSError, ValueError):
                 client.disconnect()
         if was_connected:
@@ -362,6 +380,13 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        # Only the network thread touches the socket. Without an external-loop hook (or
+        # paho's own loop_start thread), paho's publish() and disconnect() write the
+        # socket from the calling thread while `loop()` reads and writes it here: two
+        # threads on one TLS connection corrupt its records ("bad record mac") and the
+        # broker drops the bench. With the hook they only queue and wake `loop()`'s
+        # select (its socket pair), which writes whatever `want_write()` says is due.
+        client.on_socket_register_write = _write_is_the_loops_job
         return client
 
     def _tls_context(self) -> ResumingContext:
